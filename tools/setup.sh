@@ -21,6 +21,10 @@ sam2_pin=$(grep -oE '"sam2==[^"]+"' pyproject.toml | tr -d '"')
 "${PIP[@]}" install "$torch_pin" "$tv_pin"
 SAM2_BUILD_CUDA=0 SAM2_BUILD_ALLOW_ERRORS=1 "${PIP[@]}" install --no-build-isolation "$sam2_pin"
 "${PIP[@]}" install -e ".[dev]"
+# xtuner 0.2.0 pins bitsandbytes==0.45.0, which cannot be imported beside the triton that torch 2.14
+# needs (`triton.ops` is gone), and peft imports bitsandbytes whenever it is installed. Nothing here
+# uses it (no 8-bit/QLoRA), so it is removed; the GPU kit leaves it out for the same reason.
+"$VENV/bin/python" -m pip --disable-pip-version-check -q uninstall -y bitsandbytes
 rm -f "$VENV"/.installed-*
 touch "$STAMP"
 echo "setup.sh: environment ready in $VENV"

@@ -1,0 +1,1 @@
+"""Checkpoint I/O: official Hugging Face folders, trainable-weight checkpoints, exports."""

@@ -1,0 +1,60 @@
+"""``torch.load(weights_only=True)`` for mmengine training checkpoints.
+
+An mmengine checkpoint holds, beside tensors, the message hub (``HistoryBuffer`` objects with numpy
+arrays) and numpy scalars in its ``meta``. torch >= 2.6 refuses those under ``weights_only=True``;
+instead of falling back to unrestricted unpickling, the few classes that mmengine writes are
+allow-listed here, explicitly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer
+
+
+def _numpy_globals() -> list[Any]:
+    """numpy functions/classes that pickled arrays and scalars reference."""
+    out: list[Any] = [np.ndarray, np.dtype]
+    try:  # numpy >= 2
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
+    out += [_reconstruct, scalar]
+    # dtype classes such as numpy.dtypes.Float64DType are pickled by reference too.
+    out += [type(np.dtype(t)) for t in ("float16", "float32", "float64", "int32", "int64", "bool", "uint8")]
+    return out
+
+
+def mmengine_safe_globals() -> list[Any]:
+    """Everything besides tensors and builtins that an mmengine checkpoint may contain."""
+    return [HistoryBuffer, *_numpy_globals()]
+
+
+def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a ``.pth`` written by mmengine (or a bare state dict) with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        RuntimeError: the file holds objects outside the allow-list (message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    with torch.serialization.safe_globals(mmengine_safe_globals()):
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # torch raises UnpicklingError/RuntimeError variants
+            raise RuntimeError(f"{path}: refused by the weights_only loader: {e}") from e
+    if not isinstance(ckpt, dict):
+        raise RuntimeError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    return ckpt
+
+
+def trainable_state_from_checkpoint(ckpt: dict) -> dict[str, torch.Tensor]:
+    """The model tensors of a checkpoint (``state_dict`` entry or the dict itself), ``module.`` stripped."""
+    sd = ckpt.get("state_dict", ckpt)
+    return {k.removeprefix("module."): v for k, v in sd.items()}

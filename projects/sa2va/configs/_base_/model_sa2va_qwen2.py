@@ -1,0 +1,39 @@
+# Sa2VA with a Qwen2 LLM (Sa2VA-1B / -4B / InternVL3-based) loaded from an official Hugging Face folder.
+# Leaf configs set `path` and re-point the three places that use it (tokenizer, mllm, load_weights).
+from transformers import AutoTokenizer
+from xtuner.utils import PROMPT_TEMPLATE
+
+from projects.sa2va.checkpoint.hf_sa2va import HFSa2VALoader
+from projects.sa2va.models.internvl import Qwen2InternVL
+from projects.sa2va.models.losses import MaskLoss
+from projects.sa2va.models.sa2va import Sa2VAModel
+from projects.sa2va.models.sam2_grounding import SAM2GroundingEncoder
+
+path = "models/Sa2VA-1B"
+template = PROMPT_TEMPLATE.qwen_chat
+tokenizer = dict(
+    type=AutoTokenizer.from_pretrained, pretrained_model_name_or_path=path, trust_remote_code=False
+)
+
+model = dict(
+    type=Sa2VAModel,
+    mllm=dict(type=Qwen2InternVL, path=path, tokenizer=tokenizer, torch_dtype="bfloat16"),
+    grounding_encoder=dict(type=SAM2GroundingEncoder, config_name="sam2_hiera_l.yaml"),
+    load_weights=dict(type=HFSa2VALoader, path=path),
+    loss_mask=dict(type=MaskLoss, bce_weight=2.0, dice_weight=0.5, resolution="low", point_sampling=True),
+    # frozen / full / lora per part (see projects/sa2va/models/sa2va.py: PART_PREFIXES).
+    trainable=dict(
+        vision_model="frozen",
+        mlp1="full",
+        llm="lora",
+        sam2_image_encoder="frozen",
+        sam2_prompt_encoder="frozen",
+        sam2_mask_decoder="full",
+        sam2_other="frozen",
+        text_hidden_fcs="full",
+    ),
+    lora=dict(r=128, alpha=256, dropout=0.05, train_embeddings=True),
+    lm_loss_weight=1.0,
+    seg_hidden_shift=0,
+    pretrained_pth=None,
+)

@@ -1,0 +1,41 @@
+# The reference optimisation recipe: AdamW 4e-5, wd 0.05, clip 1.0, 5 % linear warm-up then cosine, bf16,
+# batch 2 per GPU x accumulation 16. bf16 autocast on CUDA, fp32 on CPU (DeviceAmpOptimWrapper).
+from mmengine.optim import CosineAnnealingLR, LinearLR
+from mmengine.runner import EpochBasedTrainLoop
+from torch.optim import AdamW
+
+from projects.sa2va.engine.optim import DeviceAmpOptimWrapper
+
+lr = 4e-5
+weight_decay = 0.05
+max_norm = 1.0
+accumulative_counts = 16
+max_epochs = 1
+warmup_ratio = 0.05
+
+optim_wrapper = dict(
+    type=DeviceAmpOptimWrapper,
+    dtype="bfloat16",
+    optimizer=dict(type=AdamW, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay),
+    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
+    accumulative_counts=accumulative_counts,
+)
+param_scheduler = [
+    dict(
+        type=LinearLR,
+        start_factor=1e-5,
+        by_epoch=True,
+        begin=0,
+        end=warmup_ratio * max_epochs,
+        convert_to_iter_based=True,
+    ),
+    dict(
+        type=CosineAnnealingLR,
+        eta_min=0.0,
+        by_epoch=True,
+        begin=warmup_ratio * max_epochs,
+        end=max_epochs,
+        convert_to_iter_based=True,
+    ),
+]
+train_cfg = dict(type=EpochBasedTrainLoop, max_epochs=max_epochs)

@@ -1,0 +1,41 @@
+# CPU demo: a tiny random-weight Sa2VA fine-tuned on the bundled CHASE_DB1 sample (20 train images).
+#   python tools/train.py projects/sa2va/configs/sa2va_tiny_demo.py      (or: make demo)
+from mmengine.config import read_base
+from mmengine.optim import CosineAnnealingLR, LinearLR
+
+with read_base():
+    from ._base_.dataset_refseg import *
+    from ._base_.default_runtime import *
+    from ._base_.model_tiny import *
+    from ._base_.schedule_reference import *
+
+work_dir = "work_dirs/sa2va_tiny_demo"
+max_epochs = 4
+lr = 1e-3  # random weights: a larger step than the fine-tuning recipe's 4e-5
+optim_wrapper.optimizer.lr = lr
+optim_wrapper.accumulative_counts = 1
+param_scheduler = [
+    dict(type=LinearLR, start_factor=0.1, by_epoch=True, begin=0, end=0.5, convert_to_iter_based=True),
+    dict(
+        type=CosineAnnealingLR,
+        eta_min=lr * 0.1,
+        by_epoch=True,
+        begin=0.5,
+        end=max_epochs,
+        convert_to_iter_based=True,
+    ),
+]
+train_cfg.max_epochs = max_epochs
+
+train_dataloader.num_workers = 0
+train_dataloader.persistent_workers = False
+train_dataloader.pin_memory = False
+train_dataloader.dataset.update(
+    tokenizer=tokenizer,
+    template=template,
+    tile_size=vit_image_size,
+    num_image_token=num_image_token,
+    sam2_image_size=sam2_image_size,
+)
+default_hooks.logger.interval = 5
+default_hooks.checkpoint.interval = 20

@@ -1,0 +1,1 @@
+"""Training engine pieces: runner, hooks."""

@@ -1,0 +1,325 @@
+"""InternVL multimodal LLM adapters: InternViT -> pixel shuffle -> ``mlp1`` -> a causal LM.
+
+Parameter names match the official Sa2VA / InternVL Hugging Face checkpoints (``vision_model.*``,
+``mlp1.*``, ``language_model.*``) so that real checkpoints load through a plain key table.
+
+One adapter class per LLM family (:class:`Qwen2InternVL`, ...): each declares its LoRA target
+modules and the embedding / head modules trained as full copies, by exact module name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+
+from .builder import build_component
+from .internvit import InternVisionConfig, InternVisionModel
+from .tokenizer import add_sa2va_tokens
+
+IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
+
+
+@dataclass(frozen=True)
+class LLMFamily:
+    """What differs between LLM families, stated explicitly (never inferred from a path).
+
+    Attributes:
+        name: family name (``qwen2``, ``internlm2``).
+        lora_targets: module names (last path component) of every linear layer of the decoder
+            blocks that gets a LoRA adapter. The LM head is never one of them.
+        embed_module: name of the input-embedding module (trained as a full copy with LoRA).
+        head_module: name of the output-head module (trained as a full copy with LoRA).
+        default_template: chat template name of :data:`xtuner.utils.PROMPT_TEMPLATE`.
+    """
+
+    name: str
+    lora_targets: tuple[str, ...]
+    embed_module: str
+    head_module: str
+    default_template: str
+
+
+def pixel_shuffle(x: torch.Tensor, ps_version: str = "v2") -> torch.Tensor:
+    """InternVL's 0.5 pixel shuffle (space-to-depth by 2).
+
+    Args:
+        x: ``[T, h, w, C]`` patch grid (``h``, ``w`` even).
+        ps_version: ``'v2'`` (InternVL 1.5+, every released Sa2VA) keeps the grid orientation;
+            ``'v1'`` returns the grid transposed, as the first InternVL release did.
+
+    Returns:
+        ``[T, h/2, w/2, 4C]``; output token ``(a, b)`` holds the channels of input tokens
+        ``(2a, 2b), (2a, 2b+1), (2a+1, 2b), (2a+1, 2b+1)`` in that order.
+    """
+    t, h, w, c = x.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"pixel_shuffle needs an even patch grid, got {h}x{w}")
+    y = x.reshape(t, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(t, h // 2, w // 2, 4 * c)
+    if ps_version == "v1":
+        y = y.transpose(1, 2)
+    elif ps_version != "v2":
+        raise ValueError(f"unknown ps_version {ps_version!r} (expected 'v1' or 'v2')")
+    return y
+
+
+def read_hf_config(path: str | Path) -> dict[str, Any]:
+    """Read ``config.json`` of a Hugging Face model folder."""
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{cfg_file} not found: `path` must be a Hugging Face model folder")
+    with open(cfg_file) as f:
+        return json.load(f)
+
+
+class InternVLMLLM(nn.Module):
+    """InternVL: InternViT vision encoder + ``mlp1`` projector + a causal LM.
+
+    Args:
+        tokenizer: tokenizer object or config dict; Sa2VA's special tokens are added if missing
+            and the LM's embeddings are resized to ``len(tokenizer)``.
+        vision_config: ``vision_config`` dict of an InternVL ``config.json`` (or
+            :class:`InternVisionConfig` fields).
+        llm_config: ``llm_config`` dict of an InternVL ``config.json`` (the family's HF config).
+        path: a Hugging Face Sa2VA / InternVL folder; its ``config.json`` supplies the two configs
+            and the other fields when they are not given. Weights are loaded by the caller.
+        downsample_ratio: pixel-shuffle ratio (only 0.5 exists).
+        ps_version: pixel-shuffle version (``'v2'``).
+        select_layer: ViT layer whose output feeds ``mlp1`` (-1: the last).
+        torch_dtype: dtype of the built weights (``None``: float32).
+        gradient_checkpointing: recompute LLM (and ViT) activations in backward.
+    """
+
+    family: ClassVar[LLMFamily]
+
+    def __init__(
+        self,
+        *,
+        tokenizer: Any,
+        vision_config: dict | None = None,
+        llm_config: dict | None = None,
+        path: str | None = None,
+        downsample_ratio: float | None = None,
+        ps_version: str | None = None,
+        select_layer: int | None = None,
+        torch_dtype: str | torch.dtype | None = None,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        hf = read_hf_config(path) if path is not None else {}
+        vision_config = vision_config if vision_config is not None else hf.get("vision_config")
+        llm_config = llm_config if llm_config is not None else hf.get("llm_config")
+        if vision_config is None or llm_config is None:
+            raise ValueError("InternVL adapter needs `path` or both `vision_config` and `llm_config`")
+        self.path = path
+        self.downsample_ratio = float(downsample_ratio or hf.get("downsample_ratio", 0.5))
+        if self.downsample_ratio != 0.5:
+            raise ValueError(f"only downsample_ratio=0.5 is supported, got {self.downsample_ratio}")
+        self.ps_version = ps_version or hf.get("ps_version", "v2")
+        self.select_layer = int(select_layer if select_layer is not None else hf.get("select_layer", -1))
+        if self.select_layer != -1:
+            raise ValueError(
+                f"only select_layer=-1 (the last ViT layer) is supported, got {self.select_layer}"
+            )
+        self.template = hf.get("template", self.family.default_template)
+        dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
+
+        self.tokenizer = build_component(tokenizer)
+        add_sa2va_tokens(self.tokenizer)
+
+        self.vision_config = InternVisionConfig.from_dict(dict(vision_config))
+        self.vision_model = InternVisionModel(self.vision_config)
+        self.llm_config_dict = dict(llm_config)
+        self.language_model = self.build_llm(self.llm_config_dict, dtype)
+        vit_dim = self.vision_config.hidden_size
+        llm_dim = self.language_model.config.hidden_size
+        self.mlp1 = nn.Sequential(
+            nn.LayerNorm(vit_dim * 4),
+            nn.Linear(vit_dim * 4, llm_dim),
+            nn.GELU(),
+            nn.Linear(llm_dim, llm_dim),
+        )
+        if dtype is not None:
+            self.vision_model.to(dtype)
+            self.mlp1.to(dtype)
+        patches = self.vision_config.image_size // self.vision_config.patch_size
+        self.num_image_token = int((patches * self.downsample_ratio) ** 2)
+        self.img_context_token_id = self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+        self.lora_applied = False
+        if gradient_checkpointing:
+            self.enable_gradient_checkpointing()
+
+    # --- family hooks ----------------------------------------------------------------------------
+    def build_llm(self, llm_config: dict, dtype: torch.dtype | None) -> PreTrainedModel:
+        """Build the family's causal LM with random weights from its HF config dict."""
+        raise NotImplementedError
+
+    # --- structure -------------------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return int(self.language_model.config.hidden_size)
+
+    def base_llm(self) -> PreTrainedModel:
+        """The transformers causal LM, with or without the PEFT wrapper around it."""
+        lm = self.language_model
+        return lm.get_base_model() if self.lora_applied else lm
+
+    def resize_token_embeddings(self) -> None:
+        """Grow the LM embeddings and head to ``len(tokenizer)`` (new rows: mean init by transformers)."""
+        n = len(self.tokenizer)
+        if self.base_llm().get_input_embeddings().weight.shape[0] != n:
+            self.base_llm().resize_token_embeddings(n, mean_resizing=True)
+
+    def apply_lora(
+        self, *, r: int = 128, alpha: int = 256, dropout: float = 0.05, train_embeddings: bool = True
+    ) -> None:
+        """Wrap the LM with PEFT LoRA on every decoder linear layer (never the head).
+
+        With ``train_embeddings`` the input embeddings and the LM head are trained as full copies
+        (PEFT ``modules_to_save``).
+        """
+        if self.lora_applied:
+            raise RuntimeError("LoRA is already applied")
+        fam = self.family
+        expected = sum(
+            1
+            for name, _ in self.language_model.named_modules()
+            if name.rsplit(".", 1)[-1] in fam.lora_targets
+        )
+        if expected == 0:
+            raise ValueError(f"no module named {fam.lora_targets} in the {fam.name} LM: wrong adapter class?")
+        cfg = LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            bias="none",
+            target_modules=list(fam.lora_targets),
+            modules_to_save=[fam.embed_module, fam.head_module] if train_embeddings else None,
+        )
+        self.language_model = get_peft_model(self.language_model, cfg)
+        self.lora_applied = True
+        got = sum(1 for name, _ in self.language_model.named_modules() if name.endswith(".lora_A"))
+        if got != expected:
+            raise RuntimeError(f"LoRA wrapped {got} modules, expected {expected} ({fam.lora_targets})")
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.base_llm().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.base_llm().config.use_cache = False
+        self.vision_model.gradient_checkpointing = True
+
+    # --- forward ---------------------------------------------------------------------------------
+    def extract_feature(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Image tiles -> LLM-space image tokens.
+
+        Args:
+            pixel_values: ``[T, 3, S, S]`` ImageNet-normalised tiles (``S`` = ViT image size).
+
+        Returns:
+            ``[T, num_image_token, hidden_size]``.
+        """
+        return self.project_vit(self.encode_vit(pixel_values))
+
+    def encode_vit(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frozen part: ViT last hidden state without the CLS token, ``[T, (S/P)^2, C_vit]``."""
+        dtype = self.vision_model.embeddings.patch_embedding.weight.dtype
+        return self.vision_model(pixel_values.to(dtype))[:, 1:, :]
+
+    def project_vit(self, vit_tokens: torch.Tensor) -> torch.Tensor:
+        """Trainable part: pixel shuffle + ``mlp1``: ``[T, N, C_vit] -> [T, N/4, hidden_size]``."""
+        t, n, c = vit_tokens.shape
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"ViT produced {n} patch tokens, not a square grid")
+        grid = pixel_shuffle(vit_tokens.reshape(t, side, side, c), self.ps_version)
+        x = grid.reshape(t, -1, 4 * c)
+        return self.mlp1(x.to(self.mlp1[0].weight.dtype))
+
+    def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with the image tokens written into the ``<IMG_CONTEXT>`` positions.
+
+        Args:
+            input_ids: ``[B, L]``.
+            image_tokens: ``[T, num_image_token, H]`` for the tiles of the batch, in order.
+
+        Returns:
+            ``[B, L, H]``.
+        """
+        embeds = self.language_model.get_input_embeddings()(input_ids)
+        is_img = input_ids == self.img_context_token_id
+        n_slots = int(is_img.sum())
+        if image_tokens is None:
+            if n_slots:
+                raise ValueError(
+                    f"input_ids hold {n_slots} {IMG_CONTEXT_TOKEN} tokens but no image was given"
+                )
+            return embeds
+        flat = image_tokens.reshape(-1, image_tokens.shape[-1]).to(embeds.dtype)
+        if flat.shape[0] != n_slots:
+            raise ValueError(
+                f"{flat.shape[0]} image tokens ({image_tokens.shape[0]} tiles x {image_tokens.shape[1]}) "
+                f"for {n_slots} {IMG_CONTEXT_TOKEN} positions"
+            )
+        return embeds.masked_scatter(is_img[..., None], flat)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        vit_tokens: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced forward.
+
+        Args:
+            input_ids: ``[B, L]`` token ids.
+            attention_mask: ``[B, L]`` 1 for real tokens, 0 for padding.
+            pixel_values: ``[T, 3, S, S]`` tiles of all images of the batch, in order.
+            position_ids: ``[B, L]`` (default: 0..L-1).
+            vit_tokens: precomputed :meth:`encode_vit` output ``[T, N, C_vit]`` (feature cache);
+                replaces ``pixel_values``.
+
+        Returns:
+            ``(logits [B, L, V], hidden [B, L, H])``, hidden = last layer after the final norm.
+        """
+        if vit_tokens is None and pixel_values is not None:
+            vit_tokens = self.encode_vit(pixel_values)
+        image_tokens = self.project_vit(vit_tokens) if vit_tokens is not None else None
+        embeds = self.embed(input_ids, image_tokens)
+        out = self.language_model(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_hidden_states=True,
+            use_cache=False,
+            return_dict=True,
+        )
+        return out.logits, out.hidden_states[-1]
+
+
+class Qwen2InternVL(InternVLMLLM):
+    """InternVL with a Qwen2 / Qwen2.5 LM (Sa2VA-1B, -4B, InternVL3-based Sa2VA)."""
+
+    family = LLMFamily(
+        name="qwen2",
+        lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        embed_module="embed_tokens",
+        head_module="lm_head",
+        default_template="qwen_chat",
+    )
+
+    def build_llm(self, llm_config: dict, dtype: torch.dtype | None) -> PreTrainedModel:
+        cfg = {k: v for k, v in llm_config.items() if k not in ("architectures", "auto_map", "_name_or_path")}
+        config = Qwen2Config(**cfg)
+        # Sa2VA checkpoints store `lm_head` apart from `embed_tokens` and LoRA trains both as separate
+        # copies, so they are never tied here (even for Qwen2.5-0.5B, whose base config ties them).
+        config.tie_word_embeddings = False
+        config.use_cache = False
+        return Qwen2ForCausalLM._from_config(config, attn_implementation="sdpa", torch_dtype=dtype)

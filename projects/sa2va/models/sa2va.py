@@ -1,0 +1,361 @@
+"""Sa2VA for training: the teacher-forced forward with [SEG] -> text_hidden_fcs -> SAM2 mask decoder.
+
+``Sa2VAModel`` receives its parts from the config (an InternVL MLLM adapter, a SAM2 grounding
+encoder, a mask loss) and declares, per part, whether it is frozen, LoRA-adapted or fully trained.
+Inference with generation lives in a separate predictor class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from mmengine.logging import MMLogger
+from mmengine.model import BaseDataPreprocessor, BaseModel
+from torch import nn
+
+from ..structures import Sa2VABatch
+from .builder import build_component
+from .internvl import InternVLMLLM
+from .losses import MaskLoss
+from .sam2_grounding import SAM2GroundingEncoder, SAM2ImageFeatures, upsample_logits
+
+SEG_TOKEN = "[SEG]"
+
+# Part name -> parameter-name prefix inside Sa2VAModel. Every parameter belongs to exactly one part;
+# `sam2_other` (memory attention/encoder, object pointers, no_mem_embed, ...) is what is left of SAM2.
+PART_PREFIXES: dict[str, str] = {
+    "vision_model": "mllm.vision_model.",
+    "mlp1": "mllm.mlp1.",
+    "llm": "mllm.language_model.",
+    "sam2_image_encoder": "grounding_encoder.sam2_model.image_encoder.",
+    "sam2_prompt_encoder": "grounding_encoder.sam2_model.sam_prompt_encoder.",
+    "sam2_mask_decoder": "grounding_encoder.sam2_model.sam_mask_decoder.",
+    "sam2_other": "grounding_encoder.",
+    "text_hidden_fcs": "text_hidden_fcs.",
+}
+TRAIN_MODES = ("frozen", "full", "lora")
+# The reference recipe.
+DEFAULT_TRAINABLE: dict[str, str] = {
+    "vision_model": "frozen",
+    "mlp1": "full",
+    "llm": "lora",
+    "sam2_image_encoder": "frozen",
+    "sam2_prompt_encoder": "frozen",
+    "sam2_mask_decoder": "full",
+    "sam2_other": "frozen",
+    "text_hidden_fcs": "full",
+}
+DEFAULT_LORA: dict[str, Any] = {"r": 128, "alpha": 256, "dropout": 0.05, "train_embeddings": True}
+
+
+def part_of(param_name: str) -> str:
+    """The part (key of :data:`PART_PREFIXES`) that parameter ``param_name`` belongs to."""
+    for part, prefix in PART_PREFIXES.items():
+        if param_name.startswith(prefix):
+            return part
+    raise KeyError(f"parameter {param_name!r} belongs to no part of Sa2VAModel")
+
+
+class Sa2VADataPreprocessor(BaseDataPreprocessor):
+    """Moves a :class:`Sa2VABatch` to the model's device (non-blocking from pinned memory)."""
+
+    def forward(self, data: dict, training: bool = False) -> dict:
+        batch = data["data"]
+        if not isinstance(batch, Sa2VABatch):
+            raise TypeError(f"expected a Sa2VABatch under 'data', got {type(batch).__name__}")
+        return {"data": batch.to(self.device, non_blocking=True), "data_samples": data.get("data_samples")}
+
+
+class Sa2VAModel(BaseModel):
+    """Sa2VA: InternVL MLLM + SAM2, trained through the teacher-forced forward.
+
+    Args:
+        mllm: an :class:`InternVLMLLM` (or its config dict), e.g. ``Qwen2InternVL``.
+        grounding_encoder: a :class:`SAM2GroundingEncoder` (or its config dict).
+        loss_mask: a :class:`MaskLoss` (or its config dict): BCE + Dice weights, resolution mode.
+        trainable: part -> ``'frozen' | 'full' | 'lora'`` (``'lora'`` only for ``llm``); missing
+            parts take :data:`DEFAULT_TRAINABLE` (the reference recipe).
+        lora: LoRA settings (``r``, ``alpha``, ``dropout``, ``train_embeddings``) used when
+            ``trainable['llm'] == 'lora'``.
+        lm_loss_weight: weight of the next-token cross-entropy.
+        seg_hidden_shift: 0 takes the hidden state AT each ``[SEG]`` position (Sa2VA); -1 the one
+            before it (LISA).
+        pretrained_pth: a trainable-weights checkpoint (``.pth``) to start from; loaded after LoRA.
+        load_weights: a callable ``(model) -> None`` that loads base weights (e.g. an official HF
+            folder) after the parts are built and before LoRA is applied.
+        data_preprocessor: defaults to :class:`Sa2VADataPreprocessor`.
+    """
+
+    def __init__(
+        self,
+        *,
+        mllm: InternVLMLLM | dict,
+        grounding_encoder: SAM2GroundingEncoder | dict,
+        loss_mask: MaskLoss | dict | None = None,
+        trainable: dict[str, str] | None = None,
+        lora: dict[str, Any] | None = None,
+        lm_loss_weight: float = 1.0,
+        seg_hidden_shift: int = 0,
+        pretrained_pth: str | None = None,
+        load_weights: Any = None,
+        data_preprocessor: dict | nn.Module | None = None,
+    ) -> None:
+        super().__init__(data_preprocessor=data_preprocessor or Sa2VADataPreprocessor())
+        self.mllm: InternVLMLLM = build_component(mllm)
+        self.grounding_encoder: SAM2GroundingEncoder = build_component(grounding_encoder)
+        self.loss_mask: MaskLoss = build_component(loss_mask) if loss_mask is not None else MaskLoss()
+        hidden = self.mllm.hidden_size
+        self.text_hidden_fcs = nn.Sequential(
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, self.grounding_encoder.hidden_dim),
+            nn.Dropout(0.0),
+        )
+        if seg_hidden_shift not in (0, -1):
+            raise ValueError(f"seg_hidden_shift must be 0 or -1, got {seg_hidden_shift}")
+        self.seg_hidden_shift = seg_hidden_shift
+        self.lm_loss_weight = lm_loss_weight
+        self.tokenizer = self.mllm.tokenizer
+        self.seg_token_idx = self.tokenizer.convert_tokens_to_ids(SEG_TOKEN)
+        if self.seg_token_idx is None or self.seg_token_idx == self.tokenizer.unk_token_id:
+            raise ValueError(f"tokenizer has no {SEG_TOKEN} token")
+
+        if load_weights is not None:
+            build_component(load_weights)(self) if isinstance(load_weights, dict) else load_weights(self)
+        self.mllm.resize_token_embeddings()
+
+        unknown = set(trainable or {}) - set(PART_PREFIXES)
+        if unknown:
+            raise ValueError(
+                f"unknown parts in `trainable`: {sorted(unknown)} (known: {list(PART_PREFIXES)})"
+            )
+        self.trainable = {**DEFAULT_TRAINABLE, **(trainable or {})}
+        self.lora_cfg = {**DEFAULT_LORA, **(lora or {})}
+        self._apply_trainability()
+        if pretrained_pth is not None:
+            self.load_trainable_checkpoint(pretrained_pth)
+        self.log_trainable()
+
+    # --- trainability -----------------------------------------------------------------------------
+    def _apply_trainability(self) -> None:
+        for part, mode in self.trainable.items():
+            if mode not in TRAIN_MODES:
+                raise ValueError(f"trainable[{part!r}] = {mode!r}; expected one of {TRAIN_MODES}")
+            if mode == "lora" and part != "llm":
+                raise ValueError(f"trainable[{part!r}] = 'lora': LoRA is only available for 'llm'")
+        self.requires_grad_(False)
+        if self.trainable["llm"] == "lora":
+            self.mllm.apply_lora(**self.lora_cfg)  # PEFT marks LoRA and modules_to_save trainable
+        for name, param in self.named_parameters():
+            if self.trainable[part_of(name)] == "full":
+                param.requires_grad_(True)
+
+    def part_is_frozen(self, part: str) -> bool:
+        return self.trainable[part] == "frozen"
+
+    def parameter_counts(self) -> dict[str, tuple[int, int]]:
+        """Part -> (trainable parameters, all parameters)."""
+        counts: dict[str, list[int]] = {p: [0, 0] for p in PART_PREFIXES}
+        for name, param in self.named_parameters():
+            c = counts[part_of(name)]
+            c[1] += param.numel()
+            if param.requires_grad:
+                c[0] += param.numel()
+        return {k: (v[0], v[1]) for k, v in counts.items()}
+
+    def log_trainable(self) -> None:
+        logger = MMLogger.get_current_instance()
+        counts = self.parameter_counts()
+        lines = [f"{'part':<22}{'mode':<8}{'trainable':>16}{'total':>16}"]
+        for part, (tr, tot) in counts.items():
+            lines.append(f"{part:<22}{self.trainable[part]:<8}{tr:>16,}{tot:>16,}")
+        tr_all = sum(v[0] for v in counts.values())
+        tot_all = sum(v[1] for v in counts.values())
+        lines.append(f"{'total':<30}{tr_all:>16,}{tot_all:>16,}")
+        logger.info("Sa2VAModel parameters:\n" + "\n".join(lines))
+
+    # --- checkpoints of trainable tensors only ----------------------------------------------------
+    def trainable_keys(self) -> list[str]:
+        return [n for n, p in self.named_parameters() if p.requires_grad]
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Only the trainable tensors (LoRA, modules_to_save copies, ``mlp1``, mask decoder, fcs)."""
+        full = super().state_dict(*args, **kwargs)
+        keep = set(self.trainable_keys())
+        prefix = kwargs.get("prefix", "")
+        # Filter in place: a wrapper (DDP) passes its own `destination` dict down.
+        for k in [k for k in full if k.startswith(prefix) and k[len(prefix) :] not in keep]:
+            del full[k]
+        return full
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        """Load trainable tensors; with ``strict`` any missing or unexpected key is an error."""
+        keep = set(self.trainable_keys())
+        got = set(state_dict)
+        missing, unexpected = sorted(keep - got), sorted(got - keep)
+        if strict and (missing or unexpected):
+            raise KeyError(
+                f"trainable checkpoint does not match the model: {len(missing)} missing "
+                f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            )
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
+
+    def load_trainable_checkpoint(self, path: str) -> None:
+        """Load a ``.pth`` of trainable tensors (``{'state_dict': ...}`` or a bare dict), safely."""
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+        try:
+            self.load_state_dict(sd, strict=True)
+        except KeyError as e:
+            raise KeyError(f"{path}: {e}") from None
+
+    # --- forward -----------------------------------------------------------------------------------
+    def _maybe_no_grad(self, part: str) -> contextlib.AbstractContextManager:
+        return torch.no_grad() if self.part_is_frozen(part) else contextlib.nullcontext()
+
+    def encode_images(self, batch: Sa2VABatch) -> tuple[torch.Tensor | None, SAM2ImageFeatures]:
+        """The frozen encoders (or their cached outputs): ViT tokens and SAM2 image features."""
+        vit_tokens = batch.vit_tokens
+        if vit_tokens is None and batch.pixel_values is not None:
+            with self._maybe_no_grad("vision_model"):
+                vit_tokens = self.mllm.encode_vit(batch.pixel_values)
+        if batch.sam2_fpn is not None:
+            feats = SAM2ImageFeatures(list(batch.sam2_fpn))
+        else:
+            if batch.g_pixel_values is None:
+                raise ValueError("batch has neither g_pixel_values nor cached sam2_fpn")
+            with self._maybe_no_grad("sam2_image_encoder"):
+                feats = self.grounding_encoder.encode_image(batch.g_pixel_values)
+        return vit_tokens, feats
+
+    def seg_embeddings(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Hidden states at the ``[SEG]`` positions, projected to the SAM2 prompt size.
+
+        Args:
+            input_ids: ``[B, L]``.
+            hidden: ``[B, L, H]`` last-layer hidden states (after the final norm).
+
+        Returns:
+            ``([N, hidden_dim] language embeddings in row-major order of the [SEG] tokens,
+            [B] number of [SEG] tokens per sample)``.
+        """
+        is_seg = input_ids == self.seg_token_idx
+        if self.seg_hidden_shift == -1:
+            is_seg = torch.cat([is_seg[:, 1:], torch.zeros_like(is_seg[:, :1])], dim=1)
+        counts = is_seg.sum(dim=1).tolist()
+        return self.text_hidden_fcs(hidden[is_seg]), counts
+
+    def forward(self, data: Sa2VABatch, data_samples: Any = None, mode: str = "loss") -> Any:
+        if mode == "loss":
+            return self.compute_loss(data)
+        if mode == "predict":
+            return self.predict(data)
+        if mode == "tensor":
+            return self.forward_tensors(data)
+        raise ValueError(f"unknown mode {mode!r} (expected 'loss', 'predict' or 'tensor')")
+
+    def forward_tensors(self, batch: Sa2VABatch) -> dict[str, Any]:
+        """Run everything; return raw outputs.
+
+        Returns:
+            dict with ``logits [B, L, V]``, ``hidden [B, L, H]``, ``seg_embeds [N, hidden_dim]``,
+            ``seg_counts [B]``, ``mask_logits [N, h, w]`` (SAM2 low-res logits; ``N`` may be 0).
+        """
+        vit_tokens, feats = self.encode_images(batch)
+        logits, hidden = self.mllm(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, vit_tokens=vit_tokens
+        )
+        seg_embeds, counts = self.seg_embeddings(batch.input_ids, hidden)
+        obj_to_img = torch.repeat_interleave(
+            torch.arange(len(counts), device=hidden.device), torch.tensor(counts, device=hidden.device)
+        )
+        if seg_embeds.shape[0] > 0:
+            mask_logits = self.grounding_encoder.decode_masks(feats, seg_embeds, obj_to_img)["masks"]
+        else:
+            mask_logits = hidden.new_zeros(
+                (0, self.grounding_encoder.low_res_size, self.grounding_encoder.low_res_size)
+            )
+        return {
+            "logits": logits,
+            "hidden": hidden,
+            "seg_embeds": seg_embeds,
+            "seg_counts": counts,
+            "mask_logits": mask_logits,
+            "features": feats,
+        }
+
+    def lm_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy over the labelled positions (mean over tokens)."""
+        shift_logits = logits[:, :-1].float()
+        shift_labels = labels[:, 1:]
+        if (shift_labels != -100).sum() == 0:
+            return shift_logits.sum() * 0.0
+        return F.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100
+        )
+
+    def compute_loss(self, batch: Sa2VABatch) -> dict[str, torch.Tensor]:
+        """LM loss + mask losses; a batch without any ``[SEG]`` keeps the mask path at weight 0."""
+        out = self.forward_tensors(batch)
+        losses = {"loss_lm": self.lm_loss_weight * self.lm_loss(out["logits"], batch.labels)}
+        counts = out["seg_counts"]
+        for i, (c, m) in enumerate(zip(counts, batch.masks)):
+            if c != m.shape[0]:
+                sid = batch.image_ids[i] if i < len(batch.image_ids) else i
+                raise ValueError(
+                    f"sample {sid!r}: {c} {SEG_TOKEN} tokens in the sequence but {m.shape[0]} masks "
+                    "(was the text truncated?)"
+                )
+        if sum(counts) > 0:
+            losses.update(self.loss_mask(out["mask_logits"], batch.masks, counts))
+        else:
+            # DDP needs every trainable parameter in the graph: run the mask path on a dummy prompt.
+            dummy = self.text_hidden_fcs(out["hidden"][:, 0])
+            idx = torch.arange(batch.batch_size, device=dummy.device)
+            logits = self.grounding_encoder.decode_masks(out["features"], dummy, idx)["masks"]
+            zero = logits.sum() * 0.0
+            losses.update({"loss_mask": zero, "loss_dice": zero})
+        return losses
+
+    @torch.no_grad()
+    def predict(self, batch: Sa2VABatch) -> list[dict[str, Any]]:
+        """Teacher-forced prediction (the [SEG] answers are in the input): per-sample probability maps.
+
+        Returns:
+            per sample: ``image_id``, ``texts``, ``probs`` ``[n, H, W]`` float32 in [0, 1] at the
+            ground-truth size (logits upsampled bilinearly via the SAM2 input size, as the official
+            inference does), ``gt`` ``[n, H, W]`` bool.
+        """
+        out = self.forward_tensors(batch)
+        results = []
+        for i, (lg, gt) in enumerate(zip(out["mask_logits"].split(out["seg_counts"]), batch.masks)):
+            size = tuple(gt.shape[-2:])
+            probs = self.logits_to_probs(lg, size)
+            results.append(
+                {
+                    "image_id": batch.image_ids[i] if batch.image_ids else str(i),
+                    "texts": batch.texts[i] if batch.texts else [],
+                    "probs": probs.cpu(),
+                    "gt": gt.bool().cpu(),
+                }
+            )
+        return results
+
+    def logits_to_probs(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Low-res logits ``[n, h, w]`` -> probabilities ``[n, *size]``.
+
+        In ``'full'`` loss mode the logits are upsampled directly to ``size`` (what was trained);
+        in ``'low'`` mode through the SAM2 input size first, like the official inference.
+        """
+        if self.loss_mask.resolution == "low":
+            s = self.grounding_encoder.image_size
+            logits = upsample_logits(logits, (s, s))
+        return upsample_logits(logits, size).sigmoid()
+
+    def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.named_parameters() if p.requires_grad)

@@ -1,0 +1,70 @@
+"""The typed batch that flows from the collate function through the data preprocessor to the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Sa2VABatch:
+    """One training/validation batch of ``B`` samples (one image each).
+
+    Attributes:
+        input_ids: ``[B, L]`` long, right-padded token ids (image tokens spliced in as
+            ``<img><IMG_CONTEXT>*(256*tiles)</img>``).
+        attention_mask: ``[B, L]`` long, 1 for real tokens.
+        labels: ``[B, L]`` long, ``-100`` everywhere except the assistant answers and their end token.
+        pixel_values: ``[T, 3, S, S]`` float32 InternViT tiles of all samples, in sample order
+            (``S`` = 448 for the released models), ImageNet-normalised.
+        num_tiles: ``[B]`` tiles per sample (``sum == T``).
+        g_pixel_values: ``[B, 3, G, G]`` float32 SAM2 input (``G`` = 1024), ImageNet-normalised.
+        masks: per sample ``[n_i, H_i, W_i]`` uint8 ground-truth masks at the original image size,
+            one per ``[SEG]`` token of that sample, in order.
+        image_ids: per sample an identifier (the image path relative to the data root).
+        texts: per sample the referring expression of each mask.
+        vit_tokens: optional cached InternViT output ``[T, N, C_vit]`` (frozen-feature cache).
+        sam2_fpn: optional cached SAM2 image-encoder levels, each ``[B, C, h_l, w_l]``.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    pixel_values: torch.Tensor | None
+    num_tiles: list[int]
+    g_pixel_values: torch.Tensor | None
+    masks: list[torch.Tensor]
+    image_ids: list[str] = field(default_factory=list)
+    texts: list[list[str]] = field(default_factory=list)
+    vit_tokens: torch.Tensor | None = None
+    sam2_fpn: list[torch.Tensor] | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Sa2VABatch:
+        """A copy with every tensor moved to ``device``."""
+
+        def move(v: Any) -> Any:
+            if isinstance(v, torch.Tensor):
+                return v.to(device, non_blocking=non_blocking)
+            if isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
+                return [t.to(device, non_blocking=non_blocking) for t in v]
+            return v
+
+        return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+    def pin_memory(self) -> Sa2VABatch:
+        """Pinned copy (called by the DataLoader when ``pin_memory=True``)."""
+
+        def pin(v: Any) -> Any:
+            if isinstance(v, torch.Tensor):
+                return v.pin_memory()
+            if isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
+                return [t.pin_memory() for t in v]
+            return v
+
+        return replace(self, **{f.name: pin(getattr(self, f.name)) for f in fields(self)})

@@ -1,0 +1,126 @@
+"""Convert images + binary mask PNGs (or a COCO instances JSON) into an annotations.json.
+
+    # one object per image, exact RLE (default)
+    python tools/masks_to_annotations.py --images data/x/images --masks data/x/masks \
+        --out data/x/annotations.json --text "blood vessel"            # masks: {stem}_mask.png
+    # several objects per image
+    python tools/masks_to_annotations.py --images I --masks M --out A.json \
+        --mask-pattern "{stem}_artery.png" --text artery --mask-pattern "{stem}_vein.png" --text vein
+    # COCO instances JSON (category name -> text; polygons and RLE kept as they are)
+    python tools/masks_to_annotations.py --coco instances.json --images I --out A.json
+
+Prints a round-trip report (decoded annotation vs. source mask). Exit status: 0 on success; 1 on a
+conversion error, an invalid result, or an RLE round trip that is not exact (nothing is written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from projects.sa2va.datasets.annotations import validate_records, write_annotations
+from projects.sa2va.datasets.convert import (
+    ConversionError,
+    ConversionResult,
+    MaskSpec,
+    convert_coco,
+    convert_mask_folder,
+    format_report,
+)
+
+DEFAULT_PATTERN = "{stem}_mask.png"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=Path, help="image folder (image paths are written relative to it)")
+    parser.add_argument("--masks", type=Path, help="mask folder (may be the image folder)")
+    parser.add_argument("--out", type=Path, required=True, help="annotations.json to write")
+    parser.add_argument(
+        "--mask-pattern",
+        action="append",
+        default=[],
+        help=f"mask file name formatted with the image stem (default {DEFAULT_PATTERN!r}); pair with --text",
+    )
+    parser.add_argument(
+        "--text", action="append", default=[], help="text of the object of each --mask-pattern"
+    )
+    parser.add_argument(
+        "--format", choices=["rle", "polygon"], default=None, help="mask encoding (default rle)"
+    )
+    parser.add_argument("--tolerance", type=float, default=0.0, help="polygon simplification in pixels")
+    parser.add_argument(
+        "--threshold", type=int, default=127, help="mask pixels > threshold (0..255) are foreground"
+    )
+    parser.add_argument(
+        "--allow-missing", action="store_true", help="list images without a mask instead of failing"
+    )
+    parser.add_argument(
+        "--skip-empty", action="store_true", help="list all-background masks instead of failing"
+    )
+    parser.add_argument("--coco", type=Path, help="convert this COCO instances JSON instead of mask files")
+    parser.add_argument("--per-instance", action="store_true", help="COCO: one object per annotation")
+    parser.add_argument("--summary-only", action="store_true", help="print only the overall report line(s)")
+    args = parser.parse_args(argv)
+    if args.coco is not None:
+        if args.format is not None or args.mask_pattern or args.text or args.masks:
+            parser.error(
+                "--coco keeps COCO polygons/RLE as they are: drop --format/--mask-pattern/--text/--masks"
+            )
+    else:
+        if args.images is None or args.masks is None:
+            parser.error("--images and --masks are required (or use --coco)")
+        if not args.text:
+            parser.error("--text is required (the text of each mask pattern's object)")
+        patterns = args.mask_pattern or [DEFAULT_PATTERN]
+        if len(patterns) != len(args.text):
+            parser.error(f"{len(patterns)} --mask-pattern but {len(args.text)} --text: give them in pairs")
+        try:
+            args.specs = [MaskSpec(p, t) for p, t in zip(patterns, args.text)]
+        except ValueError as err:
+            parser.error(str(err))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    fmt = args.format or "rle"
+    try:
+        if args.coco is not None:
+            result: ConversionResult = convert_coco(args.coco, per_instance=args.per_instance)
+        else:
+            result = convert_mask_folder(
+                args.images,
+                args.masks,
+                args.specs,
+                fmt=fmt,
+                tolerance=args.tolerance,
+                threshold=args.threshold,
+                allow_missing=args.allow_missing,
+                skip_empty=args.skip_empty,
+            )
+    except ConversionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(format_report(result, per_image=not args.summary_only))
+
+    problems = validate_records(result.records, args.out, args.images, check_images=args.images is not None)
+    for problem in problems:
+        print(f"INVALID {problem}", file=sys.stderr)
+    if problems:
+        print(f"error: {len(problems)} problem(s) in the converted records; nothing written", file=sys.stderr)
+        return 1
+    if fmt == "rle" and not result.exact:
+        print("error: the RLE round trip is not exact (a bug); nothing written", file=sys.stderr)
+        return 1
+    write_annotations(result.records, args.out)
+    n_objects = sum(len(r["mask"]) for r in result.records)
+    print(f"wrote {args.out}: {len(result.records)} records, {n_objects} objects")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Train a Sa2VA config: a thin front-end to xtuner's train tool (``xtuner.tools.train``).
+
+    python tools/train.py projects/sa2va/configs/sa2va_finetune.py [--work-dir DIR] [--resume auto|PATH]
+        [--deepspeed deepspeed_zero2] [--cfg-options key=value ...] [--launcher pytorch]
+
+Several GPUs or nodes: ``bash tools/dist.sh train CONFIG NGPUS``. Differences from calling xtuner
+directly: ``--resume auto`` resumes from the latest checkpoint of the work dir, and the few classes
+that mmengine pickles into checkpoints are allow-listed for ``torch.load(weights_only=True)``.
+The exit status is non-zero whenever training fails.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch.distributed.elastic.multiprocessing.errors import record
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from projects.sa2va.checkpoint.safe_load import mmengine_safe_globals  # noqa: E402
+
+
+def translate_args(argv: list[str]) -> list[str]:
+    """Map our extra options onto xtuner's: ``--resume auto`` -> ``--cfg-options resume=True``."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--resume" and i + 1 < len(argv) and argv[i + 1] == "auto":
+            out += ["--cfg-options", "resume=True"]
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+@record
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-"):
+        raise SystemExit("usage: python tools/train.py CONFIG [xtuner train options]")
+    if not Path(argv[0]).is_file():
+        raise SystemExit(f"train.py: config file {argv[0]} not found")
+    torch.serialization.add_safe_globals(mmengine_safe_globals())
+    from xtuner.tools import train as xtuner_train
+
+    sys.argv = ["xtuner-train", *translate_args(argv)]
+    xtuner_train.main()
+
+
+if __name__ == "__main__":
+    main()
