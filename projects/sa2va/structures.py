@@ -27,6 +27,11 @@ class Sa2VABatch:
         texts: per sample the referring expression of each mask.
         vit_tokens: optional cached InternViT output ``[T, N, C_vit]`` (frozen-feature cache).
         sam2_fpn: optional cached SAM2 image-encoder levels, each ``[B, C, h_l, w_l]``.
+        input_digests: optional per sample ``(digest of its InternViT tiles or None, digest of its
+            SAM2 input)``, the frozen-feature cache keys (``sa2va_collate(..., digests=True)``).
+        seg_counts: optional per sample number of ``[SEG]`` tokens, set by the data preprocessor after
+            it checked the ``[SEG]`` counts against ``masks`` and the ``<IMG_CONTEXT>`` counts against
+            ``num_tiles`` on the host (lets the model skip those checks, which are device syncs).
     """
 
     input_ids: torch.Tensor
@@ -40,13 +45,17 @@ class Sa2VABatch:
     texts: list[list[str]] = field(default_factory=list)
     vit_tokens: torch.Tensor | None = None
     sam2_fpn: list[torch.Tensor] | None = None
+    input_digests: list[tuple[str | None, str]] | None = None
+    seg_counts: list[int] | None = None
 
     @property
     def batch_size(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Sa2VABatch:
-        """A copy with every tensor moved to ``device``."""
+    def to(
+        self, device: torch.device | str, non_blocking: bool = False, keep_on_host: tuple[str, ...] = ()
+    ) -> Sa2VABatch:
+        """A copy with every tensor moved to ``device`` (fields named in ``keep_on_host`` stay)."""
 
         def move(v: Any) -> Any:
             if isinstance(v, torch.Tensor):
@@ -55,7 +64,9 @@ class Sa2VABatch:
                 return [t.to(device, non_blocking=non_blocking) for t in v]
             return v
 
-        return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})
+        return replace(
+            self, **{f.name: move(getattr(self, f.name)) for f in fields(self) if f.name not in keep_on_host}
+        )
 
     def pin_memory(self) -> Sa2VABatch:
         """Pinned copy (called by the DataLoader when ``pin_memory=True``)."""

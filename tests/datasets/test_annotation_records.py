@@ -254,6 +254,8 @@ def test_decode_record_masks_shape_and_errors() -> None:
         decode_object_mask([encode_mask_rle(_ring())], H + 1, W)
     with pytest.raises(MaskFormatError, match=r"non-empty list of parts"):
         decode_object_mask([], H, W)
+    with pytest.raises(MaskFormatError, match="outside"):
+        decode_object_mask([[0, 0, 1e9, 0, 1e9, 1e9]], H, W)
 
 
 def test_encode_rejects_non_bool() -> None:

@@ -8,9 +8,10 @@ with read_base():
     from ._base_.default_runtime import *
     from ._base_.model_tiny import *
     from ._base_.schedule_reference import *
+    from ._base_.val_refseg import *
 
 work_dir = "work_dirs/sa2va_tiny_demo"
-max_epochs = 4
+max_epochs = 10
 lr = 1e-3  # random weights: a larger step than the fine-tuning recipe's 4e-5
 optim_wrapper.optimizer.lr = lr
 optim_wrapper.accumulative_counts = 1
@@ -35,7 +36,18 @@ train_dataloader.dataset.update(
     template=template,
     tile_size=vit_image_size,
     num_image_token=num_image_token,
-    sam2_image_size=sam2_image_size,
+    sam2_image_size=sam2_image_size, max_tiles=1,
 )
 default_hooks.logger.interval = 5
 default_hooks.checkpoint.interval = 20
+# Validation on the 8 test images (data/chase_db1/annotations_test.json) twice; keep the best checkpoint.
+val_dataloader.dataset.update(
+    tokenizer=tokenizer,
+    template=template,
+    tile_size=vit_image_size,
+    num_image_token=num_image_token,
+    sam2_image_size=sam2_image_size,
+    max_tiles=1,
+)
+train_cfg.update(val_interval=50)
+default_hooks.checkpoint.update(save_best=save_best, rule="greater")

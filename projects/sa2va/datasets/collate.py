@@ -6,15 +6,18 @@ from typing import Any
 
 import torch
 
+from ..models.feature_cache import sample_digests
 from ..structures import Sa2VABatch
 
 
-def sa2va_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+def sa2va_collate(samples: list[dict[str, Any]], digests: bool = False) -> dict[str, Any]:
     """Right-pad token sequences and concatenate image tensors.
 
     Args:
         samples: items of :class:`RefSegDataset` (``input_ids [L_i]``, ``labels [L_i]``,
             ``pixel_values [T_i, 3, S, S]``, ``g_pixel_values [3, G, G]``, ``masks [n_i, H_i, W_i]``).
+        digests: also hash each sample's pixel tensors (``Sa2VABatch.input_digests``, the keys of the
+            frozen-feature cache) here, i.e. in the DataLoader workers.
 
     Returns:
         ``{'data': Sa2VABatch, 'data_samples': None}`` (the mmengine model-input convention).
@@ -51,4 +54,6 @@ def sa2va_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         image_ids=[s.get("image_id", str(i)) for i, s in enumerate(samples)],
         texts=[list(s.get("texts", [])) for s in samples],
     )
+    if digests:
+        batch.input_digests = sample_digests(batch.pixel_values, batch.num_tiles, batch.g_pixel_values)
     return {"data": batch, "data_samples": None}

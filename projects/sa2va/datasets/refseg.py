@@ -33,8 +33,8 @@ from .image_processing import (
     internvl_pixel_values,
     sam2_pixel_values,
 )
-
-IMAGE_PLACEHOLDER = "<image>"
+from .prompt import IMAGE_PLACEHOLDER, image_question, instruction_text  # noqa: F401 (re-export)
+from .prompt import encode_with_image as _encode_with_image
 
 QUESTION_TEMPLATES: tuple[str, ...] = (
     "Please segment the {text}.",
@@ -168,11 +168,9 @@ class RefSegDataset(Dataset):
 
     def encode_with_image(self, text: str, num_tiles: int) -> list[int]:
         """Encode ``text``, replacing the single ``<image>`` by ``<img><IMG_CONTEXT>*n</img>`` ids."""
-        if IMAGE_PLACEHOLDER not in text:
-            return self.encode(text)
-        pre, post = text.split(IMAGE_PLACEHOLDER, 1)
-        image_ids = [self.img_start_id] + [self.img_context_id] * (self.num_image_token * num_tiles)
-        return self.encode(pre) + image_ids + [self.img_end_id] + self.encode(post)
+        return _encode_with_image(
+            self.tokenizer, text, num_tiles=num_tiles, num_image_token=self.num_image_token
+        )
 
     def build_conversation(
         self, texts: list[str], num_tiles: int, rng: np.random.Generator
@@ -190,8 +188,8 @@ class RefSegDataset(Dataset):
             ai = int(rng.integers(len(self.answer_templates))) if self.random_templates else 0
             question = self.question_templates[qi].format(text=text)
             if turn == 0:
-                question = IMAGE_PLACEHOLDER + "\n" + question
-            q_ids = self.encode_with_image(t["INSTRUCTION"].format(input=question), num_tiles)
+                question = image_question(question)
+            q_ids = self.encode_with_image(instruction_text(t, question), num_tiles)
             a_ids = self.encode(self.answer_templates[ai] + t.get("SUFFIX", ""))
             sep_ids = self.encode(t.get("SEP", ""))
             input_ids += q_ids + a_ids + sep_ids

@@ -1,28 +1,61 @@
-"""mmengine ``Runner`` with the two changes Sa2VA training needs (mmengine 0.10.6).
+"""mmengine ``Runner`` with the changes Sa2VA training needs (subclass of mmengine 0.10.6 ``Runner``).
 
 * CPU ranks under torchrun: mmengine's ``init_dist`` always calls ``torch.cuda.set_device``; on a
   machine without a GPU the process group is initialised here with gloo instead.
 * Checkpoints hold trainable tensors only: loading (``load_from`` / ``--resume``) goes through
   ``Sa2VAModel.load_state_dict`` with strict key checking and ``torch.load(weights_only=True)``,
   not through mmengine's non-strict loader.
+* Crash-safe checkpoints: written to a temporary file in the same directory and renamed
+  (``os.replace``); the ``last_checkpoint`` pointer too. ``--resume auto`` falls back to the newest
+  complete ``iter_N.pth`` when the pointer is missing, cut or stale.
+* Exact resume: each rank's random state is saved with the checkpoint and restored by
+  :class:`~projects.sa2va.engine.loops.Sa2VATrainLoop` at the matching point.
+* :class:`~projects.sa2va.engine.optim.NonFiniteLossError` (too many NaN/inf losses in a row) saves a
+  checkpoint before it propagates.
+* :class:`~projects.sa2va.engine.hooks.GlobalBatchLoggerHook` and
+  :class:`~projects.sa2va.engine.hooks.LossRecorderHook` are registered unless the config has them.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from mmengine.dist import all_gather_object, broadcast_object_list, is_main_process
 from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from ..checkpoint.safe_load import load_checkpoint_file, trainable_state_from_checkpoint
+from .hooks import GlobalBatchLoggerHook, LossRecorderHook, SafeMessageHubHook
+from .optim import NonFiniteLossError
+from .state import (
+    CKPT_NAME,
+    POINTER_NAME,
+    atomic_write_text,
+    capture_rng_state,
+    decode_message_hub,
+    find_resumable_checkpoint,
+    restore_rng_state,
+)
+
+DEFAULT_HOOKS = (GlobalBatchLoggerHook, LossRecorderHook, SafeMessageHubHook)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @RUNNERS.register_module()
 class Sa2VARunner(Runner):
-    """``Runner`` for Sa2VA: gloo on CPU, strict trainable-only checkpoint loading."""
+    """``Runner`` for Sa2VA: gloo on CPU, strict trainable-only loading, atomic saves, exact resume."""
 
     def setup_env(self, env_cfg: dict) -> None:
         if self._distributed and not dist.is_initialized() and not torch.cuda.is_available():
@@ -30,6 +63,13 @@ class Sa2VARunner(Runner):
             os.environ.setdefault("LOCAL_RANK", "0")
         super().setup_env(env_cfg)
 
+    def register_hooks(self, default_hooks: dict | None = None, custom_hooks: list | None = None) -> None:
+        super().register_hooks(default_hooks, custom_hooks)
+        for cls in DEFAULT_HOOKS:
+            if not any(isinstance(h, cls) for h in self._hooks):
+                self.register_hook(cls())
+
+    # ----------------------------------------------------------------------------------------- loading
     def load_checkpoint(
         self,
         filename: str,
@@ -39,6 +79,8 @@ class Sa2VARunner(Runner):
     ) -> dict:
         """Load trainable tensors from ``filename`` into the model; any key mismatch is an error."""
         checkpoint = load_checkpoint_file(filename, map_location=map_location)
+        if isinstance(checkpoint.get("message_hub"), dict):
+            checkpoint["message_hub"] = decode_message_hub(checkpoint["message_hub"])
         self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
         state = trainable_state_from_checkpoint(checkpoint)
@@ -47,5 +89,118 @@ class Sa2VARunner(Runner):
         except KeyError as e:
             raise KeyError(f"{filename}: {e}") from None
         self._has_loaded = True
+        self._loaded_meta = checkpoint.get("meta", {}) if isinstance(checkpoint.get("meta"), dict) else {}
         self.logger.info(f"Loaded {len(state)} trainable tensors from {filename}")
         return checkpoint
+
+    def load_or_resume(self) -> None:
+        """As mmengine's, but ``resume=True`` without a path picks the newest *complete* checkpoint.
+
+        Rank 0 chooses (see :func:`~projects.sa2va.engine.state.find_resumable_checkpoint`) and
+        broadcasts the path, so every rank resumes from the same file (the work dir must be shared).
+        """
+        if self._has_loaded:
+            return
+        if self._resume and self._load_from is None:
+            choice = [find_resumable_checkpoint(self.work_dir) if is_main_process() else None]
+            broadcast_object_list(choice)
+            if choice[0] is None:
+                self.logger.info(f"resume=auto: no checkpoint in {self.work_dir}; training from scratch")
+            else:
+                self.logger.info(f"resume=auto: resuming from {choice[0]}")
+                self._load_from = choice[0]
+            if choice[0] is None:
+                self._resume = False
+        super().load_or_resume()
+
+    def resume(
+        self,
+        filename: str,
+        resume_optimizer: bool = True,
+        resume_param_scheduler: bool = True,
+        map_location: str | Callable = "default",
+    ) -> None:
+        self._loaded_meta = {}
+        super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
+        states = self._loaded_meta.get("rng_states")
+        self._resumed_rng = None
+        if states is None:
+            self.logger.warning(f"{filename} holds no random state: random draws after resume will differ")
+        elif len(states) != self.world_size:
+            self.logger.warning(
+                f"{filename} was saved by {len(states)} ranks, resumed by {self.world_size}: random state "
+                "not restored (data order and model state are)"
+            )
+        else:
+            self._resumed_rng = states[self.rank]
+
+    def pop_resumed_rng_state(self) -> Callable[[], None] | None:
+        """A function restoring this rank's resumed random state (once), or None without a resume."""
+        state, self._resumed_rng = getattr(self, "_resumed_rng", None), None
+        return None if state is None else (lambda: restore_rng_state(state))
+
+    # ------------------------------------------------------------------------------------------ saving
+    def save_checkpoint(
+        self,
+        out_dir: str,
+        filename: str,
+        file_client_args: dict | None = None,
+        save_optimizer: bool = True,
+        save_param_scheduler: bool = True,
+        meta: dict | None = None,
+        by_epoch: bool = True,
+        backend_args: dict | None = None,
+    ) -> None:
+        """mmengine's save, made atomic; adds every rank's random state. Call on every rank (collective)."""
+        rng_states = all_gather_object(capture_rng_state())
+        if not is_main_process():
+            return
+        meta = dict(meta or {})
+        meta.update(rng_states=rng_states, world_size=self.world_size)
+        local = file_client_args is None and backend_args is None and "://" not in str(out_dir)
+        if not local:
+            self.logger.warning(f"checkpoint to {out_dir} is not a local path: saved non-atomically")
+            super().save_checkpoint(
+                out_dir,
+                filename,
+                file_client_args,
+                save_optimizer,
+                save_param_scheduler,
+                meta,
+                by_epoch,
+                backend_args,
+            )
+            return
+        final = os.path.join(out_dir, filename)
+        tmp_name = f".{filename}.partial-{os.getpid()}"
+        tmp = os.path.join(out_dir, tmp_name)
+        try:
+            super().save_checkpoint(
+                out_dir, tmp_name, None, save_optimizer, save_param_scheduler, meta, by_epoch, None
+            )
+            _fsync_file(tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        if CKPT_NAME.match(filename):
+            # CheckpointHook rewrites the same text right after this (non-atomically); a kill in that
+            # window leaves a cut pointer, which find_resumable_checkpoint tolerates.
+            atomic_write_text(os.path.join(self.work_dir, POINTER_NAME), final)
+
+    # ---------------------------------------------------------------------------------------- training
+    def train(self) -> torch.nn.Module:
+        try:
+            return super().train()
+        except NonFiniteLossError:
+            step = self.iter + 1  # the failing iteration was consumed (its update skipped)
+            filename = f"iter_{step}.pth"
+            self.save_checkpoint(
+                self.work_dir, filename, meta=dict(epoch=self.epoch, iter=step), by_epoch=False
+            )
+            if is_main_process():
+                self.logger.error(
+                    f"stopped on non-finite losses; saved {os.path.join(self.work_dir, filename)} "
+                    "(resume with --resume auto after changing the config)"
+                )
+            raise

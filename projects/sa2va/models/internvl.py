@@ -172,9 +172,12 @@ class InternVLMLLM(nn.Module):
         return lm.get_base_model() if self.lora_applied else lm
 
     def resize_token_embeddings(self) -> None:
-        """Grow the LM embeddings and head to ``len(tokenizer)`` (new rows: mean init by transformers)."""
+        """Grow the LM embeddings and head to ``len(tokenizer)`` (new rows: mean init by transformers).
+
+        Never shrinks: released LMs pad their vocabulary (Qwen2.5: 151936 rows for 151665 tokens).
+        """
         n = len(self.tokenizer)
-        if self.base_llm().get_input_embeddings().weight.shape[0] != n:
+        if self.base_llm().get_input_embeddings().weight.shape[0] < n:
             self.base_llm().resize_token_embeddings(n, mean_resizing=True)
 
     def apply_lora(
@@ -241,18 +244,25 @@ class InternVLMLLM(nn.Module):
         x = grid.reshape(t, -1, 4 * c)
         return self.mlp1(x.to(self.mlp1[0].weight.dtype))
 
-    def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None) -> torch.Tensor:
+    def embed(
+        self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None, slots_checked: bool = False
+    ) -> torch.Tensor:
         """Token embeddings with the image tokens written into the ``<IMG_CONTEXT>`` positions.
 
         Args:
             input_ids: ``[B, L]``.
             image_tokens: ``[T, num_image_token, H]`` for the tiles of the batch, in order.
+            slots_checked: the ``<IMG_CONTEXT>`` count was already checked on the host (data
+                preprocessor); skips the count here, which is a device-to-host sync.
 
         Returns:
             ``[B, L, H]``.
         """
         embeds = self.language_model.get_input_embeddings()(input_ids)
         is_img = input_ids == self.img_context_token_id
+        if slots_checked and image_tokens is not None:
+            flat = image_tokens.reshape(-1, image_tokens.shape[-1]).to(embeds.dtype)
+            return embeds.masked_scatter(is_img[..., None], flat)
         n_slots = int(is_img.sum())
         if image_tokens is None:
             if n_slots:
@@ -275,6 +285,7 @@ class InternVLMLLM(nn.Module):
         pixel_values: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         vit_tokens: torch.Tensor | None = None,
+        image_slots_checked: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced forward.
 
@@ -292,7 +303,7 @@ class InternVLMLLM(nn.Module):
         if vit_tokens is None and pixel_values is not None:
             vit_tokens = self.encode_vit(pixel_values)
         image_tokens = self.project_vit(vit_tokens) if vit_tokens is not None else None
-        embeds = self.embed(input_ids, image_tokens)
+        embeds = self.embed(input_ids, image_tokens, slots_checked=image_slots_checked)
         out = self.language_model(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -323,3 +334,24 @@ class Qwen2InternVL(InternVLMLLM):
         config.tie_word_embeddings = False
         config.use_cache = False
         return Qwen2ForCausalLM._from_config(config, attn_implementation="sdpa", torch_dtype=dtype)
+
+
+class InternLM2InternVL(InternVLMLLM):
+    """InternVL with an InternLM2 / InternLM2.5 LM (Sa2VA-8B, -26B); LM from :mod:`.internlm2`."""
+
+    family = LLMFamily(
+        name="internlm2",
+        lora_targets=("wqkv", "wo", "w1", "w2", "w3"),
+        embed_module="tok_embeddings",
+        head_module="output",
+        default_template="internlm2_chat",
+    )
+
+    def build_llm(self, llm_config: dict, dtype: torch.dtype | None) -> PreTrainedModel:
+        from .internlm2 import InternLM2Config, InternLM2ForCausalLM
+
+        drop = ("architectures", "auto_map", "_name_or_path", "model_type")
+        config = InternLM2Config(**{k: v for k, v in llm_config.items() if k not in drop})
+        config.tie_word_embeddings = False
+        config.use_cache = False
+        return InternLM2ForCausalLM._from_config(config, torch_dtype=dtype)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 
 from ..structures import Sa2VABatch
 from .builder import build_component
+from .feature_cache import FrozenFeatureCache, build_feature_cache
 from .internvl import InternVLMLLM
 from .losses import MaskLoss
 from .sam2_grounding import SAM2GroundingEncoder, SAM2ImageFeatures, upsample_logits
@@ -34,6 +36,7 @@ PART_PREFIXES: dict[str, str] = {
     "sam2_image_encoder": "grounding_encoder.sam2_model.image_encoder.",
     "sam2_prompt_encoder": "grounding_encoder.sam2_model.sam_prompt_encoder.",
     "sam2_mask_decoder": "grounding_encoder.sam2_model.sam_mask_decoder.",
+    "mask_upsampler": "grounding_encoder.upsampler.",  # optional (MaskUpsampler); before sam2_other
     "sam2_other": "grounding_encoder.",
     "text_hidden_fcs": "text_hidden_fcs.",
 }
@@ -46,6 +49,7 @@ DEFAULT_TRAINABLE: dict[str, str] = {
     "sam2_image_encoder": "frozen",
     "sam2_prompt_encoder": "frozen",
     "sam2_mask_decoder": "full",
+    "mask_upsampler": "full",
     "sam2_other": "frozen",
     "text_hidden_fcs": "full",
 }
@@ -61,13 +65,50 @@ def part_of(param_name: str) -> str:
 
 
 class Sa2VADataPreprocessor(BaseDataPreprocessor):
-    """Moves a :class:`Sa2VABatch` to the model's device (non-blocking from pinned memory)."""
+    """Moves a :class:`Sa2VABatch` to the model's device (non-blocking from pinned memory).
+
+    Set by :class:`Sa2VAModel`: ``seg_token_idx`` / ``img_context_token_id`` / ``num_image_token``
+    (count the ``[SEG]`` and ``<IMG_CONTEXT>`` tokens per sample on the host, check them against the
+    masks and tiles and store the ``[SEG]`` counts in ``batch.seg_counts``, so the model needs no
+    device-to-host sync) and ``keep_pixels_on_host`` (leave the image tensors on the host: with a
+    frozen-feature cache only the samples that miss are copied to the device).
+    """
+
+    seg_token_idx: int | None = None
+    img_context_token_id: int | None = None
+    num_image_token: int = 0
+    keep_pixels_on_host: bool = False
 
     def forward(self, data: dict, training: bool = False) -> dict:
         batch = data["data"]
         if not isinstance(batch, Sa2VABatch):
             raise TypeError(f"expected a Sa2VABatch under 'data', got {type(batch).__name__}")
-        return {"data": batch.to(self.device, non_blocking=True), "data_samples": data.get("data_samples")}
+        host_ids = batch.input_ids.device.type == "cpu"
+        if self.seg_token_idx is not None and batch.seg_counts is None and host_ids:
+            counts = (batch.input_ids == self.seg_token_idx).sum(dim=1).tolist()
+            check_seg_counts(batch, counts)
+            slots = (batch.input_ids == self.img_context_token_id).sum(dim=1).tolist()
+            for i, (n, t) in enumerate(zip(slots, batch.num_tiles)):
+                if n != t * self.num_image_token:
+                    sid = batch.image_ids[i] if i < len(batch.image_ids) else i
+                    raise ValueError(
+                        f"sample {sid!r}: {n} <IMG_CONTEXT> tokens for {t} tiles x {self.num_image_token}"
+                    )
+            batch = replace(batch, seg_counts=counts)
+        keep = ("pixel_values", "g_pixel_values") if self.keep_pixels_on_host else ()
+        moved = batch.to(self.device, non_blocking=True, keep_on_host=keep)
+        return {"data": moved, "data_samples": data.get("data_samples")}
+
+
+def check_seg_counts(batch: Sa2VABatch, counts: list[int]) -> None:
+    """Raise when a sample's number of ``[SEG]`` tokens differs from its number of masks."""
+    for i, (c, m) in enumerate(zip(counts, batch.masks)):
+        if c != m.shape[0]:
+            sid = batch.image_ids[i] if i < len(batch.image_ids) else i
+            raise ValueError(
+                f"sample {sid!r}: {c} {SEG_TOKEN} tokens in the sequence but {m.shape[0]} masks "
+                "(was the text truncated?)"
+            )
 
 
 class Sa2VAModel(BaseModel):
@@ -85,6 +126,9 @@ class Sa2VAModel(BaseModel):
         seg_hidden_shift: 0 takes the hidden state AT each ``[SEG]`` position (Sa2VA); -1 the one
             before it (LISA).
         pretrained_pth: a trainable-weights checkpoint (``.pth``) to start from; loaded after LoRA.
+        feature_cache: frozen-feature cache settings (``dict(mode='memory' | 'disk' | 'off', dir=...,
+            max_bytes=..., dtype=...)``, see :mod:`.feature_cache`); ``None`` = off. Needs the ViT and
+            the SAM2 image encoder frozen. The leaf config decides (on when augmentation is off).
         load_weights: a callable ``(model) -> None`` that loads base weights (e.g. an official HF
             folder) after the parts are built and before LoRA is applied.
         data_preprocessor: defaults to :class:`Sa2VADataPreprocessor`.
@@ -102,6 +146,7 @@ class Sa2VAModel(BaseModel):
         seg_hidden_shift: int = 0,
         pretrained_pth: str | None = None,
         load_weights: Any = None,
+        feature_cache: FrozenFeatureCache | dict | None = None,
         data_preprocessor: dict | nn.Module | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor or Sa2VADataPreprocessor())
@@ -138,6 +183,19 @@ class Sa2VAModel(BaseModel):
         self._apply_trainability()
         if pretrained_pth is not None:
             self.load_trainable_checkpoint(pretrained_pth)
+        self.feature_cache = build_feature_cache(feature_cache)
+        if self.feature_cache is not None:
+            for part in ("vision_model", "sam2_image_encoder"):
+                if not self.part_is_frozen(part):
+                    raise ValueError(
+                        f"feature_cache needs a frozen {part}, but trainable[{part!r}] is "
+                        f"{self.trainable[part]!r}"
+                    )
+        if isinstance(self.data_preprocessor, Sa2VADataPreprocessor):
+            self.data_preprocessor.seg_token_idx = self.seg_token_idx
+            self.data_preprocessor.img_context_token_id = self.mllm.img_context_token_id
+            self.data_preprocessor.num_image_token = self.mllm.num_image_token
+            self.data_preprocessor.keep_pixels_on_host = self.feature_cache is not None
         self.log_trainable()
 
     # --- trainability -----------------------------------------------------------------------------
@@ -153,6 +211,11 @@ class Sa2VAModel(BaseModel):
         for name, param in self.named_parameters():
             if self.trainable[part_of(name)] == "full":
                 param.requires_grad_(True)
+        # Trainable tensors are fp32 master weights (bf16 updates of ~lr*1e-3 would round away);
+        # frozen ones keep the dtype they were built/loaded in (bf16 on GPU to save memory).
+        for param in self.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
 
     def part_is_frozen(self, part: str) -> bool:
         return self.trainable[part] == "frozen"
@@ -205,10 +268,18 @@ class Sa2VAModel(BaseModel):
         return super().load_state_dict(state_dict, strict=False, assign=assign)
 
     def load_trainable_checkpoint(self, path: str) -> None:
-        """Load a ``.pth`` of trainable tensors (``{'state_dict': ...}`` or a bare dict), safely."""
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
-        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+        """Load a ``.pth`` of trainable tensors (``{'state_dict': ...}`` or a bare dict), safely.
+
+        A state in the reference naming (``mllm.model.*``, full or trainable-only, e.g. from
+        ``tools/convert_to_pth.py``) goes through :func:`~..checkpoint.reference_pth.load_reference_state`.
+        """
+        from ..checkpoint.reference_pth import is_reference_state, load_reference_state
+        from ..checkpoint.safe_load import load_checkpoint_file, trainable_state_from_checkpoint
+
+        sd = trainable_state_from_checkpoint(load_checkpoint_file(path))
+        if is_reference_state(sd):
+            load_reference_state(self, sd, source=str(path))
+            return
         try:
             self.load_state_dict(sd, strict=True)
         except KeyError as e:
@@ -220,35 +291,63 @@ class Sa2VAModel(BaseModel):
 
     def encode_images(self, batch: Sa2VABatch) -> tuple[torch.Tensor | None, SAM2ImageFeatures]:
         """The frozen encoders (or their cached outputs): ViT tokens and SAM2 image features."""
+        if self.feature_cache is not None and batch.vit_tokens is None and batch.sam2_fpn is None:
+            return self.feature_cache.encode(self, batch)
+        device = self.text_hidden_fcs[0].weight.device
         vit_tokens = batch.vit_tokens
         if vit_tokens is None and batch.pixel_values is not None:
             with self._maybe_no_grad("vision_model"):
-                vit_tokens = self.mllm.encode_vit(batch.pixel_values)
+                vit_tokens = self.mllm.encode_vit(batch.pixel_values.to(device, non_blocking=True))
         if batch.sam2_fpn is not None:
             feats = SAM2ImageFeatures(list(batch.sam2_fpn))
         else:
             if batch.g_pixel_values is None:
                 raise ValueError("batch has neither g_pixel_values nor cached sam2_fpn")
             with self._maybe_no_grad("sam2_image_encoder"):
-                feats = self.grounding_encoder.encode_image(batch.g_pixel_values)
+                g_pix = batch.g_pixel_values.to(device, non_blocking=True)
+                feats = self.grounding_encoder.encode_image(g_pix)
         return vit_tokens, feats
 
-    def seg_embeddings(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    def seg_positions(
+        self, input_ids: torch.Tensor, counts: list[int] | None = None
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Flat positions (into ``[B * L]``) of the tokens whose hidden state becomes a mask prompt.
+
+        Args:
+            input_ids: ``[B, L]``.
+            counts: ``[B]`` number of ``[SEG]`` tokens per sample when already known on the host
+                (``batch.seg_counts``): then no device-to-host sync happens here. Otherwise they are
+                counted on the device and read back (one sync).
+
+        Returns:
+            ``([N] long positions in row-major order, [B] counts)``; ``position // L`` is the sample.
+        """
+        is_seg = input_ids == self.seg_token_idx
+        if self.seg_hidden_shift == -1:
+            is_seg = torch.cat([is_seg[:, 1:], torch.zeros_like(is_seg[:, :1])], dim=1)
+        if counts is None:
+            counts = is_seg.sum(dim=1).tolist()
+        # A static size N and no sync: a stable descending sort of the 0/1 flags puts the N ones
+        # first, in their original (row-major) order.
+        pos = torch.argsort(is_seg.flatten().to(torch.int8), descending=True, stable=True)
+        return pos[: sum(counts)], counts
+
+    def seg_embeddings(
+        self, input_ids: torch.Tensor, hidden: torch.Tensor, counts: list[int] | None = None
+    ) -> tuple[torch.Tensor, list[int]]:
         """Hidden states at the ``[SEG]`` positions, projected to the SAM2 prompt size.
 
         Args:
             input_ids: ``[B, L]``.
             hidden: ``[B, L, H]`` last-layer hidden states (after the final norm).
+            counts: see :meth:`seg_positions`.
 
         Returns:
             ``([N, hidden_dim] language embeddings in row-major order of the [SEG] tokens,
             [B] number of [SEG] tokens per sample)``.
         """
-        is_seg = input_ids == self.seg_token_idx
-        if self.seg_hidden_shift == -1:
-            is_seg = torch.cat([is_seg[:, 1:], torch.zeros_like(is_seg[:, :1])], dim=1)
-        counts = is_seg.sum(dim=1).tolist()
-        return self.text_hidden_fcs(hidden[is_seg]), counts
+        pos, counts = self.seg_positions(input_ids, counts)
+        return self.text_hidden_fcs(hidden.flatten(0, 1).index_select(0, pos)), counts
 
     def forward(self, data: Sa2VABatch, data_samples: Any = None, mode: str = "loss") -> Any:
         if mode == "loss":
@@ -268,14 +367,18 @@ class Sa2VAModel(BaseModel):
         """
         vit_tokens, feats = self.encode_images(batch)
         logits, hidden = self.mllm(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, vit_tokens=vit_tokens
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            vit_tokens=vit_tokens,
+            image_slots_checked=batch.seg_counts is not None,  # set after the host-side checks
         )
-        seg_embeds, counts = self.seg_embeddings(batch.input_ids, hidden)
-        obj_to_img = torch.repeat_interleave(
-            torch.arange(len(counts), device=hidden.device), torch.tensor(counts, device=hidden.device)
-        )
+        pos, counts = self.seg_positions(batch.input_ids, batch.seg_counts)
+        seg_embeds = self.text_hidden_fcs(hidden.flatten(0, 1).index_select(0, pos))
+        obj_to_img = torch.div(pos, hidden.shape[1], rounding_mode="floor")
         if seg_embeds.shape[0] > 0:
-            mask_logits = self.grounding_encoder.decode_masks(feats, seg_embeds, obj_to_img)["masks"]
+            mask_logits = self.grounding_encoder.decode_masks(
+                feats, seg_embeds, obj_to_img, images=batch.g_pixel_values
+            )["masks"]
         else:
             mask_logits = hidden.new_zeros(
                 (0, self.grounding_encoder.low_res_size, self.grounding_encoder.low_res_size)
@@ -293,31 +396,31 @@ class Sa2VAModel(BaseModel):
         """Next-token cross-entropy over the labelled positions (mean over tokens)."""
         shift_logits = logits[:, :-1].float()
         shift_labels = labels[:, 1:]
-        if (shift_labels != -100).sum() == 0:
-            return shift_logits.sum() * 0.0
-        return F.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100
+        # sum / max(count, 1) instead of a data-dependent branch: no device-to-host sync, and 0 (with
+        # the graph kept) when nothing is labelled.
+        total = F.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.shape[-1]),
+            shift_labels.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
         )
+        return total / (shift_labels != -100).sum().clamp(min=1)
 
     def compute_loss(self, batch: Sa2VABatch) -> dict[str, torch.Tensor]:
         """LM loss + mask losses; a batch without any ``[SEG]`` keeps the mask path at weight 0."""
         out = self.forward_tensors(batch)
         losses = {"loss_lm": self.lm_loss_weight * self.lm_loss(out["logits"], batch.labels)}
         counts = out["seg_counts"]
-        for i, (c, m) in enumerate(zip(counts, batch.masks)):
-            if c != m.shape[0]:
-                sid = batch.image_ids[i] if i < len(batch.image_ids) else i
-                raise ValueError(
-                    f"sample {sid!r}: {c} {SEG_TOKEN} tokens in the sequence but {m.shape[0]} masks "
-                    "(was the text truncated?)"
-                )
+        check_seg_counts(batch, counts)
         if sum(counts) > 0:
             losses.update(self.loss_mask(out["mask_logits"], batch.masks, counts))
         else:
             # DDP needs every trainable parameter in the graph: run the mask path on a dummy prompt.
             dummy = self.text_hidden_fcs(out["hidden"][:, 0])
             idx = torch.arange(batch.batch_size, device=dummy.device)
-            logits = self.grounding_encoder.decode_masks(out["features"], dummy, idx)["masks"]
+            logits = self.grounding_encoder.decode_masks(
+                out["features"], dummy, idx, images=batch.g_pixel_values
+            )["masks"]
             zero = logits.sum() * 0.0
             losses.update({"loss_mask": zero, "loss_dice": zero})
         return losses

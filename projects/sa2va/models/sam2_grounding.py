@@ -106,6 +106,11 @@ class SAM2GroundingEncoder(nn.Module):
         multimask_output: predict 3 masks and keep the one with the highest predicted IoU (reference).
         suppress_no_object: replace the logits by SAM2's no-object score where the object score is
             negative (SAM2's video behaviour; off in Sa2VA).
+        torch_dtype: dtype of the weights (``None``: float32); trainable parts are cast back to fp32
+            by ``Sa2VAModel``.
+        upsampler: optional :class:`~projects.sa2va.models.upsampler.MaskUpsampler` settings (dict of its
+            arguments, ``in_channels`` filled in here); then ``decode_masks`` returns refined logits at
+            ``scale`` x the low-res size. ``None`` (default): the reference 1/4-resolution logits.
     """
 
     def __init__(
@@ -115,9 +120,20 @@ class SAM2GroundingEncoder(nn.Module):
         overrides: dict | None = None,
         multimask_output: bool = True,
         suppress_no_object: bool = False,
+        torch_dtype: str | torch.dtype | None = None,
+        upsampler: dict | None = None,
     ) -> None:
         super().__init__()
         self.sam2_model = build_sam2(config_name, overrides)
+        self.upsampler = None
+        if upsampler is not None:
+            from .upsampler import MaskUpsampler
+
+            sam = self.sam2_model
+            s0 = sam.sam_mask_decoder.conv_s0.out_channels if sam.use_high_res_features_in_sam else None
+            self.upsampler = MaskUpsampler(in_channels=s0 or sam.hidden_dim, **upsampler)
+        if torch_dtype is not None:
+            self.sam2_model.to(getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype)
         self.multimask_output = multimask_output
         self.suppress_no_object = suppress_no_object
 
@@ -151,7 +167,8 @@ class SAM2GroundingEncoder(nn.Module):
             raise ValueError(
                 f"SAM2 expects {self.image_size}x{self.image_size} inputs, got {tuple(images.shape)}"
             )
-        out = self.sam2_model.image_encoder(images)
+        dtype = self.sam2_model.image_encoder.trunk.patch_embed.proj.weight.dtype
+        out = self.sam2_model.image_encoder(images.to(dtype))
         levels = out["backbone_fpn"][-self.sam2_model.num_feature_levels :]
         return SAM2ImageFeatures(list(levels))
 
@@ -161,6 +178,7 @@ class SAM2GroundingEncoder(nn.Module):
         features: SAM2ImageFeatures,
         language_embeds: torch.Tensor,
         obj_to_img: torch.Tensor,
+        images: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Predict one mask per language embedding.
 
@@ -168,10 +186,12 @@ class SAM2GroundingEncoder(nn.Module):
             features: image features of ``B`` images (from :meth:`encode_image` or a cache).
             language_embeds: ``[N, hidden_dim]``, one prompt per object.
             obj_to_img: ``[N]`` long, the image (row of ``features``) each object belongs to.
+            images: ``[B, 3, S, S]`` SAM2 input, used only by the optional upsampler.
 
         Returns:
             dict with ``masks``: ``[N, low_res_size, low_res_size]`` float32 logits (1/4 of the
-            SAM2 input resolution), ``iou``: ``[N]`` predicted IoU of the kept mask,
+            SAM2 input resolution; ``upsampler.scale`` x that with an upsampler; the 1/4 ones are
+            then in ``low_res_masks``), ``iou``: ``[N]`` predicted IoU of the kept mask,
             ``object_score``: ``[N]`` object-score logits.
         """
         sam = self.sam2_model
@@ -188,6 +208,7 @@ class SAM2GroundingEncoder(nn.Module):
         high_res = None
         if sam.use_high_res_features_in_sam:
             high_res = [decoder.conv_s0(fpn[0]), decoder.conv_s1(fpn[1])]
+        stride4 = high_res[0] if high_res is not None else fpn[0]  # per image, for the upsampler
         low = fpn[-1]
         if sam.directly_add_no_mem_embed:
             low = low + sam.no_mem_embed.to(dtype).view(1, -1, 1, 1)
@@ -214,17 +235,22 @@ class SAM2GroundingEncoder(nn.Module):
             masks = torch.where(object_score[:, :, None, None] > 0, masks, torch.full_like(masks, -1024.0))
         best = iou.argmax(dim=-1)
         rows = torch.arange(n, device=masks.device)
-        return {
+        out = {
             "masks": masks[rows, best],
             "iou": iou[rows, best].float(),
             "object_score": object_score[:, 0].float(),
         }
+        if self.upsampler is not None:
+            imgs = images.to(stride4.device, non_blocking=True) if images is not None else None
+            out["low_res_masks"] = out["masks"]
+            out["masks"] = self.upsampler(out["masks"], stride4, obj_to_img, imgs)
+        return out
 
     def forward(
         self, images: torch.Tensor, language_embeds: torch.Tensor, obj_to_img: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """``decode_masks(encode_image(images), ...)``; see those for shapes."""
-        return self.decode_masks(self.encode_image(images), language_embeds, obj_to_img)
+        return self.decode_masks(self.encode_image(images), language_embeds, obj_to_img, images=images)
 
 
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

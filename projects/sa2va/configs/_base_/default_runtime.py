@@ -3,6 +3,7 @@ from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, L
 from mmengine.visualization import LocalVisBackend, Visualizer
 
 from projects.sa2va.engine.runner import Sa2VARunner
+from projects.sa2va.evaluation.vis_backends import OptionalTensorboardVisBackend
 
 runner_type = Sa2VARunner
 default_scope = None
@@ -19,7 +20,11 @@ env_cfg = dict(
     mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
     dist_cfg=dict(backend="nccl"),
 )
-visualizer = dict(type=Visualizer, vis_backends=[dict(type=LocalVisBackend)])
+# scalars.json always; TensorBoard event files too where tensorboard is installed.
+visualizer = dict(
+    type=Visualizer,
+    vis_backends=[dict(type=LocalVisBackend), dict(type=OptionalTensorboardVisBackend)],
+)
 log_level = "INFO"
 log_processor = dict(by_epoch=False, window_size=10)
 load_from = None

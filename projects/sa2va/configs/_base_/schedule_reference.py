@@ -1,9 +1,9 @@
 # The reference optimisation recipe: AdamW 4e-5, wd 0.05, clip 1.0, 5 % linear warm-up then cosine, bf16,
 # batch 2 per GPU x accumulation 16. bf16 autocast on CUDA, fp32 on CPU (DeviceAmpOptimWrapper).
 from mmengine.optim import CosineAnnealingLR, LinearLR
-from mmengine.runner import EpochBasedTrainLoop
 from torch.optim import AdamW
 
+from projects.sa2va.engine.loops import Sa2VATrainLoop
 from projects.sa2va.engine.optim import DeviceAmpOptimWrapper
 
 lr = 4e-5
@@ -19,6 +19,7 @@ optim_wrapper = dict(
     optimizer=dict(type=AdamW, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay),
     clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
     accumulative_counts=accumulative_counts,
+    max_consecutive_nonfinite=5,  # stop (after saving a checkpoint) on 5 NaN/inf losses in a row
 )
 param_scheduler = [
     dict(
@@ -38,4 +39,5 @@ param_scheduler = [
         convert_to_iter_based=True,
     ),
 ]
-train_cfg = dict(type=EpochBasedTrainLoop, max_epochs=max_epochs)
+# Iteration-based with max_epochs as the knob: resumes mid-epoch exactly (see engine/loops.py).
+train_cfg = dict(type=Sa2VATrainLoop, max_epochs=max_epochs)

@@ -1,0 +1,1 @@
+"""Speed / memory benchmark of Sa2VA training at real shapes with random weights (``tools/benchmark.py``)."""

@@ -1,0 +1,567 @@
+"""Training-throughput benchmark of Sa2VA at real shapes (random weights) on one device.
+
+For each model shape the model is built once (through :class:`Sa2VAModel`, the classes the configs
+use) and trained under each run configuration in turn, so the configurations are compared side by
+side in one process:
+
+* throughput pass: ``warmup`` steps (which also fill the feature cache), then ``steps`` timed steps
+  with only two device events around them (no sync inside the timed loop);
+* profiling pass: ``profile_steps`` steps run stage by stage with a device synchronisation around
+  each stage: ViT, SAM2 image encoder, LLM forward+backward, mask decoder forward+backward,
+  optimiser. The backward is split exactly: the decoder is run on a detached copy of the ``[SEG]``
+  embeddings, its backward gives their gradient, which is then fed into the LLM's backward;
+* one extra step under ``torch.cuda.set_sync_debug_mode('warn')`` counts host-device syncs.
+
+Batches are real samples of the bundled data (``data/chase_db1``) preprocessed by
+:class:`RefSegDataset` as a 512x512 image would be (one InternViT tile, the 1024 SAM2 input), with the
+tiny offline tokenizer: ~380 tokens per sample with 5 masks. They are collated (with cache digests)
+and pinned before timing: data loading and hashing happen in DataLoader workers in real training and
+are not timed here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.logging import MMLogger
+
+from ..datasets.collate import sa2va_collate
+from ..datasets.refseg import RefSegDataset
+from ..models.feature_cache import build_feature_cache
+from ..models.internvl import Qwen2InternVL
+from ..models.losses import MaskLoss
+from ..models.sa2va import Sa2VAModel
+from ..models.sam2_grounding import SAM2GroundingEncoder
+from ..models.tokenizer import build_tiny_tokenizer
+from .flops import SampleFlops, counted_flops, llm_forward_flops, mlp1_forward_flops, vit_forward_flops
+
+INTERNVIT_300M = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=448,
+    patch_size=14,
+    qkv_bias=True,
+    qk_normalization=False,
+    norm_type="layer_norm",
+    layer_norm_eps=1e-6,
+)
+_QWEN_COMMON = dict(
+    vocab_size=151674, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6
+)
+QWEN25_05B = dict(
+    hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+    num_key_value_heads=2, **_QWEN_COMMON,
+)  # fmt: skip
+QWEN25_3B = dict(
+    hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+    num_key_value_heads=2, **_QWEN_COMMON,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    name: str
+    vision_config: dict
+    llm_config: dict
+    sam2_overrides: dict | None
+    vit_image_size: int
+    sam2_image_size: int
+    lora_r: int = 128
+
+
+def tiny_shape() -> ModelShape:
+    from ..configs._base_ import model_tiny as t
+
+    return ModelShape(
+        "tiny",
+        dict(t.tiny_vision_config),
+        dict(t.tiny_llm_config),
+        dict(t.tiny_sam2_overrides),
+        t.vit_image_size,
+        t.sam2_image_size,
+        lora_r=8,
+    )
+
+
+def model_shape(name: str) -> ModelShape:
+    """``'1b'`` (InternViT-300M + Qwen2.5-0.5B + SAM2 Hiera-L), ``'4b'`` (+ Qwen2.5-3B), ``'tiny'``."""
+    if name == "1b":
+        return ModelShape("1b", INTERNVIT_300M, QWEN25_05B, None, 448, 1024)
+    if name == "4b":
+        return ModelShape("4b", INTERNVIT_300M, QWEN25_3B, None, 448, 1024)
+    if name == "tiny":
+        return tiny_shape()
+    raise ValueError(f"unknown model shape {name!r} (expected 1b, 4b or tiny)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training configuration compared in the table.
+
+    Attributes:
+        name: label in the table.
+        batch_size: samples per step.
+        cache: feature-cache mode (``'off'``, ``'memory'``, ``'disk'``).
+        fused_adamw: ``torch.optim.AdamW(fused=True)`` (CUDA) instead of the default foreach one.
+        compile_llm: ``torch.compile`` the LLM (opt-in: compilation takes minutes at 4B).
+        gradient_checkpointing: recompute LLM activations in backward.
+    """
+
+    name: str
+    batch_size: int
+    cache: str = "off"
+    fused_adamw: bool = False
+    compile_llm: bool = False
+    gradient_checkpointing: bool = False
+
+
+def run_configs(names: list[str], *, ref_batch: int, opt_batch: int, compile_llm: bool) -> list[RunConfig]:
+    """``ref`` = the reference recipe's step (batch 2, no cache); ``opt`` = cache + large batch +
+    fused AdamW; ``opt-b2`` = the optimised step at the reference batch (the memory target);
+    ``ckpt`` = reference + gradient checkpointing."""
+    table = {
+        "ref": RunConfig("ref", ref_batch),
+        "opt": RunConfig("opt", opt_batch, cache="memory", fused_adamw=True, compile_llm=compile_llm),
+        "opt-b2": RunConfig("opt-b2", ref_batch, cache="memory", fused_adamw=True, compile_llm=compile_llm),
+        "ckpt": RunConfig("ckpt", ref_batch, gradient_checkpointing=True),
+    }
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ValueError(f"unknown configs {unknown} (known: {list(table)})")
+    return [table[n] for n in names]
+
+
+# --- building --------------------------------------------------------------------------------------
+def build_model(shape: ModelShape, device: torch.device) -> Sa2VAModel:
+    """Random-weight Sa2VA of ``shape`` built directly on ``device`` (bf16 frozen weights on CUDA)."""
+    dtype = "bfloat16" if device.type == "cuda" else None
+    with torch.device(device):
+        model = Sa2VAModel(
+            mllm=Qwen2InternVL(
+                tokenizer=build_tiny_tokenizer(),
+                vision_config=dict(shape.vision_config),
+                llm_config=dict(shape.llm_config),
+                torch_dtype=dtype,
+            ),
+            grounding_encoder=SAM2GroundingEncoder(
+                config_name="sam2_hiera_l.yaml", overrides=shape.sam2_overrides, torch_dtype=dtype
+            ),
+            loss_mask=MaskLoss(bce_weight=2.0, dice_weight=0.5, resolution="low", point_sampling=True),
+            lora=dict(r=shape.lora_r, alpha=2 * shape.lora_r, dropout=0.05, train_embeddings=True),
+        )
+    return model.to(device)
+
+
+def load_samples(
+    shape: ModelShape, tokenizer: Any, data_root: str | Path, num_images: int, workers: int
+) -> list[dict]:
+    """``num_images`` preprocessed samples (5 masks each) of the bundled data set."""
+    from xtuner.utils import PROMPT_TEMPLATE
+
+    root = Path(data_root)
+    ds = RefSegDataset(
+        ann_file=str(root / "annotations.json"),
+        image_root=str(root / "images"),
+        tokenizer=tokenizer,
+        template=PROMPT_TEMPLATE.qwen_chat,
+        objects_per_image=5,
+        max_tiles=1,  # one 448 tile + no thumbnail: what InternVL's tiling gives a 512x512 image
+        tile_size=shape.vit_image_size,
+        num_image_token=(shape.vit_image_size // 14) ** 2 // 4,
+        sam2_image_size=shape.sam2_image_size,
+        check_images=False,
+    )
+    n = min(num_images, len(ds))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(ds, list(range(n))),
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=lambda x: x,
+    )
+    return list(loader)
+
+
+def make_batches(samples: list[dict], batch_size: int, count: int, pin: bool) -> list[dict]:
+    """``count`` collated batches cycling through ``samples`` (with cache digests, pinned on CUDA)."""
+    out = []
+    for b in range(count):
+        items = [samples[(b * batch_size + j) % len(samples)] for j in range(batch_size)]
+        data = sa2va_collate(items, digests=True)
+        if pin:
+            data["data"] = data["data"].pin_memory()
+        out.append(data)
+    return out
+
+
+# --- timing helpers --------------------------------------------------------------------------------
+class Timer:
+    """Wall time of a region, synchronising the device around it (profiling pass only)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.times: dict[str, list[float]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        self.sync()
+        t = time.perf_counter()
+        yield
+        self.sync()
+        self.times.setdefault(name, []).append(time.perf_counter() - t)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def median(self, name: str) -> float:
+        v = self.times.get(name)
+        return statistics.median(v) if v else 0.0
+
+
+def matmul_rate(device: torch.device, size: int | None = None, reps: int = 20) -> float:
+    """Measured dense matmul rate in FLOP/s: bf16 on CUDA (8192^3), fp32 on CPU (512^3)."""
+    if device.type == "cuda":
+        n, dtype = size or 8192, torch.bfloat16
+    else:
+        n, dtype, reps = size or 512, torch.float32, 5
+    gen = torch.Generator(device=device).manual_seed(0)
+    sets = [
+        (torch.randn(n, n, device=device, dtype=dtype, generator=gen),
+         torch.randn(n, n, device=device, dtype=dtype, generator=gen))
+        for _ in range(3)
+    ]  # fmt: skip
+    for a, b in sets:
+        a @ b
+    times = []
+    for i in range(reps):
+        a, b = sets[i % len(sets)]
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            a @ b
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
+
+
+# --- one configuration -----------------------------------------------------------------------------
+@dataclass
+class Result:
+    model: str
+    config: RunConfig
+    samples_per_s: float = 0.0
+    step_s: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
+    peak_gib: float = 0.0
+    flops: SampleFlops | None = None
+    tokens: float = 0.0
+    pad_frac: float = 0.0
+    syncs: int = -1
+    sync_sites: list[str] = field(default_factory=list)
+    loss: float = float("nan")
+    error: str = ""
+
+
+class Trainer:
+    """Holds the model, the optimiser and the autocast settings of one run configuration."""
+
+    def __init__(self, model: Sa2VAModel, cfg: RunConfig, device: torch.device) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.device = device
+        self.amp = device.type == "cuda"
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        kwargs: dict[str, Any] = dict(lr=4e-5, betas=(0.9, 0.999), weight_decay=0.05)
+        if cfg.fused_adamw and device.type == "cuda":
+            kwargs["fused"] = True
+        self.opt = torch.optim.AdamW(self.params, **kwargs)
+
+    def autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+
+    def optimizer_step(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0, foreach=self.device.type == "cuda")
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def step(self, data: dict) -> torch.Tensor:
+        """One training step as the runner does it; returns the loss (not read back)."""
+        data = self.model.data_preprocessor(data, True)
+        with self.autocast():
+            losses = self.model(**data, mode="loss")
+            loss = sum(losses.values())
+        loss.backward()
+        self.optimizer_step()
+        return loss.detach()
+
+    def staged_step(self, data: dict, timer: Timer) -> torch.Tensor:
+        """The same step, split into timed stages (see module doc)."""
+        m = self.model
+        with timer("h2d"):
+            data = m.data_preprocessor(data, True)
+        batch = data["data"]
+        cache = m.feature_cache
+        with self.autocast():
+            if cache is not None:
+                with timer("cache"):
+                    vit_tokens, feats = cache.encode(m, batch)
+            else:
+                with timer("vit"), torch.no_grad():
+                    vit_tokens = m.mllm.encode_vit(batch.pixel_values.to(self.device, non_blocking=True))
+                with timer("sam2_encoder"), torch.no_grad():
+                    feats = m.grounding_encoder.encode_image(
+                        batch.g_pixel_values.to(self.device, non_blocking=True)
+                    )
+            with timer("llm_fwd"):
+                logits, hidden = m.mllm(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    vit_tokens=vit_tokens,
+                    image_slots_checked=batch.seg_counts is not None,
+                )
+                pos, counts = m.seg_positions(batch.input_ids, batch.seg_counts)
+                seg = m.text_hidden_fcs(hidden.flatten(0, 1).index_select(0, pos))
+                loss_lm = m.lm_loss_weight * m.lm_loss(logits, batch.labels)
+            with timer("decoder_fwd"):
+                seg_leaf = seg.detach().requires_grad_(True)
+                obj_to_img = torch.div(pos, hidden.shape[1], rounding_mode="floor")
+                masks = m.grounding_encoder.decode_masks(feats, seg_leaf, obj_to_img)["masks"]
+                mask_losses = m.loss_mask(masks, batch.masks, counts)
+                loss_dec = sum(mask_losses.values())
+        with timer("decoder_bwd"):
+            loss_dec.backward()
+        with timer("llm_bwd"):
+            torch.autograd.backward([loss_lm, seg], [torch.ones_like(loss_lm), seg_leaf.grad])
+        with timer("optimizer"):
+            self.optimizer_step()
+        return (loss_lm + loss_dec).detach()
+
+
+def count_syncs(trainer: Trainer, data: dict) -> tuple[int, list[str]]:
+    """Host-device syncs of one step (CUDA only), with the source lines that caused them."""
+    if trainer.device.type != "cuda":
+        return -1, []
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer.step(data)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    hits = [w for w in caught if "synchroniz" in str(w.message)]
+    sites = sorted({f"{Path(w.filename).name}:{w.lineno}" for w in hits})
+    return len(hits), sites
+
+
+def sample_flops(model: Sa2VAModel, shape: ModelShape, batch: dict, cached: bool) -> tuple[SampleFlops, float]:
+    """Model FLOPs per sample of ``batch`` (analytic for ViT / LLM; flop counter for SAM2), tokens."""
+    b = batch["data"]
+    lengths = b.attention_mask.sum(dim=1).tolist()
+    tiles = sum(b.num_tiles) / b.batch_size
+    vit_cfg, llm_cfg = shape.vision_config, dict(shape.llm_config)
+    llm_cfg["vocab_size"] = model.mllm.base_llm().get_output_embeddings().weight.shape[0]
+    n_img_tok = model.mllm.num_image_token
+    llm = statistics.mean(llm_forward_flops(llm_cfg, n, lora_r=shape.lora_r) for n in lengths)
+    h = llm_cfg["hidden_size"]
+    llm += mlp1_forward_flops(vit_cfg["hidden_size"], h, int(tiles * n_img_tok))
+    n_obj = sum(m.shape[0] for m in b.masks) / b.batch_size
+    llm += n_obj * 2 * (h * h + h * model.grounding_encoder.hidden_dim)
+    vit = 0.0 if cached else vit_forward_flops({**vit_cfg, "image_size": shape.vit_image_size}, 1) * tiles
+    ge = model.grounding_encoder
+    device = next(model.parameters()).device
+    img = torch.randn(1, 3, ge.image_size, ge.image_size, device=device)
+    with (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    ):
+        sam2_enc = counted_flops(ge.encode_image, img)
+        feats = ge.encode_image(img)
+        k = max(1, round(n_obj))
+        emb = torch.randn(k, ge.hidden_dim, device=device)
+        dec = counted_flops(ge.decode_masks, feats, emb, torch.zeros(k, dtype=torch.long, device=device))
+    flops = SampleFlops(
+        vit=vit, sam2_encoder=0.0 if cached else sam2_enc, llm=3 * llm, decoder=3 * dec * n_obj / k
+    )
+    return flops, statistics.mean(lengths)
+
+
+def run_one(
+    model: Sa2VAModel,
+    shape: ModelShape,
+    cfg: RunConfig,
+    samples: list[dict],
+    *,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    profile_steps: int,
+    cache_dir: str | None,
+) -> Result:
+    res = Result(shape.name, cfg)
+    logger = MMLogger.get_current_instance()
+    # Configure the shared model for this run.
+    cache_cfg = {"mode": cfg.cache}
+    if cfg.cache == "disk":
+        cache_cfg["dir"] = cache_dir
+    model.feature_cache = build_feature_cache(cache_cfg)
+    model.data_preprocessor.keep_pixels_on_host = model.feature_cache is not None
+    base = model.mllm.base_llm()
+    if cfg.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # PEFT with frozen input embeddings needs inputs that require grad; ours are trained copies.
+    elif base.is_gradient_checkpointing:
+        base.gradient_checkpointing_disable()
+    compiled_from = None
+    if cfg.compile_llm:
+        compiled_from = base.model
+        base.model = torch.compile(base.model, dynamic=True)
+    model.train()
+    trainer = Trainer(model, cfg, device)
+
+    n_distinct = max(1, math.ceil(len(samples) / cfg.batch_size))
+    batches = make_batches(samples, cfg.batch_size, n_distinct, pin=device.type == "cuda")
+    res.pad_frac = statistics.mean(
+        1.0 - float(b["data"].attention_mask.float().mean()) for b in batches
+    )
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        # Warm-up: every distinct batch once (fills the cache), then `warmup` more steps.
+        for i in range(n_distinct + warmup):
+            loss = trainer.step(batches[i % n_distinct])
+        res.loss = float(loss)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        t0 = time.perf_counter()
+        for i in range(steps):
+            trainer.step(batches[i % n_distinct])
+        if device.type == "cuda":
+            end.record()
+            end.synchronize()
+            elapsed = start.elapsed_time(end) / 1e3
+        else:
+            elapsed = time.perf_counter() - t0
+        res.step_s = elapsed / steps
+        res.samples_per_s = cfg.batch_size / res.step_s
+        if device.type == "cuda":
+            res.peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
+        timer = Timer(device)
+        for i in range(profile_steps):
+            trainer.staged_step(batches[i % n_distinct], timer)
+        res.stages = {k: timer.median(k) for k in timer.times}
+        res.syncs, res.sync_sites = count_syncs(trainer, batches[0])
+        res.flops, res.tokens = sample_flops(model, shape, batches[0], cached=model.feature_cache is not None)
+        if model.feature_cache is not None:
+            logger.info(f"{shape.name}/{cfg.name}: feature cache {model.feature_cache.stats()}")
+    except torch.OutOfMemoryError as e:
+        res.error = f"OOM: {str(e).splitlines()[0][:80]}"
+    finally:
+        del trainer
+        model.zero_grad(set_to_none=True)
+        model.feature_cache = None
+        model.data_preprocessor.keep_pixels_on_host = False
+        if compiled_from is not None:
+            base.model = compiled_from
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return res
+
+
+# --- report ----------------------------------------------------------------------------------------
+STAGE_COLUMNS = (
+    ("ViT", ("vit",)),
+    ("SAM2enc", ("sam2_encoder",)),
+    ("cache", ("cache",)),
+    ("LLM f+b", ("llm_fwd", "llm_bwd")),
+    ("dec f+b", ("decoder_fwd", "decoder_bwd")),
+    ("optim", ("optimizer",)),
+    ("h2d", ("h2d",)),
+)
+
+
+def format_table(results: list[Result], peak_flops: float, device_name: str) -> str:
+    head = (
+        f"{'model':<6}{'config':<8}{'batch':>6}{'cache':>7}{'samp/s':>9}{'step ms':>9}"
+        + "".join(f"{c:>9}" for c, _ in STAGE_COLUMNS)
+        + f"{'peak GiB':>10}{'GF/samp':>10}{'MFU%':>7}{'LLM MFU%':>9}{'tok':>6}{'pad%':>6}{'syncs':>6}"
+    )
+    lines = [
+        f"Sa2VA training benchmark on {device_name}; matmul peak measured {peak_flops / 1e12:.3g} TFLOP/s",
+        "stage columns: median ms per step of the synchronised profiling pass; samp/s and step ms from "
+        "the un-synchronised throughput pass",
+        head,
+        "-" * len(head),
+    ]
+    for r in results:
+        c = r.config
+        if r.error:
+            lines.append(f"{r.model:<6}{c.name:<8}{c.batch_size:>6}{c.cache:>7}  {r.error}")
+            continue
+        stage_ms = [sum(r.stages.get(k, 0.0) for k in keys) * 1e3 for _, keys in STAGE_COLUMNS]
+        f = r.flops
+        mfu = f.total * r.samples_per_s / peak_flops * 100 if f else 0.0
+        llm_t = sum(r.stages.get(k, 0.0) for k in ("llm_fwd", "llm_bwd"))
+        llm_mfu = f.llm * c.batch_size / llm_t / peak_flops * 100 if f and llm_t else 0.0
+        lines.append(
+            f"{r.model:<6}{c.name:<8}{c.batch_size:>6}{c.cache:>7}{r.samples_per_s:>9.2f}"
+            f"{r.step_s * 1e3:>9.1f}"
+            + "".join(f"{v:>9.1f}" for v in stage_ms)
+            + f"{r.peak_gib:>10.2f}{(f.total if f else 0) / 1e9:>10.0f}{mfu:>7.1f}{llm_mfu:>9.1f}"
+            f"{r.tokens:>6.0f}{r.pad_frac * 100:>6.1f}{r.syncs:>6}"
+        )
+    lines.append("")
+    for r in results:
+        if r.sync_sites:
+            lines.append(f"syncs {r.model}/{r.config.name}: {', '.join(r.sync_sites[:8])}")
+        if r.error or not r.flops:
+            continue
+        slowest = max(STAGE_COLUMNS, key=lambda sc: sum(r.stages.get(k, 0.0) for k in sc[1]))[0]
+        lines.append(
+            f"{r.model}/{r.config.name}: GFLOP/sample ViT {r.flops.vit / 1e9:.0f}, SAM2enc "
+            f"{r.flops.sam2_encoder / 1e9:.0f}, LLM {r.flops.llm / 1e9:.0f}, dec {r.flops.decoder / 1e9:.0f}; "
+            f"largest stage: {slowest}; final loss {r.loss:.3f}"
+        )
+    return "\n".join(lines)
+
+
+TARGETS = {"4b": (28.0, 24.0), "1b": (80.0, None)}
+
+
+def target_lines(results: list[Result]) -> list[str]:
+    """Target check: samples/s of the best cached config; peak memory at batch 2 with the cache."""
+    out = []
+    for model, (rate, mem) in TARGETS.items():
+        rs = [r for r in results if r.model == model and not r.error]
+        if not rs:
+            continue
+        best = max(rs, key=lambda r: r.samples_per_s)
+        ok = "MET" if best.samples_per_s >= rate else "MISSED"
+        out.append(f"target {model}: >= {rate:.0f} samples/s -> {best.samples_per_s:.1f} ({best.config.name}) {ok}")
+        b2 = [r for r in rs if r.config.batch_size <= 2 and r.config.cache != "off"]
+        if mem is not None and b2:
+            ok = "MET" if b2[0].peak_gib * 2**30 / 1e9 <= mem else "MISSED"
+            out.append(
+                f"target {model}: peak <= {mem:.0f} GB at batch 2 with cache -> "
+                f"{b2[0].peak_gib * 2**30 / 1e9:.1f} GB {ok}"
+            )
+    return out

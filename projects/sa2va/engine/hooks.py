@@ -1,0 +1,154 @@
+"""Training hooks that ``Sa2VARunner`` registers by default (mmengine 0.10.6 ``Hook``).
+
+* :class:`GlobalBatchLoggerHook`: logs once, at the start, the global batch
+  (per-rank batch x gradient accumulation x world size) and the iteration plan.
+* :class:`LossRecorderHook`: appends every iteration's raw (unsmoothed) losses to
+  ``<work_dir>/train_losses.jsonl`` (rank 0; optionally every rank, with the sample ids it trained on),
+  the file that resume / scaling comparisons read. A resumed run appends; a reader keeps the last
+  record of each iteration.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+from .state import encode_message_hub
+
+
+def global_batch_size(runner: Any) -> tuple[int, int, int]:
+    """``(batch per rank, accumulation, world size)`` of a runner's training set-up."""
+    batch = int(runner.train_dataloader.batch_size or 1)
+    accumulation = int(getattr(runner.optim_wrapper, "_accumulative_counts", 1))
+    strategy = getattr(runner, "strategy", None)  # FlexibleRunner + DeepSpeed keeps it in its config
+    ds_cfg = getattr(strategy, "config", None)
+    if isinstance(ds_cfg, dict) and isinstance(ds_cfg.get("gradient_accumulation_steps"), int):
+        accumulation = ds_cfg["gradient_accumulation_steps"]
+    return batch, accumulation, int(runner.world_size)
+
+
+@HOOKS.register_module()
+class GlobalBatchLoggerHook(Hook):
+    """Log ``global batch = batch x accumulation x world size`` once before training (rank 0 only)."""
+
+    priority = "VERY_LOW"
+
+    def before_train(self, runner: Any) -> None:
+        batch, acc, world = global_batch_size(runner)
+        loop = runner.train_loop
+        ipe = getattr(loop, "iters_per_epoch", None) or len(runner.train_dataloader)
+        runner.message_hub.update_info("global_batch_size", batch * acc * world)
+        runner.logger.info(
+            f"global batch = {batch} per rank x {acc} accumulation x {world} ranks = {batch * acc * world} "
+            f"samples per optimiser step; {ipe} iterations per epoch per rank, {loop.max_iters} iterations "
+            f"({math.ceil(loop.max_iters / acc)} optimiser steps, {loop.max_iters / ipe:g} epochs)"
+        )
+
+
+@HOOKS.register_module()
+class SafeMessageHubHook(Hook):
+    """Store the message hub in checkpoints without pickled functions (see ``encode_message_hub``).
+
+    Runs last among ``before_save_checkpoint`` hooks; ``Sa2VARunner.load_checkpoint`` decodes.
+    """
+
+    priority = "LOWEST"
+
+    def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        if "message_hub" in checkpoint:
+            checkpoint["message_hub"] = encode_message_hub(checkpoint["message_hub"])
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, torch.Tensor):
+        return float(v.detach().float().mean())
+    return float(v)
+
+
+@HOOKS.register_module()
+class LossRecorderHook(Hook):
+    """Append ``{"iter": i, "loss": ..., <every loss term>, "lr": ...}`` per iteration to a JSON-lines file.
+
+    Args:
+        filename: file name inside the work dir.
+        all_ranks: every rank writes ``<stem>.rank<r>.jsonl`` (rank 0 too) with the ``image_ids`` of its
+            batch, for checking the data sharding; default rank 0 only.
+        reduce: ``'mean'`` all-reduces the losses across ranks first (the global loss; one collective
+            per iteration); ``None`` records the local values.
+    """
+
+    priority = "LOW"
+
+    def __init__(
+        self, filename: str = "train_losses.jsonl", all_ranks: bool = False, reduce: str | None = None
+    ):
+        if reduce not in (None, "mean"):
+            raise ValueError(f"LossRecorderHook.reduce must be None or 'mean', got {reduce!r}")
+        self.filename = filename
+        self.all_ranks = all_ranks
+        self.reduce = reduce
+        self._file: Any = None
+
+    def _path(self, runner: Any) -> Path | None:
+        rank = runner.rank
+        if self.all_ranks:
+            stem = Path(self.filename)
+            return Path(runner.work_dir) / f"{stem.stem}.rank{rank}{stem.suffix}"
+        return Path(runner.work_dir) / self.filename if rank == 0 else None
+
+    def before_train(self, runner: Any) -> None:
+        path = self._path(runner)
+        if path is not None:
+            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the whole run
+
+    def after_train_iter(
+        self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None
+    ) -> None:
+        if not outputs:
+            return
+        keys = sorted(k for k in outputs if "loss" in k)
+        values = [_to_float(outputs[k]) for k in keys]
+        if self.reduce == "mean" and dist.is_available() and dist.is_initialized():
+            device = (
+                torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+            )
+            t = torch.tensor(values, dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            values = (t / dist.get_world_size()).tolist()
+        if self._file is None:
+            return
+        record: dict[str, Any] = {"iter": runner.iter + 1, **dict(zip(keys, values))}
+        if "train/lr" in runner.message_hub.log_scalars:  # the lr this iteration used (RuntimeInfoHook)
+            record["lr"] = float(runner.message_hub.get_scalar("train/lr").current())
+        if self.all_ranks and isinstance(data_batch, dict) and data_batch.get("data") is not None:
+            record["image_ids"] = list(getattr(data_batch["data"], "image_ids", []))
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def after_train(self, runner: Any) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_loss_records(path: str | Path) -> dict[int, dict[str, Any]]:
+    """Records of a :class:`LossRecorderHook` file by iteration; a later record of an iteration wins."""
+    out: dict[int, dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:  # a run killed mid-line leaves a partial last line
+                raise ValueError(f"{path}:{line_no}: not JSON ({e}): {line[:80]!r}") from None
+            out[int(rec["iter"])] = rec
+    return out

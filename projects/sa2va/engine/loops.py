@@ -1,0 +1,220 @@
+"""An iteration-based training loop with ``max_epochs`` as the knob and exact mid-epoch resume.
+
+Subclass of mmengine 0.10.6 ``IterBasedTrainLoop``. Why not ``EpochBasedTrainLoop``: on resume it
+restarts the interrupted epoch from its first batch (``runner.resume`` restores ``_epoch`` and
+``_iter``, then ``run_epoch`` iterates the whole data loader again), so a run resumed from
+``iter_N.pth`` mid-epoch re-trains batches and does not reproduce an uninterrupted run.
+``IterBasedTrainLoop`` does skip, but by loading and discarding every seen batch (images decoded,
+workers busy; minutes on a long run) and sleeps 2 s at each epoch end. This loop:
+
+* converts ``max_epochs`` (may be fractional) into ``max_iters = ceil(max_epochs * len(dataloader))``;
+* on resume at iteration ``N`` starts epoch ``N // len`` (sampler ``set_epoch``) and skips the first
+  ``N % len`` batches at the index level (no data loaded; exact for ``BatchSampler`` loaders);
+* restores the per-rank random state saved with the checkpoint (``Sa2VARunner``) at the point where
+  the uninterrupted run was when it saved, so dropout / point sampling draw the same numbers;
+* turns an out-of-memory error into one that names the batch size and the device memory.
+
+Dataset randomness must be a function of (seed, index) (``RefSegDataset`` is), not of worker state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from mmengine.logging import MMLogger
+from mmengine.registry import LOOPS
+from mmengine.runner import IterBasedTrainLoop
+from torch.utils.data import BatchSampler, DataLoader
+
+
+class _SkipOnceSampler:
+    """Wraps a sampler; the next ``iter()`` starts ``skip`` indices in (then ``skip`` resets to 0)."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        n, self.skip = self.skip, 0
+        return itertools.islice(iter(self.sampler), n, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
+def describe_oom(
+    error: BaseException,
+    *,
+    iteration: int,
+    first: bool,
+    batch_size: int | None,
+    accumulation: int,
+    world_size: int,
+) -> str:
+    """An out-of-memory message that names what to change (batch size) and the device memory."""
+    parts = [
+        f"out of memory at iteration {iteration}"
+        + (" (the first iteration of this run: this configuration does not fit)" if first else ""),
+        f"train_dataloader.batch_size={batch_size} per rank x accumulative_counts={accumulation} x "
+        f"world_size={world_size}",
+    ]
+    if torch.cuda.is_available():
+        dev = torch.cuda.current_device()
+        free, total = torch.cuda.mem_get_info(dev)
+        peak = torch.cuda.max_memory_allocated(dev)
+        gib = 1024**3
+        parts.append(
+            f"cuda:{dev}: {free / gib:.2f} GiB free of {total / gib:.2f} GiB, peak allocated by this "
+            f"process {peak / gib:.2f} GiB"
+        )
+    parts.append(
+        f"torch: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+    )
+    parts.append(
+        "lower train_dataloader.batch_size (raise optim_wrapper.accumulative_counts to keep the global "
+        "batch), enable gradient checkpointing, or shard with --deepspeed deepspeed_zero2"
+    )
+    return "; ".join(parts)
+
+
+@LOOPS.register_module()
+class Sa2VATrainLoop(IterBasedTrainLoop):
+    """Iteration-based training for ``max_epochs`` epochs (or ``max_iters``) with exact resume.
+
+    Args:
+        runner: the runner.
+        dataloader: a ``DataLoader`` or its config.
+        max_epochs: epochs to train (fractional allowed); exactly one of ``max_epochs`` / ``max_iters``.
+        max_iters: iterations to train.
+        val_begin, val_interval, dynamic_intervals: as ``IterBasedTrainLoop`` (in iterations).
+    """
+
+    def __init__(
+        self,
+        runner: Any,
+        dataloader: DataLoader | dict,
+        max_epochs: float | None = None,
+        max_iters: int | None = None,
+        val_begin: int = 1,
+        val_interval: int = 1000,
+        dynamic_intervals: list[tuple[int, int]] | None = None,
+    ) -> None:
+        if (max_epochs is None) == (max_iters is None):
+            raise ValueError(
+                f"train_cfg: give exactly one of max_epochs / max_iters, got max_epochs={max_epochs}, "
+                f"max_iters={max_iters}"
+            )
+        if isinstance(dataloader, dict):
+            diff_rank_seed = runner._randomness_cfg.get("diff_rank_seed", False)
+            dataloader = runner.build_dataloader(dataloader, seed=runner.seed, diff_rank_seed=diff_rank_seed)
+        self.iters_per_epoch = len(dataloader)
+        if self.iters_per_epoch == 0:
+            raise ValueError("train_dataloader has no batches: is the dataset empty or batch_size too large?")
+        if max_iters is None:
+            if max_epochs <= 0:
+                raise ValueError(f"train_cfg.max_epochs must be > 0, got {max_epochs}")
+            max_iters = math.ceil(max_epochs * self.iters_per_epoch)
+        super().__init__(
+            runner,
+            dataloader,
+            max_iters=int(max_iters),
+            val_begin=val_begin,
+            val_interval=val_interval,
+            dynamic_intervals=dynamic_intervals,
+        )
+        self._max_epochs = math.ceil(self._max_iters / self.iters_per_epoch)
+        self.dataloader_iterator = None  # replaced by one iterator per epoch in run()
+        self._skipper: _SkipOnceSampler | None = None
+        bs = self.dataloader.batch_sampler
+        if type(bs) is BatchSampler:
+            self._skipper = _SkipOnceSampler(bs.sampler)
+            bs.sampler = self._skipper
+        self._run_start_iter = 0
+
+    def _set_epoch(self, epoch: int) -> None:
+        sampler = self.dataloader.sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        elif self._skipper is not None:
+            self._skipper.set_epoch(epoch)
+
+    def _epoch_iterator(self, skip_batches: int) -> Iterator[Sequence[dict]]:
+        """A fresh iterator over the current epoch, its first ``skip_batches`` batches skipped."""
+        if skip_batches and self._skipper is not None:
+            self._skipper.skip = skip_batches * self.dataloader.batch_sampler.batch_size
+            return iter(self.dataloader)
+        it = iter(self.dataloader)
+        if skip_batches:
+            MMLogger.get_current_instance().warning(
+                f"{type(self.dataloader.batch_sampler).__name__} is not a plain BatchSampler: skipping "
+                f"{skip_batches} batches by loading them"
+            )
+            for _ in range(skip_batches):
+                next(it)
+        return it
+
+    def run(self) -> torch.nn.Module:
+        """Train from ``self._iter`` (0, or the resumed iteration) to ``max_iters``."""
+        runner = self.runner
+        ipe = self.iters_per_epoch
+        self._run_start_iter = self._iter
+        self._epoch, offset = divmod(self._iter, ipe)
+        runner.call_hook("before_train")
+        runner.call_hook("before_train_epoch")  # one "epoch" for the hooks, as IterBasedTrainLoop
+        self._set_epoch(self._epoch)
+        rng = runner.pop_resumed_rng_state() if hasattr(runner, "pop_resumed_rng_state") else None
+        # The uninterrupted run saved its random state after iteration N-1. At an epoch boundary it then
+        # built the next epoch's iterator (which draws a base seed): restore first, then build. Mid-epoch
+        # it built nothing: build (and skip), then restore.
+        if rng is not None and offset == 0:
+            rng()
+        if self._iter > 0:
+            MMLogger.get_current_instance().info(
+                f"resuming at iteration {self._iter} = epoch {self._epoch} + {offset} batches "
+                f"(skipped by index, no data loaded)"
+            )
+        iterator = self._epoch_iterator(offset)
+        if rng is not None and offset != 0:
+            rng()
+        while self._iter < self._max_iters and not self.stop_training:
+            runner.model.train()
+            if self._iter % ipe == 0 and self._iter != self._run_start_iter:
+                self._epoch += 1
+                self._set_epoch(self._epoch)
+                iterator = self._epoch_iterator(0)
+            data_batch = next(iterator)
+            self.run_iter(data_batch)
+            self._decide_current_val_interval()
+            if (
+                runner.val_loop is not None
+                and self._iter >= self.val_begin
+                and (self._iter % self.val_interval == 0 or self._iter == self._max_iters)
+            ):
+                runner.val_loop.run()
+        runner.call_hook("after_train_epoch")
+        runner.call_hook("after_train")
+        return runner.model
+
+    def run_iter(self, data_batch: Sequence[dict]) -> None:
+        """One iteration; an out-of-memory error is re-raised naming batch size and device memory."""
+        try:
+            super().run_iter(data_batch)
+        except torch.OutOfMemoryError as e:
+            ow = self.runner.optim_wrapper
+            msg = describe_oom(
+                e,
+                iteration=self._iter,
+                first=self._iter == self._run_start_iter,
+                batch_size=self.dataloader.batch_size,
+                accumulation=int(getattr(ow, "_accumulative_counts", 1)),
+                world_size=self.runner.world_size,
+            )
+            raise torch.OutOfMemoryError(msg) from e

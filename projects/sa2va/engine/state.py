@@ -1,0 +1,176 @@
+"""Crash-safe training state: atomic file writes, per-rank random state, finding the latest checkpoint.
+
+A checkpoint file at its final name is always complete: it is written to a temporary file in the same
+directory, flushed to disk and renamed with ``os.replace`` (atomic on POSIX within one file system).
+The ``last_checkpoint`` pointer of mmengine is written the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mmengine.logging import MMLogger
+
+CKPT_NAME = re.compile(r"^(iter|epoch)_(\d+)\.pth$")
+POINTER_NAME = "last_checkpoint"
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. a file system that cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is either the old file or the complete new one.
+
+    The bytes go to a hidden temporary file in the same directory (``.<name>.tmp-*``), which is fsynced
+    and then renamed over ``path``; on any error the temporary file is removed and the error re-raised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's random state (python, numpy, torch CPU, current CUDA device) as plain objects.
+
+    Everything is a tensor, int, float, tuple or None, so it loads under ``torch.load(weights_only=True)``.
+    """
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The iteration/epoch number in an mmengine checkpoint name (``iter_40.pth`` -> 40), else None."""
+    m = CKPT_NAME.match(Path(path).name)
+    return int(m.group(2)) if m else None
+
+
+def find_resumable_checkpoint(work_dir: str | Path) -> str | None:
+    """The checkpoint that ``--resume auto`` should load from ``work_dir``, or None for a fresh start.
+
+    The ``last_checkpoint`` pointer wins when it names an existing file. Otherwise (no pointer, an empty
+    or cut pointer, or one naming a deleted file) the ``iter_N.pth`` / ``epoch_N.pth`` with the largest N
+    is used: with :func:`atomic_write_bytes` every file at such a name is complete. Temporary files of
+    an interrupted save (``.iter_N.pth.tmp-*``) are never candidates.
+    """
+    logger = MMLogger.get_current_instance()
+    work_dir = Path(work_dir)
+    pointer = work_dir / POINTER_NAME
+    if pointer.is_file():
+        target = pointer.read_text(encoding="utf-8", errors="replace").strip()
+        if target and Path(target).is_file():
+            return target
+        logger.warning(f"{pointer} names {target!r}, which is not a file; looking for iter_*/epoch_* files")
+    candidates = sorted(
+        (p for p in work_dir.glob("*.pth") if checkpoint_step(p) is not None),
+        key=lambda p: (checkpoint_step(p), p.stat().st_mtime),
+    )
+    return str(candidates[-1]) if candidates else None
+
+
+_HB_TAG = "__history_buffer__"
+
+
+def encode_message_hub(state: dict[str, Any]) -> dict[str, Any]:
+    """``MessageHub.state_dict()`` with each ``HistoryBuffer`` replaced by a plain dict.
+
+    A pickled ``HistoryBuffer`` (mmengine 0.10.6) carries its statistics functions, pickled as
+    ``getattr(HistoryBuffer, 'mean')``; allowing ``getattr`` in ``torch.load(weights_only=True)`` would
+    defeat the allow-list, so checkpoints store the buffers' arrays instead.
+    """
+    from mmengine.logging import HistoryBuffer
+
+    scalars = state.get("log_scalars", {})
+    out = dict(state)
+    out["log_scalars"] = type(scalars)(
+        (
+            k,
+            {
+                _HB_TAG: True,
+                "log_history": v._log_history,
+                "count_history": v._count_history,
+                "max_length": v.max_length,
+            }
+            if isinstance(v, HistoryBuffer)
+            else v,
+        )
+        for k, v in scalars.items()
+    )
+    return out
+
+
+def decode_message_hub(state: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`encode_message_hub` (a state without encoded buffers is returned unchanged)."""
+    from mmengine.logging import HistoryBuffer
+
+    scalars = state.get("log_scalars", {})
+    out = dict(state)
+    out["log_scalars"] = type(scalars)(
+        (
+            k,
+            HistoryBuffer(list(v["log_history"]), list(v["count_history"]), v["max_length"])
+            if isinstance(v, dict) and v.get(_HB_TAG)
+            else v,
+        )
+        for k, v in scalars.items()
+    )
+    return out

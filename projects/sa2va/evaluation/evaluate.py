@@ -1,0 +1,362 @@
+"""Evaluate a trained Sa2VA checkpoint on an annotations set: metrics, tuned threshold, report, plots.
+
+The pipeline behind ``tools/test.py`` (one process or one per GPU under torchrun):
+
+1. build the config's model with the config's random seed (parts that no checkpoint holds, e.g.
+   random frozen encoders of small test models, come out identical to training), load the
+   trainable ``.pth`` (strict) or an exported Hugging Face folder;
+2. optionally run a *validation* set and pick the threshold maximising its mean Dice;
+3. run the test set (every rank its own shard; :class:`~.seg_metric.SegMetric` gathers and keeps
+   each query once) and report metrics at 0.5 and at the chosen threshold;
+4. on rank 0 write ``report.json``, ``per_image.csv``, ``best_threshold.json``, ``pr_curve.png``,
+   ``overlay_grid.png``, ``overlays/*.png`` and, when the checkpoint sits in a work dir with
+   ``*/vis_data/scalars.json``, ``training_curves.png``.
+
+Evaluation is teacher-forced (``Sa2VAModel(mode='predict')``): the ``[SEG]`` answers are part of
+the input, one per object, objects in record order, first question/answer wording.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from mmengine.config import Config
+from mmengine.dataset import DefaultSampler
+from mmengine.dist import get_dist_info, is_main_process
+from mmengine.logging import MMLogger
+from mmengine.runner import set_random_seed
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from ..checkpoint.safe_load import load_checkpoint_file, trainable_state_from_checkpoint
+from ..datasets.collate import sa2va_collate
+from ..models.builder import build_component
+from .metrics import write_report
+from .plots import ERROR_COLORS, error_map, overlay, overlay_grid, plot_curves, plot_pr_curve
+from .seg_metric import SegMetric
+
+__all__ = [
+    "EvalResult",
+    "build_eval_dataset",
+    "build_eval_loader",
+    "build_model",
+    "evaluate_checkpoint",
+    "find_scalars",
+    "init_distributed",
+    "run_metric",
+    "write_outputs",
+]
+
+THRESHOLD_FILE = "best_threshold.json"
+_EVAL_OVERRIDES = dict(objects_per_image=None, random_templates=False, augment=None, repeats=1)
+
+
+def _logger() -> MMLogger:
+    return MMLogger.get_current_instance()
+
+
+def init_distributed(launcher: str) -> torch.device:
+    """Start the process group for ``launcher='pytorch'`` (torchrun env vars) and pick the device.
+
+    NCCL with one GPU per ``LOCAL_RANK`` when CUDA is available, else gloo on the CPU (mmengine's
+    ``init_dist`` would call ``torch.cuda.set_device`` unconditionally). ``'none'``: no group.
+    """
+    if launcher not in ("none", "pytorch"):
+        raise ValueError(f"launcher must be 'none' or 'pytorch', got {launcher!r}")
+    cuda = torch.cuda.is_available()
+    if launcher == "pytorch" and not dist.is_initialized():
+        if "LOCAL_RANK" not in os.environ:
+            raise RuntimeError("--launcher pytorch needs torchrun's environment (LOCAL_RANK is not set)")
+        if cuda:
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if cuda:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _dataset_cfg(cfg: Config) -> dict:
+    for loader in ("test_dataloader", "val_dataloader", "train_dataloader"):
+        section = cfg.get(loader)
+        if section and section.get("dataset"):
+            return dict(copy.deepcopy(section["dataset"]))
+    raise KeyError("config has no test_dataloader / val_dataloader / train_dataloader dataset to copy")
+
+
+def build_eval_dataset(cfg: Config, ann_file: str | None = None, image_root: str | None = None) -> Any:
+    """The config's test (else val, else train) dataset, set up for evaluation.
+
+    Every object of a record, in order, first wording, no augmentation, no repeats. ``ann_file`` /
+    ``image_root`` replace the config's (``image_root`` defaults to the config's).
+    """
+    ds = _dataset_cfg(cfg)
+    if ann_file is not None:
+        ds["ann_file"] = str(ann_file)
+    if image_root is not None:
+        ds["image_root"] = str(image_root)
+    ds.update(_EVAL_OVERRIDES)
+    return build_component(ds)
+
+
+def build_eval_loader(dataset: Any, batch_size: int = 1, num_workers: int = 0) -> DataLoader:
+    """Sequential sharded loader: rank ``r`` of ``w`` gets samples ``r, r + w, ...``, the last batch
+    padded with repeats so every rank runs the same number of steps (repeats are dropped by key)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=DefaultSampler(dataset, shuffle=False, round_up=True),
+        num_workers=num_workers,
+        collate_fn=sa2va_collate,
+        persistent_workers=False,
+    )
+
+
+def build_model(cfg: Config, checkpoint: str | Path, device: torch.device) -> Any:
+    """Build ``cfg.model`` and load ``checkpoint`` (trainable ``.pth`` or exported HF folder).
+
+    The model is built after ``set_random_seed(cfg.randomness.seed)``, as the training runner
+    does, so randomly initialised parts outside the checkpoint match the trained model's.
+
+    Raises:
+        FileNotFoundError: missing checkpoint. KeyError: checkpoint keys that do not match.
+    """
+    checkpoint = Path(checkpoint)
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg["pretrained_pth"] = None
+    if checkpoint.is_dir():
+        try:
+            from ..checkpoint.hf_sa2va import HFSa2VALoader
+        except ImportError as e:  # pragma: no cover - depends on the tree
+            raise ImportError(f"{checkpoint} is a folder, but HF-folder loading is unavailable: {e}") from e
+        model_cfg["load_weights"] = dict(type=HFSa2VALoader, path=str(checkpoint))
+    elif not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} not found")
+    seed = (cfg.get("randomness") or {}).get("seed", 0)
+    set_random_seed(0 if seed is None else seed)
+    model = build_component(model_cfg)
+    if checkpoint.is_file():
+        state = trainable_state_from_checkpoint(load_checkpoint_file(checkpoint))
+        try:
+            model.load_state_dict(state, strict=True)
+        except KeyError as e:
+            raise KeyError(f"{checkpoint}: {e}") from None
+        _logger().info(f"loaded {len(state)} trainable tensors from {checkpoint}")
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def run_metric(model: Any, loader: Iterable, metric: SegMetric, size: int, amp: bool = True) -> dict:
+    """Run ``model.val_step`` (teacher-forced ``predict``) over ``loader`` into ``metric``.
+
+    Args:
+        size: samples in the dataset (the metric checks the de-duplicated count against it).
+        amp: bf16 autocast on CUDA.
+
+    Returns:
+        The metric's dict (identical on every rank).
+    """
+    use_amp = amp and torch.cuda.is_available()
+    n_batches = len(loader) if hasattr(loader, "__len__") else None
+    for i, batch in enumerate(loader):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            outputs = model.val_step(batch)
+        metric.process(batch, outputs)
+        if n_batches and ((i + 1) % 10 == 0 or i + 1 == n_batches):
+            _logger().info(f"evaluated batch {i + 1}/{n_batches}")
+    return metric.evaluate(size)
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate_checkpoint` computed (``files`` only on rank 0)."""
+
+    metrics: dict[str, float]
+    threshold: float
+    chosen_on: str
+    val_metrics: dict[str, float] | None = None
+    files: list[Path] = field(default_factory=list)
+
+
+def find_scalars(checkpoint: str | Path) -> Path | None:
+    """The newest ``*/vis_data/scalars.json`` next to a checkpoint (its work dir), if any."""
+    work_dir = Path(checkpoint).resolve().parent
+    found = sorted(work_dir.glob("*/vis_data/scalars.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _split_key(key: str) -> tuple[str, int, str]:
+    image_id, index, text = key.split("|", 2)
+    return image_id, int(index), text
+
+
+def write_outputs(
+    metric: SegMetric,
+    out_dir: str | Path,
+    *,
+    image_root: str | Path,
+    chosen_on: str,
+    extra: dict[str, Any] | None = None,
+    max_overlays: int = 8,
+    scalars: str | Path | None = None,
+) -> list[Path]:
+    """Write the report, threshold file and plots of an evaluated :class:`SegMetric` (rank 0).
+
+    Args:
+        metric: after :meth:`SegMetric.evaluate` (holds the merged evaluator and summaries).
+        image_root: folder of the images (query keys start with the image path relative to it).
+        chosen_on: where the threshold was chosen (written to ``best_threshold.json`` and the report).
+        extra: more fields for ``report.json``.
+        max_overlays: per-query overlay PNGs written (worst Dice first); the grid shows up to 4.
+        scalars: a ``vis_data/scalars.json`` to plot training curves from.
+
+    Returns:
+        The written files.
+    """
+    ev = metric.last_evaluator
+    if ev is None or not metric.last_summaries:
+        raise ValueError("write_outputs needs an evaluated SegMetric (call evaluate() first)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    at_05, at_best = metric.last_summaries["at_0.5"], metric.last_summaries["at_best"]
+    t = float(at_best["threshold"])
+    report_path, csv_path = write_report(at_05, at_best, t, out)
+    report = json.loads(report_path.read_text())
+    report["threshold_chosen_on"] = chosen_on
+    report.update(extra or {})
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    thr_path = out / THRESHOLD_FILE
+    thr_path.write_text(
+        json.dumps(
+            {
+                "threshold": t,
+                "chosen_on": chosen_on,
+                "metric": metric.threshold_metric,
+                "test_dice_at_threshold": at_best["overall"]["dice"],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    files = [report_path, csv_path, thr_path, plot_pr_curve(ev, t, out / "pr_curve.png")]
+
+    dice_at_t = [row["dice"] for row in at_best["per_query"]]
+    order = [int(i) for i in np.argsort(dice_at_t, kind="stable")]  # worst first
+    grid_idx = order if len(order) <= 4 else order[:2] + order[-2:]
+    rows, images = [], {}
+    for i in dict.fromkeys(grid_idx + order[:max_overlays]):
+        image_id, j, text = _split_key(ev.keys[i])
+        if image_id not in images:
+            images[image_id] = _load_rgb(Path(image_root) / image_id)
+        pred, gt = ev.masks(i, t)
+        if images[image_id].shape[:2] != gt.shape:
+            raise ValueError(
+                f"{image_id}: image {images[image_id].shape[:2]} differs from its mask {gt.shape}"
+            )
+        title = f"{Path(image_id).name} '{text}' Dice {dice_at_t[i]:.3f} @ {t:.2f}"
+        if i in grid_idx:
+            rows.append((images[image_id], gt, pred, title))
+        if i in order[:max_overlays]:
+            panel = np.concatenate(
+                [overlay(images[image_id], pred, (255, 255, 0), 0.6), error_map(gt, pred)], 1
+            )
+            path = out / "overlays" / f"{Path(image_id).stem}_{j}.png"
+            path.parent.mkdir(exist_ok=True)
+            Image.fromarray(panel).save(path)
+            files.append(path)
+    files.append(overlay_grid(rows, out / "overlay_grid.png"))
+    if scalars is not None:
+        try:
+            files.append(plot_curves(scalars, out / "training_curves.png"))
+        except ValueError as e:
+            _logger().warning(f"no training curves from {scalars}: {e}")
+    _logger().info(
+        f"wrote {len(files)} files to {out} (overlays: prediction yellow; errors "
+        f"{', '.join(f'{k} {v}' for k, v in ERROR_COLORS.items())})"
+    )
+    return files
+
+
+def evaluate_checkpoint(
+    config: str | Path | Config,
+    checkpoint: str | Path,
+    *,
+    out_dir: str | Path,
+    ann_file: str | None = None,
+    image_root: str | None = None,
+    val_ann_file: str | None = None,
+    val_image_root: str | None = None,
+    launcher: str = "none",
+    batch_size: int = 1,
+    num_workers: int = 0,
+    max_overlays: int = 8,
+    amp: bool = True,
+    cfg_options: dict | None = None,
+) -> EvalResult:
+    """Evaluate ``checkpoint`` on ``ann_file`` (default: the config's test/val set); see the module doc.
+
+    The threshold is chosen on ``val_ann_file`` when given, else on the evaluated set itself
+    (optimistic; the report says so).
+    """
+    cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    device = init_distributed(launcher)
+    model = build_model(cfg, checkpoint, device)
+    rank, world = get_dist_info()
+    _logger().info(f"evaluating on {device} (rank {rank} of {world})")
+
+    val_metrics = None
+    threshold = None
+    if val_ann_file is not None:
+        val_set = build_eval_dataset(cfg, val_ann_file, val_image_root or image_root)
+        val_metric = SegMetric(cl_dice=False, prefix="val")
+        loader = build_eval_loader(val_set, batch_size, num_workers)
+        val_metrics = run_metric(model, loader, val_metric, len(val_set), amp)
+        threshold = float(val_metrics["val/best_threshold"])
+        chosen_on = f"validation set {val_ann_file} (mean Dice over its queries)"
+    else:
+        chosen_on = "the evaluated (test) set itself: no --val-ann-file given, so Dice at it is optimistic"
+
+    test_set = build_eval_dataset(cfg, ann_file, image_root)
+    metric = SegMetric(threshold=threshold, prefix="test")
+    metrics = run_metric(
+        model, build_eval_loader(test_set, batch_size, num_workers), metric, len(test_set), amp
+    )
+    chosen = float(metrics["test/best_threshold"])
+    result = EvalResult(metrics=metrics, threshold=chosen, chosen_on=chosen_on, val_metrics=val_metrics)
+    if is_main_process():
+        extra = {
+            "config": str(config) if not isinstance(config, Config) else cfg.filename,
+            "checkpoint": str(checkpoint),
+            "ann_file": test_set.ann_file,
+            "validation": val_metrics,
+            "oracle_on_test": {
+                "threshold": metrics.get("test/oracle_threshold", chosen),
+                "dice": metrics.get("test/dice_oracle", metrics["test/dice_best"]),
+            },
+            "duplicates_dropped": metric.last_duplicates,
+        }
+        result.files = write_outputs(
+            metric,
+            out_dir,
+            image_root=test_set.image_root,
+            chosen_on=chosen_on,
+            extra=extra,
+            max_overlays=max_overlays,
+            scalars=find_scalars(checkpoint) if Path(checkpoint).is_file() else None,
+        )
+    return result

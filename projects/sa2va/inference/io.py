@@ -1,0 +1,153 @@
+"""Files in and out of prediction: image lists, image reading, mask / probability / overlay PNGs.
+
+Output layout for an image ``<stem>.<ext>`` with ``n`` masks (``k = 0 .. n-1``, in [SEG] order):
+
+* ``<stem>_mask{k}.png``: 8-bit grey, 255 inside the mask, 0 outside, original image size;
+* ``<stem>_prob{k}.png``: 8-bit grey, ``round(255 * probability)``;
+* ``<stem>_overlay.png``: the image with every mask blended in (one colour per mask);
+* ``predictions.json`` (one per run): generated text, file names and threshold per image.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..evaluation.plots import overlay
+from .predictor import Prediction
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MASK_COLORS",
+    "PREDICTIONS_FILE",
+    "check_images_readable",
+    "list_images",
+    "read_image",
+    "save_prediction",
+    "write_predictions_json",
+]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+PREDICTIONS_FILE = "predictions.json"
+#: Overlay colours of masks 0, 1, 2, ... (cycled).
+MASK_COLORS: tuple[tuple[int, int, int], ...] = (
+    (255, 0, 0),
+    (0, 255, 0),
+    (0, 128, 255),
+    (255, 255, 0),
+    (255, 0, 255),
+    (0, 255, 255),
+)
+
+
+def list_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Expand image files and folders (their files with an image extension, sorted, not recursive).
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: a folder holds no image, or two images share a file stem (their outputs would
+            overwrite each other).
+    """
+    if not paths:
+        raise ValueError("no image paths given")
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise ValueError(f"folder {path} holds no image file ({', '.join(IMAGE_EXTENSIONS)})")
+            out.extend(found)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise FileNotFoundError(f"image path {path} does not exist")
+    stems: dict[str, Path] = {}
+    for p in out:
+        if p.stem in stems:
+            raise ValueError(f"images {stems[p.stem]} and {p} share the stem {p.stem!r}: outputs would clash")
+        stems[p.stem] = p
+    return out
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as ``[H, W, 3]`` uint8 RGB.
+
+    Raises:
+        OSError: the file cannot be opened or decoded (the message names it).
+    """
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise OSError(f"cannot read image {path}: {e}") from e
+
+
+def check_images_readable(paths: Sequence[str | Path]) -> None:
+    """Open every file's header (cheap) so that a bad path fails before any model is built.
+
+    Raises:
+        OSError: naming the first file that is not a readable image.
+    """
+    for path in paths:
+        try:
+            with Image.open(path):  # parses the header only
+                pass
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise OSError(f"cannot read image {path}: {e}") from e
+
+
+def save_prediction(pred: Prediction, image: np.ndarray, out_dir: str | Path, stem: str) -> dict[str, Any]:
+    """Write the mask, probability and overlay PNGs of one image.
+
+    Args:
+        pred: the image's :class:`Prediction` (``probs`` / ``masks`` ``[n, H, W]``).
+        image: ``[H, W, 3]`` uint8 RGB, the image predicted on.
+        out_dir: output folder (created).
+        stem: file-name stem of the outputs.
+
+    Returns:
+        the image's ``predictions.json`` entry: ``text``, ``num_masks``, ``masks``, ``probs``,
+        ``overlay`` (file names relative to ``out_dir``), ``threshold``, ``foreground_fraction``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    h, w = image.shape[:2]
+    if pred.probs.shape[1:] != (h, w) or pred.masks.shape != pred.probs.shape:
+        raise ValueError(
+            f"{stem}: prediction of shape {pred.probs.shape} / {pred.masks.shape} for an image of {h}x{w}"
+        )
+    mask_files, prob_files = [], []
+    blended = image
+    for k in range(pred.num_masks):
+        mask_name, prob_name = f"{stem}_mask{k}.png", f"{stem}_prob{k}.png"
+        Image.fromarray(pred.masks[k].astype(np.uint8) * 255).save(out / mask_name)
+        prob8 = np.clip(np.rint(pred.probs[k] * 255.0), 0, 255).astype(np.uint8)
+        Image.fromarray(prob8).save(out / prob_name)
+        blended = overlay(blended, pred.masks[k], color=MASK_COLORS[k % len(MASK_COLORS)], alpha=0.5)
+        mask_files.append(mask_name)
+        prob_files.append(prob_name)
+    overlay_name = f"{stem}_overlay.png"
+    Image.fromarray(blended).save(out / overlay_name)
+    return {
+        "text": pred.text,
+        "num_masks": pred.num_masks,
+        "masks": mask_files,
+        "probs": prob_files,
+        "overlay": overlay_name,
+        "threshold": pred.threshold,
+        "foreground_fraction": [float(m.mean()) for m in pred.masks],
+    }
+
+
+def write_predictions_json(entries: list[dict[str, Any]], out_dir: str | Path, **meta: Any) -> Path:
+    """Write ``predictions.json``: ``{**meta, "images": entries}``; returns its path."""
+    path = Path(out_dir) / PREDICTIONS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**meta, "images": entries}, indent=2) + "\n")
+    return path

@@ -1,0 +1,44 @@
+"""Test helpers: the tiny random Sa2VA of ``_base_/model_tiny.py`` and datasets over the bundled data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL_CFG = ROOT / "projects/sa2va/configs/_base_/model_tiny.py"
+DATA_ROOT = ROOT / "data/chase_db1"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def build_tiny_model(seed: int = 0, **model_overrides):
+    """A tiny random Sa2VAModel (fixed seed) built through the config, as training builds it."""
+    from mmengine.config import Config
+    from xtuner.registry import BUILDER
+
+    cfg = Config.fromfile(str(TINY_MODEL_CFG))
+    cfg.model.update(model_overrides)
+    torch.manual_seed(seed)
+    return BUILDER.build(cfg.model), cfg
+
+
+def build_tiny_dataset(cfg, ann: str = "annotations_train.json", **overrides):
+    """RefSegDataset over the bundled CHASE_DB1 sample, sized for the tiny model."""
+    from projects.sa2va.datasets.refseg import RefSegDataset
+
+    kwargs = dict(
+        ann_file=str(DATA_ROOT / ann),
+        image_root=str(DATA_ROOT / "images"),
+        tokenizer=cfg.tokenizer,
+        template=cfg.template,
+        tile_size=cfg.vit_image_size,
+        num_image_token=cfg.num_image_token,
+        sam2_image_size=cfg.sam2_image_size,
+        max_tiles=1,  # one tile per 512x512 image, as the real 448-px ViT gets
+    )
+    kwargs.update(overrides)
+    return RefSegDataset(**kwargs)

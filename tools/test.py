@@ -1,0 +1,79 @@
+"""Evaluate a trained Sa2VA checkpoint: Dice / IoU / clDice at 0.5 and at the best threshold, report, plots.
+
+    python tools/test.py CONFIG CHECKPOINT --out-dir DIR [--ann-file A --image-root I]
+        [--val-ann-file V [--val-image-root VI]] [--launcher pytorch] [--cfg-options k=v ...]
+    bash tools/dist.sh test CONFIG NGPUS CHECKPOINT --out-dir DIR ...      (one process per GPU)
+
+CHECKPOINT is a trainable-weights ``.pth`` (``work_dirs/<cfg>/iter_N.pth``) or an exported Hugging
+Face folder. Without ``--ann-file`` the config's test (else val) annotations are used. The threshold
+is chosen on ``--val-ann-file`` when given, otherwise on the evaluated set itself (the report says
+which). Writes report.json, per_image.csv, best_threshold.json, pr_curve.png, overlay_grid.png,
+overlays/*.png and, next to a work-dir checkpoint, training_curves.png. See
+projects/sa2va/evaluation/evaluate.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mmengine.config import DictAction
+from torch.distributed.elastic.multiprocessing.errors import record
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from projects.sa2va.evaluation.evaluate import evaluate_checkpoint  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config", help="Sa2VA config file")
+    parser.add_argument("checkpoint", help="trainable-weights .pth or exported HF folder")
+    parser.add_argument("--out-dir", required=True, help="folder for the report, threshold file and plots")
+    parser.add_argument("--ann-file", help="annotations to evaluate (default: the config's test/val set)")
+    parser.add_argument("--image-root", help="image folder of --ann-file (default: the config's)")
+    parser.add_argument(
+        "--val-ann-file", help="annotations the threshold is chosen on (default: the test set)"
+    )
+    parser.add_argument("--val-image-root", help="image folder of --val-ann-file (default: --image-root)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--max-overlays", type=int, default=8, help="per-image overlay PNGs (worst first)")
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    parser.add_argument("--launcher", choices=["none", "pytorch"], default="none")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="config overrides key=value")
+    return parser.parse_args(argv)
+
+
+@record
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not Path(args.config).is_file():
+        raise SystemExit(f"test.py: config file {args.config} not found")
+    if not Path(args.checkpoint).exists():
+        raise SystemExit(f"test.py: checkpoint {args.checkpoint} not found")
+    evaluate_checkpoint(
+        args.config,
+        args.checkpoint,
+        out_dir=args.out_dir,
+        ann_file=args.ann_file,
+        image_root=args.image_root,
+        val_ann_file=args.val_ann_file,
+        val_image_root=args.val_image_root,
+        launcher=args.launcher,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        max_overlays=args.max_overlays,
+        amp=not args.fp32,
+        cfg_options=args.cfg_options,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
