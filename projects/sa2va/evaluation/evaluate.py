@@ -193,6 +193,19 @@ def find_scalars(checkpoint: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _json_clean(value: Any) -> Any:
+    """NaN/inf -> None (valid JSON), numpy scalars -> Python numbers, recursively."""
+    if isinstance(value, dict):
+        return {k: _json_clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def _load_rgb(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
@@ -237,12 +250,12 @@ def write_outputs(
     report = json.loads(report_path.read_text())
     report["threshold_chosen_on"] = chosen_on
     report.update(extra or {})
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    report_path.write_text(json.dumps(_json_clean(report), indent=2) + "\n")
     thr_path = out / THRESHOLD_FILE
     thr_path.write_text(
         json.dumps(
             {
-                "threshold": t,
+                "threshold": round(t, 6),
                 "chosen_on": chosen_on,
                 "metric": metric.threshold_metric,
                 "test_dice_at_threshold": at_best["overall"]["dice"],

@@ -196,7 +196,6 @@ class SegMetric(BaseMetric):
             iou_best=ob["iou"],
             cl_dice_best=ob["cl_dice"],
             best_threshold=float(chosen),
-            n_queries=float(len(ev)),
         )
         if self.threshold is not None:
             k = ev.threshold_index(best_here)

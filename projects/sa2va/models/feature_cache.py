@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from mmengine.logging import MMLogger
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 if TYPE_CHECKING:
@@ -94,6 +95,10 @@ def module_fingerprint(module: nn.Module) -> str:
         if data.numel():
             h.update(memoryview(data.cpu().view(torch.uint8).numpy()))
     return h.hexdigest()
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def _named_tensors(module: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
@@ -187,24 +192,29 @@ class DiskStore:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 
-    def get(self, key: str, device: torch.device | str = "cpu") -> list[torch.Tensor] | None:
+    def get(
+        self, key: str, device: torch.device | str = "cpu"
+    ) -> tuple[list[torch.Tensor], dict[str, str]] | None:
+        """``(tensors, metadata)`` of ``key``, or ``None`` when absent or unreadable."""
         p = self.path(key)
         if not p.is_file():
             return None
         try:
-            d = load_file(str(p), device=str(device))
-            return [d[str(i)] for i in range(len(d))]
+            with safe_open(str(p), framework="pt", device=str(device)) as f:
+                meta = f.metadata() or {}
+                return [f.get_tensor(str(i)) for i in range(len(f.keys()))], meta
         except Exception as e:  # a truncated/corrupt file from a crashed writer: recompute it
             MMLogger.get_current_instance().warning(f"feature cache: unreadable {p} ({e}); recomputing")
             return None
 
-    def put(self, key: str, tensors: list[torch.Tensor]) -> None:
+    def put(self, key: str, tensors: list[torch.Tensor], metadata: dict[str, str] | None = None) -> None:
         p = self.path(key)
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=p.parent)
         os.close(fd)
         try:
-            save_file({str(i): t.detach().contiguous().cpu() for i, t in enumerate(tensors)}, tmp)
+            tensors_cpu = {str(i): t.detach().contiguous().cpu() for i, t in enumerate(tensors)}
+            save_file(tensors_cpu, tmp, metadata=metadata)
             os.replace(tmp, p)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -248,6 +258,9 @@ class FrozenFeatureCache:
         self._fp_vit = _EncoderFingerprint("InternViT")
         self._fp_sam2 = _EncoderFingerprint("SAM2 image encoder")
         self._warned_no_digests = False
+        # Per SAM2 level: is the encoder's output channels-last? Restored after stacking cached
+        # entries so the decoder sees the same layout (conv kernels, hence bits) as without cache.
+        self._sam2_layout: list[bool] | None = None
         self.hits = 0
         self.misses = 0
 
@@ -266,8 +279,11 @@ class FrozenFeatureCache:
     def _get(self, key: str, device: torch.device) -> list[torch.Tensor] | None:
         entry = self.memory.get(key)
         if entry is None and self.disk is not None:
-            entry = self.disk.get(key, device=device)
-            if entry is not None:
+            got = self.disk.get(key, device=device)
+            if got is not None:
+                entry, meta = got
+                if "channels_last" in meta and self._sam2_layout is None:
+                    self._sam2_layout = [c == "1" for c in meta["channels_last"].split(",")]
                 self.memory.put(key, entry)
         if entry is not None and entry[0].device != device:
             entry = [t.to(device, non_blocking=True) for t in entry]
@@ -279,7 +295,10 @@ class FrozenFeatureCache:
         tensors = [t.detach().contiguous().clone() for t in tensors]
         self.memory.put(key, tensors)
         if self.disk is not None:
-            self.disk.put(key, tensors)
+            meta = None
+            if key.startswith("sam2-") and self._sam2_layout is not None:
+                meta = {"channels_last": ",".join("1" if c else "0" for c in self._sam2_layout)}
+            self.disk.put(key, tensors, meta)
 
     def _cached(self, keys: list[str], device: torch.device, compute) -> list[list[torch.Tensor]]:
         """Entries for ``keys``; ``compute(miss_indices) -> entries`` fills the misses (deduplicated)."""
@@ -352,11 +371,17 @@ class FrozenFeatureCache:
                 g_pix = g_pix[torch.tensor(todo, device=g_pix.device)]
             with torch.no_grad():
                 feats = model.grounding_encoder.encode_image(g_pix.to(device, non_blocking=True))
+            self._sam2_layout = [_channels_last(lvl) for lvl in feats.fpn]
             return [[lvl[j] for lvl in feats.fpn] for j in range(len(todo))]
 
         keys = [self._key("sam2", fp, ctx, d[1]) for d in digests]
         entries = self._cached(keys, device, run_sam2)
         fpn = [torch.stack([e[lvl] for e in entries]) for lvl in range(len(entries[0]))]
+        if self._sam2_layout is not None:
+            fpn = [
+                f.contiguous(memory_format=torch.channels_last) if cl else f.contiguous()
+                for f, cl in zip(fpn, self._sam2_layout)
+            ]
         return vit_tokens, SAM2ImageFeatures(fpn)
 
     def stats(self) -> dict[str, Any]:
