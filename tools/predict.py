@@ -20,8 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mmengine.config import DictAction  # noqa: E402
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -36,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-tiles", type=int, help="InternVL tiles per image (default: the config's, else 12)")
     p.add_argument(
         "--exact-normalisation",
         action="store_true",
@@ -43,9 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "predictor's bf16-rounded ones",
     )
     p.add_argument("--seed", type=int, default=0, help="torch seed before building the model")
-    p.add_argument(
-        "--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE", help="config overrides"
-    )
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -61,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
         save_prediction,
         write_predictions_json,
     )
-    from projects.sa2va.inference.predictor import Sa2VAPredictor
 
     try:
         paths = list_images(args.images)
@@ -69,15 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"predict.py: {e}", file=sys.stderr)
         return 2
+    # Heavy imports (torch, transformers, mmengine) only once the images are known to be readable.
+    from mmengine.config import DictAction
+
+    from projects.sa2va.inference.predictor import Sa2VAPredictor
+
+    options = argparse.Namespace(cfg_options={})
+    if args.cfg_options:
+        DictAction(option_strings=["--cfg-options"], dest="cfg_options")(None, options, args.cfg_options)
     predictor = Sa2VAPredictor.from_config(
         args.config,
         args.checkpoint,
         device=args.device,
-        cfg_options=args.cfg_options,
+        cfg_options=options.cfg_options,
         seed=args.seed,
         threshold=args.threshold,
         threshold_file=args.threshold_file,
         official_normalisation=not args.exact_normalisation,
+        **({"max_tiles": args.max_tiles} if args.max_tiles is not None else {}),
     )
     out_dir = Path(args.out_dir)
     entries = []

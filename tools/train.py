@@ -39,6 +39,20 @@ def translate_args(argv: list[str]) -> list[str]:
     return out
 
 
+class ConfigError(ValueError):
+    """The config file cannot be parsed."""
+
+
+def check_config(path: str) -> None:
+    """Parse the config once before the (slow) xtuner import; the error names the file."""
+    from mmengine.config import Config
+
+    try:
+        Config.fromfile(path)
+    except Exception as e:
+        raise ConfigError(f"{path}: cannot load the config: {type(e).__name__}: {e}") from e
+
+
 @record
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -46,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("usage: python tools/train.py CONFIG [xtuner train options]")
     if not Path(argv[0]).is_file():
         raise SystemExit(f"train.py: config file {argv[0]} not found")
+    check_config(argv[0])
     torch.serialization.add_safe_globals(mmengine_safe_globals())
     from xtuner.tools import train as xtuner_train
 

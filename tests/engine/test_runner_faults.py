@@ -35,6 +35,7 @@ class Killed(BaseException):
     """Stands for SIGKILL: not an Exception, so nothing on the way up handles it."""
 
 
+@pytest.mark.slow
 def test_kill_during_save_keeps_last_good_checkpoint_and_resume_continues(tmp_path, monkeypatch):
     from mmengine.fileio.backends.local_backend import LocalBackend
 
@@ -70,6 +71,7 @@ def test_kill_during_save_keeps_last_good_checkpoint_and_resume_continues(tmp_pa
     assert again[2]["loss"] == first[2]["loss"], "the resumed iteration 2 differs from the interrupted run's"
 
 
+@pytest.mark.slow
 def test_nonfinite_losses_skip_updates_then_stop_with_checkpoint(tmp_path):
     runner = build_runner(
         tmp_path,

@@ -1,4 +1,4 @@
-"""A tiny Sa2VA briefly overfit (in-process, fixed seed) to answer with [SEG], wrapped in a predictor.
+"""Inference-test fixtures: a tiny Sa2VA briefly overfit (in-process, fixed seed) to answer with [SEG].
 
 The random tiny model of ``_base_/model_tiny.py`` never generates ``[SEG]`` by itself; a few dozen
 LM-loss steps on three (image, prompt) -> answer pairs make greedy decoding produce exactly those
@@ -35,6 +35,7 @@ class Overfit:
     images: dict[str, np.ndarray]
     prompts: dict[str, str]
     answers: dict[str, str]
+    max_tiles: int
 
 
 def load_rgb(name: str) -> np.ndarray:
@@ -42,7 +43,9 @@ def load_rgb(name: str) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def _overfit(predictor, samples: list[tuple[np.ndarray, str, str]], steps: int = 60, lr: float = 5e-3) -> float:
+def _overfit(
+    predictor, samples: list[tuple[np.ndarray, str, str]], steps: int = 60, lr: float = 5e-3
+) -> float:
     """LM-loss steps on ``samples`` (image, prompt, answer) with the predictor's prompt ids; returns the
     last loss."""
     model = predictor.model
@@ -79,6 +82,7 @@ def _overfit(predictor, samples: list[tuple[np.ndarray, str, str]], steps: int =
 
 @pytest.fixture(scope="session")
 def overfit() -> Overfit:
+    """The tiny Sa2VA overfit to answer with [SEG], in a predictor (built once per session)."""
     from projects.sa2va.inference.predictor import Sa2VAPredictor
 
     predictor = Sa2VAPredictor.from_config(TINY_MODEL_CFG, seed=0, max_tiles=MAX_TILES)
@@ -92,4 +96,4 @@ def overfit() -> Overfit:
     torch.manual_seed(0)
     loss = _overfit(predictor, [(images[k], prompts[k], answers[k]) for k in images])
     assert loss < 0.1, f"overfitting the tiny model failed (LM loss {loss:.3f})"
-    return Overfit(predictor=predictor, images=images, prompts=prompts, answers=answers)
+    return Overfit(predictor=predictor, images=images, prompts=prompts, answers=answers, max_tiles=MAX_TILES)

@@ -55,9 +55,7 @@ INTERNVIT_300M = dict(
     norm_type="layer_norm",
     layer_norm_eps=1e-6,
 )
-_QWEN_COMMON = dict(
-    vocab_size=151674, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6
-)
+_QWEN_COMMON = dict(vocab_size=151674, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6)
 QWEN25_05B = dict(
     hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
     num_key_value_heads=2, **_QWEN_COMMON,
@@ -371,7 +369,9 @@ def count_syncs(trainer: Trainer, data: dict) -> tuple[int, list[str]]:
     return len(hits), sites
 
 
-def sample_flops(model: Sa2VAModel, shape: ModelShape, batch: dict, cached: bool) -> tuple[SampleFlops, float]:
+def sample_flops(
+    model: Sa2VAModel, shape: ModelShape, batch: dict, cached: bool
+) -> tuple[SampleFlops, float]:
     """Model FLOPs per sample of ``batch`` (analytic for ViT / LLM; flop counter for SAM2), tokens."""
     b = batch["data"]
     lengths = b.attention_mask.sum(dim=1).tolist()
@@ -388,9 +388,7 @@ def sample_flops(model: Sa2VAModel, shape: ModelShape, batch: dict, cached: bool
     ge = model.grounding_encoder
     device = next(model.parameters()).device
     img = torch.randn(1, 3, ge.image_size, ge.image_size, device=device)
-    with (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    ):
+    with torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext():
         sam2_enc = counted_flops(ge.encode_image, img)
         feats = ge.encode_image(img)
         k = max(1, round(n_obj))
@@ -437,9 +435,7 @@ def run_one(
 
     n_distinct = max(1, math.ceil(len(samples) / cfg.batch_size))
     batches = make_batches(samples, cfg.batch_size, n_distinct, pin=device.type == "cuda")
-    res.pad_frac = statistics.mean(
-        1.0 - float(b["data"].attention_mask.float().mean()) for b in batches
-    )
+    res.pad_frac = statistics.mean(1.0 - float(b["data"].attention_mask.float().mean()) for b in batches)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -538,7 +534,8 @@ def format_table(results: list[Result], peak_flops: float, device_name: str) -> 
         slowest = max(STAGE_COLUMNS, key=lambda sc: sum(r.stages.get(k, 0.0) for k in sc[1]))[0]
         lines.append(
             f"{r.model}/{r.config.name}: GFLOP/sample ViT {r.flops.vit / 1e9:.0f}, SAM2enc "
-            f"{r.flops.sam2_encoder / 1e9:.0f}, LLM {r.flops.llm / 1e9:.0f}, dec {r.flops.decoder / 1e9:.0f}; "
+            f"{r.flops.sam2_encoder / 1e9:.0f}, LLM {r.flops.llm / 1e9:.0f}, "
+            f"dec {r.flops.decoder / 1e9:.0f}; "
             f"largest stage: {slowest}; final loss {r.loss:.3f}"
         )
     return "\n".join(lines)
@@ -556,7 +553,9 @@ def target_lines(results: list[Result]) -> list[str]:
             continue
         best = max(rs, key=lambda r: r.samples_per_s)
         ok = "MET" if best.samples_per_s >= rate else "MISSED"
-        out.append(f"target {model}: >= {rate:.0f} samples/s -> {best.samples_per_s:.1f} ({best.config.name}) {ok}")
+        out.append(
+            f"target {model}: >= {rate:.0f} samples/s -> {best.samples_per_s:.1f} ({best.config.name}) {ok}"
+        )
         b2 = [r for r in rs if r.config.batch_size <= 2 and r.config.cache != "off"]
         if mem is not None and b2:
             ok = "MET" if b2[0].peak_gib * 2**30 / 1e9 <= mem else "MISSED"

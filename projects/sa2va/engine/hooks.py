@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def _to_float(v: Any) -> float:
 
 @HOOKS.register_module()
 class LossRecorderHook(Hook):
-    """Append ``{"iter": i, "loss": ..., <every loss term>, "lr": ...}`` per iteration to a JSON-lines file.
+    """Append ``{"iter", "loss", <each loss term>, "time", "lr"}`` per iteration to a JSON-lines file.
 
     Args:
         filename: file name inside the work dir.
@@ -124,7 +125,7 @@ class LossRecorderHook(Hook):
             values = (t / dist.get_world_size()).tolist()
         if self._file is None:
             return
-        record: dict[str, Any] = {"iter": runner.iter + 1, **dict(zip(keys, values))}
+        record: dict[str, Any] = {"iter": runner.iter + 1, **dict(zip(keys, values)), "time": time.time()}
         if "train/lr" in runner.message_hub.log_scalars:  # the lr this iteration used (RuntimeInfoHook)
             record["lr"] = float(runner.message_hub.get_scalar("train/lr").current())
         if self.all_ranks and isinstance(data_batch, dict) and data_batch.get("data") is not None:

@@ -170,7 +170,7 @@ class Sa2VATrainLoop(IterBasedTrainLoop):
         runner.call_hook("before_train")
         runner.call_hook("before_train_epoch")  # one "epoch" for the hooks, as IterBasedTrainLoop
         self._set_epoch(self._epoch)
-        rng = None
+        rng = runner.pop_resumed_rng_state() if hasattr(runner, "pop_resumed_rng_state") else None
         # The uninterrupted run saved its random state after iteration N-1. At an epoch boundary it then
         # built the next epoch's iterator (which draws a base seed): restore first, then build. Mid-epoch
         # it built nothing: build (and skip), then restore.

@@ -197,6 +197,8 @@ class SegMetric(BaseMetric):
             cl_dice_best=ob["cl_dice"],
             best_threshold=float(chosen),
         )
+        if not self.cl_dice:
+            del out["cl_dice"], out["cl_dice_best"]
         if self.threshold is not None:
             k = ev.threshold_index(best_here)
             out.update(dice_oracle=float(ev.curve("dice")[k]), oracle_threshold=best_here)

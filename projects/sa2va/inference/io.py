@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..evaluation.plots import overlay
-from .predictor import Prediction
+if TYPE_CHECKING:  # the predictor pulls in torch / transformers: keep file checks import-light
+    from .predictor import Prediction
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -115,6 +115,8 @@ def save_prediction(pred: Prediction, image: np.ndarray, out_dir: str | Path, st
         the image's ``predictions.json`` entry: ``text``, ``num_masks``, ``masks``, ``probs``,
         ``overlay`` (file names relative to ``out_dir``), ``threshold``, ``foreground_fraction``.
     """
+    from ..evaluation.plots import overlay  # matplotlib: imported only when writing
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     h, w = image.shape[:2]

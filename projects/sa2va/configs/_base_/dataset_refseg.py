@@ -26,6 +26,6 @@ train_dataloader = dict(
     persistent_workers=True,
     pin_memory=True,
     sampler=dict(type=DefaultSampler, shuffle=True),
-    collate_fn=dict(type=sa2va_collate),
+    collate_fn=dict(type=sa2va_collate, digests=True),  # feature-cache keys hashed in the workers
     dataset=train_dataset,
 )

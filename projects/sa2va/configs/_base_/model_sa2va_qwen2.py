@@ -36,4 +36,7 @@ model = dict(
     lm_loss_weight=1.0,
     seg_hidden_shift=0,
     pretrained_pth=None,
+    # Frozen-feature cache (ViT + SAM2 image-encoder outputs reused across epochs): on because the dataset
+    # base has augment=None. A leaf config that turns random augmentation on sets mode="off".
+    feature_cache=dict(mode="memory", max_bytes=16 * 1024**3),
 )
