@@ -1,13 +1,16 @@
 """Predict masks for images with a trained Sa2VA model: a thin front-end to ``Sa2VAPredictor``.
 
-    python tools/predict.py --config CFG --checkpoint work_dirs/CFG/iter_N.pth \\
+    python tools/predict.py (--config CFG --checkpoint work_dirs/CFG/iter_N.pth | --hf HF_DIR) \\
         --images data/new/images [more images or folders] --prompt "Please segment the blood vessel." \\
         --out-dir predictions/ [--threshold T | --threshold-file best_threshold.json] \\
         [--batch-size N] [--device cpu|cuda] [--max-new-tokens 64] [--exact-normalisation]
 
 Writes per image ``<stem>_mask{k}.png`` (0/255), ``<stem>_prob{k}.png`` (probability as 8-bit grey),
 ``<stem>_overlay.png``, and ``predictions.json`` for the run (see ``projects/sa2va/inference/io.py``).
-Every image is checked to be readable before the model is built; a bad one stops the run.
+``--hf`` builds from an official-layout Hugging Face folder (e.g. from ``tools/convert_to_hf.py``);
+``--config`` then optionally names the model config to point at it, and ``--checkpoint`` a trainable
+checkpoint to load on top. Every image is checked to be readable before the model is built; a bad
+one stops the run.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ if str(ROOT) not in sys.path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="the Sa2VA config the checkpoint was trained with")
+    p.add_argument("--config", help="the Sa2VA config the checkpoint was trained with")
+    p.add_argument("--hf", help="an official-layout Hugging Face Sa2VA folder (instead of --config)")
     p.add_argument("--checkpoint", help="trainable-weights checkpoint (iter_N.pth); omit to use the config's")
     p.add_argument("--images", nargs="+", required=True, help="image files and/or folders of images")
     p.add_argument("--prompt", default="Please segment the blood vessel.", help="question for every image")
@@ -44,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="torch seed before building the model")
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
     args = p.parse_args(argv)
+    if args.config is None and args.hf is None:
+        p.error("give --config (with --checkpoint) or --hf")
     if args.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {args.batch_size}")
     return args
@@ -73,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     options = argparse.Namespace(cfg_options={})
     if args.cfg_options:
         DictAction(option_strings=["--cfg-options"], dest="cfg_options")(None, options, args.cfg_options)
-    predictor = Sa2VAPredictor.from_config(
-        args.config,
-        args.checkpoint,
+    kwargs = dict(
         device=args.device,
         cfg_options=options.cfg_options,
         seed=args.seed,
@@ -84,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         official_normalisation=not args.exact_normalisation,
         **({"max_tiles": args.max_tiles} if args.max_tiles is not None else {}),
     )
+    if args.hf is not None:
+        predictor = Sa2VAPredictor.from_hf(args.hf, args.checkpoint, model_config=args.config, **kwargs)
+    else:
+        predictor = Sa2VAPredictor.from_config(args.config, args.checkpoint, **kwargs)
     out_dir = Path(args.out_dir)
     entries = []
     for start in range(0, len(paths), args.batch_size):
@@ -101,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path = write_predictions_json(
         entries,
         out_dir,
-        config=str(args.config),
+        config=args.config,
+        hf=args.hf,
         checkpoint=args.checkpoint,
         prompt=args.prompt,
         threshold=predictor.threshold,

@@ -46,16 +46,16 @@ def test_hand_computed_case_at_05_and_best():
 def test_planted_optimum_and_fixed_threshold():
     rng = np.random.default_rng(0)
     gt = rng.random((3, 32, 32)) < 0.2
-    # Foreground probabilities in (0.62, 0.70), background in [0.0, 0.60): every t in [0.60, 0.62) separates them.
+    # Foreground probabilities in (0.62, 0.70), background in [0.0, 0.60): t in [0.60, 0.62) separates them.
     probs = np.where(gt, 0.62 + 0.08 * rng.random(gt.shape), 0.60 * rng.random(gt.shape))
     m = SegMetric(prefix="val")
     m.process(None, [sample("x.png", probs, gt, ["a", "b", "c"])])
     out = m.evaluate(size=1)
     assert out["val/best_threshold"] == pytest.approx(0.60)  # grid optima 0.60, 0.61: the one closest to 0.5
     assert out["val/dice_best"] == pytest.approx(1.0)
-    assert out["val/dice"] < 0.5
+    assert out["val/dice"] < 0.9  # background up to 0.6 leaks in at 0.5
     assert m.results == []  # cleared for the next validation
-    # A threshold fixed elsewhere (e.g. on a validation set) is used as given; the oracle is reported beside it.
+    # A threshold fixed elsewhere (e.g. on a validation set) is used as given; the oracle is reported too.
     fixed = SegMetric(threshold=0.3, prefix="test")
     fixed.process(None, [sample("x.png", probs, gt, ["a", "b", "c"])])
     out = fixed.evaluate(size=1)
@@ -69,14 +69,19 @@ def test_planted_optimum_and_fixed_threshold():
 def test_threshold_off_grid_or_missing_half_is_rejected():
     with pytest.raises(ValueError, match="not on the evaluator grid"):
         SegMetric(threshold=0.123)
-    with pytest.raises(ValueError, match="0.5"):
+    with pytest.raises(ValueError, match=r"0\.5"):
         SegMetric(thresholds=[0.1, 0.4, 0.6])
 
 
 def test_shape_mismatch_names_the_sample():
     m = SegMetric()
-    bad = {"image_id": "bad.jpg", "texts": ["v"], "probs": torch.zeros(1, 4, 4), "gt": torch.zeros(1, 4, 5, dtype=bool)}
-    with pytest.raises(ValueError, match="bad.jpg"):
+    bad = {
+        "image_id": "bad.jpg",
+        "texts": ["v"],
+        "probs": torch.zeros(1, 4, 4),
+        "gt": torch.zeros(1, 4, 5, dtype=bool),
+    }
+    with pytest.raises(ValueError, match=r"bad\.jpg"):
         m.process(None, [bad])
 
 
@@ -137,7 +142,9 @@ def test_two_process_gather_counts_each_query_once():
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    mp.start_processes(_worker, args=(2, _free_port(), shards, queue), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(
+        _worker, args=(2, _free_port(), shards, queue), nprocs=2, join=True, start_method="spawn"
+    )
     got = dict((r, (o, d)) for r, o, d in (queue.get(timeout=60) for _ in range(2)))
     assert got[0][1] == 1  # one padded repeat dropped on rank 0
     for rank in (0, 1):  # every rank receives the same metrics

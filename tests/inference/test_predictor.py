@@ -240,3 +240,28 @@ def test_input_errors(overfit) -> None:
         Sa2VAPredictor(p.model, template="no_such_template")
     with pytest.raises(FileNotFoundError, match=r"missing\.py"):
         Sa2VAPredictor.from_config(ROOT / "missing.py")
+
+
+# --- from an official-layout HF folder ------------------------------------------------------------
+def test_from_hf_folder_loads_weights_and_folder_settings(tmp_path: Path) -> None:
+    from mmengine.config import Config
+    from safetensors import safe_open
+
+    from tests.checkpoint.hf_fixture import write_official_folder
+
+    folder = write_official_folder(tmp_path / "hf", "qwen2", shards=1)
+    tiny = Config.fromfile(str(ROOT / "projects/sa2va/configs/_base_/model_tiny.py"))
+    p = Sa2VAPredictor.from_hf(
+        folder, cfg_options={"model.grounding_encoder.overrides": tiny.tiny_sam2_overrides}, max_tiles=1
+    )
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        expected = f.get_tensor("text_hidden_fcs.0.weight")
+    torch.testing.assert_close(p.model.text_hidden_fcs[0].weight, expected, rtol=0, atol=0)
+    assert p.template["INSTRUCTION"] == PROMPT_TEMPLATE.qwen_chat["INSTRUCTION"]  # the folder's template
+    assert p.use_thumbnail and p.max_tiles == 1  # folder defaults, explicit override wins
+    assert p.autocast_dtype == torch.bfloat16  # bf16 frozen parts next to fp32 trainable ones
+    pred = p.predict([np.zeros((48, 64, 3), dtype=np.uint8)], PROMPT, max_new_tokens=4)[0]
+    n = pred.token_ids.count(p.seg_token_id)
+    assert pred.probs.shape == (n, 48, 64) and len(pred.token_ids) <= 4
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        Sa2VAPredictor.from_hf(tmp_path / "nowhere")

@@ -1,9 +1,8 @@
-# GPU learning run, REFERENCE mask resolution: loss on the 256x256 SAM2 logits against the nearest-resized
-# ground truth (1024 px SAM2 input, 512 px CHASE_DB1 masks). A small random Sa2VA: SAM2 Hiera-T trained from
-# scratch (image encoder included: no pretrained weights here), tiny InternViT + 2-layer Qwen2 (LoRA), so
-# the language part is cheap; augmentation on. Compare with sa2va_chase_learning_full.py.
-#   bash tools/gpu/chase_learning_run.sh                     (both modes, same time budget, evaluation, table)
+# GPU learning run, REFERENCE mask resolution (loss on 256x256 SAM2 logits vs the nearest-resized 512 px GT).
 #   python tools/train.py projects/sa2va/configs/sa2va_chase_learning_low.py --work-dir work_dirs/chase_low
+#   bash tools/gpu/chase_learning_run.sh     (this and sa2va_chase_learning_full.py, same budget, evaluation, table)
+# A small random Sa2VA: SAM2 Hiera-T at 1024 px trained from scratch (image encoder included: no pretrained
+# weights here), tiny InternViT + 2-layer Qwen2 (LoRA) so the language part is cheap; augmentation on.
 # The script trains on a patient-grouped split of annotations_train.json (patients 09, 10 held out for
 # validation / threshold choice); run alone, this config validates on the test set (a demo default only).
 from mmengine.config import read_base

@@ -96,7 +96,8 @@ class SegMetric(BaseMetric):
             validation set; ``None`` picks the best threshold on the evaluated set itself.
         threshold_metric: sweep metric maximised to choose the threshold (``dice``; any
             :meth:`SegEvaluator.curve` metric).
-        cl_dice: compute clDice (two skeletonisations per query and threshold, ~10 ms each).
+        cl_dice: compute clDice (two skeletonisations per query and threshold, ~10 ms each); when
+            False the ``cl_dice*`` keys are left out.
         collect_device, prefix: as in mmengine's ``BaseMetric``; results are gathered with
             ``all_gather_object`` (gloo on CPU, NCCL on GPU), never through a shared folder.
 

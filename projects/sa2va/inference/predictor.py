@@ -32,6 +32,7 @@ ImageNet constants; pass ``official_normalisation=False`` to match training inst
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,15 +58,31 @@ from ..datasets.image_processing import (
     sam2_pixel_values,
 )
 from ..datasets.prompt import encode_with_image, image_question, instruction_text
+from ..models.internvl import InternLM2InternVL, InternVLMLLM, Qwen2InternVL, read_hf_config
 from ..models.sa2va import SEG_TOKEN, Sa2VAModel
 from ..structures import Sa2VABatch
 
-__all__ = ["THRESHOLD_FILE", "Prediction", "Sa2VAPredictor", "load_threshold"]
+__all__ = [
+    "HF_LLM_ADAPTERS",
+    "HF_MODEL_CONFIG",
+    "THRESHOLD_FILE",
+    "Prediction",
+    "Sa2VAPredictor",
+    "load_threshold",
+]
 
 #: Default file name of a saved best threshold: ``{"threshold": t}``.
 THRESHOLD_FILE = "best_threshold.json"
 
 ImageLike = Image.Image | np.ndarray
+
+#: Model config used by :meth:`Sa2VAPredictor.from_hf` (its weights come from the folder).
+HF_MODEL_CONFIG = Path(__file__).resolve().parents[1] / "configs/_base_/model_sa2va_qwen2.py"
+#: ``llm_config.architectures`` of an HF folder -> the InternVL adapter class.
+HF_LLM_ADAPTERS: dict[str, type[InternVLMLLM]] = {
+    "Qwen2ForCausalLM": Qwen2InternVL,
+    "InternLM2ForCausalLM": InternLM2InternVL,
+}
 
 
 @dataclass
@@ -151,6 +168,9 @@ class Sa2VAPredictor:
         official_normalisation: SAM2 input normalised with the bf16-rounded ImageNet constants as the
             official predictor (True) or with the exact constants as training (False).
         device: where the model runs (it is moved there); ``None``: where its parameters are.
+        autocast: run under ``torch.autocast`` in the model's low-precision dtype (bf16/fp16), as
+            training does; ``None``: when any parameter is bf16/fp16 (frozen parts kept in bf16 next
+            to fp32 trainable ones need it).
     """
 
     def __init__(
@@ -164,6 +184,7 @@ class Sa2VAPredictor:
         threshold: float = 0.5,
         official_normalisation: bool = True,
         device: str | torch.device | None = None,
+        autocast: bool | None = None,
     ) -> None:
         if not isinstance(model, Sa2VAModel):
             raise TypeError(f"Sa2VAPredictor needs a Sa2VAModel, got {type(model).__name__}")
@@ -178,6 +199,12 @@ class Sa2VAPredictor:
         self.use_thumbnail = bool(use_thumbnail)
         self.threshold = _check_threshold(threshold, "Sa2VAPredictor")
         self.official_normalisation = bool(official_normalisation)
+        low = {p.dtype for p in model.parameters() if p.dtype in (torch.bfloat16, torch.float16)}
+        if len(low) > 1:
+            raise ValueError(f"model mixes several low-precision dtypes {sorted(map(str, low))}")
+        if autocast is None:
+            autocast = bool(low)
+        self.autocast_dtype: torch.dtype | None = (low.pop() if low else torch.bfloat16) if autocast else None
         self.tile_size = int(model.mllm.vision_config.image_size)
         self.num_image_token = int(model.mllm.num_image_token)
         self.sam2_size = int(model.grounding_encoder.image_size)
@@ -190,6 +217,12 @@ class Sa2VAPredictor:
         self.stop_token_ids, self.stop_strings = self._stop_criteria()
         # Ids removed from the returned text: every special token except [SEG].
         self._strip_ids = set(tok.all_special_ids) - {self.seg_token_id}
+        MMLogger.get_current_instance().info(
+            f"Sa2VAPredictor: device {self.device}, tiles {self.min_tiles}..{self.max_tiles} of "
+            f"{self.tile_size} px (thumbnail {self.use_thumbnail}), SAM2 {self.sam2_size} px with "
+            f"{'official bf16-rounded' if self.official_normalisation else 'exact'} ImageNet constants, "
+            f"threshold {self.threshold}, stop ids {self.stop_token_ids}, autocast {self.autocast_dtype}"
+        )
 
     # --- construction ----------------------------------------------------------------------------
     @classmethod
@@ -243,6 +276,60 @@ class Sa2VAPredictor:
             kwargs.setdefault(key, value)
         kwargs["threshold"] = _pick_threshold(threshold, threshold_file)
         return cls(model, device=device, **kwargs)
+
+    @classmethod
+    def from_hf(
+        cls,
+        folder: str | Path,
+        checkpoint: str | Path | None = None,
+        *,
+        model_config: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        cfg_options: dict | None = None,
+        **kwargs: Any,
+    ) -> Sa2VAPredictor:
+        """Build from an official-layout Hugging Face Sa2VA folder (e.g. one written by
+        ``tools/convert_to_hf.py``), weights read by :class:`HFSa2VALoader` (no remote code).
+
+        Args:
+            folder: the HF folder (``config.json``, safetensors, tokenizer files).
+            checkpoint: optional trainable-weights ``.pth`` loaded on top (LoRA etc.).
+            model_config: the model config whose ``path`` places are pointed at ``folder``
+                (``model.mllm.path``, ``model.mllm.tokenizer.pretrained_model_name_or_path``,
+                ``model.load_weights.path``); default :data:`HF_MODEL_CONFIG`. The InternVL adapter
+                class is chosen from ``llm_config.architectures`` (:data:`HF_LLM_ADAPTERS`).
+            device / cfg_options: as :meth:`from_config` (``cfg_options`` win over the above).
+            **kwargs: as :meth:`from_config`; the template and tiling default to the folder's
+                ``template``, ``min_dynamic_patch``, ``max_dynamic_patch``, ``use_thumbnail``.
+        """
+        folder = Path(folder)
+        hf = read_hf_config(folder)
+        archs = (hf.get("llm_config") or {}).get("architectures") or []
+        adapters = [HF_LLM_ADAPTERS[a] for a in archs if a in HF_LLM_ADAPTERS]
+        if not adapters:
+            raise ValueError(
+                f"{folder / 'config.json'}: llm_config.architectures = {archs!r}; supported: "
+                f"{sorted(HF_LLM_ADAPTERS)}"
+            )
+        adapter = adapters[0]
+        overrides = {
+            "model.mllm.type": adapter,
+            "model.mllm.path": str(folder),
+            "model.mllm.tokenizer.pretrained_model_name_or_path": str(folder),
+            "model.load_weights.path": str(folder),
+            **(cfg_options or {}),
+        }
+        kwargs.setdefault("template", hf.get("template") or adapter.family.default_template)
+        for key, hf_key in (
+            ("min_tiles", "min_dynamic_patch"),
+            ("max_tiles", "max_dynamic_patch"),
+            ("use_thumbnail", "use_thumbnail"),
+        ):
+            if hf.get(hf_key) is not None:
+                kwargs.setdefault(key, hf[hf_key])
+        return cls.from_config(
+            model_config or HF_MODEL_CONFIG, checkpoint, device=device, cfg_options=overrides, **kwargs
+        )
 
     def _resolve_template(self, template: dict | str | None) -> dict:
         """Template dict from a dict, a ``PROMPT_TEMPLATE`` name, or the model's template name."""
@@ -338,7 +425,6 @@ class Sa2VAPredictor:
             attention_mask[i, length - len(ids) :] = 1
         input_ids = input_ids.to(self.device)
         attention_mask = attention_mask.to(self.device)
-        embeds = mllm.embed(input_ids, mllm.project_vit(vit_tokens))
         gen_cfg = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,
@@ -351,10 +437,17 @@ class Sa2VAPredictor:
         )
         extra = {"tokenizer": self.tokenizer} if self.stop_strings else {}
         # With only `inputs_embeds`, transformers returns the new tokens alone: [B, <= max_new_tokens].
-        out = mllm.language_model.generate(
-            inputs_embeds=embeds, attention_mask=attention_mask, generation_config=gen_cfg, **extra
-        )
+        with self._autocast():
+            embeds = mllm.embed(input_ids, mllm.project_vit(vit_tokens))
+            out = mllm.language_model.generate(
+                inputs_embeds=embeds, attention_mask=attention_mask, generation_config=gen_cfg, **extra
+            )
         return [self._cut_at_stop(row.tolist()) for row in out.sequences]
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def _cut_at_stop(self, ids: list[int]) -> list[int]:
         """Generated ids up to and including the first stop token / the end of a stop string."""
@@ -412,12 +505,15 @@ class Sa2VAPredictor:
         prepared = [self.preprocess(im, p, i) for i, (im, p) in enumerate(zip(images, prompts))]
         model = self.model
         pixel_values = torch.cat([p.pixel_values for p in prepared]).to(self.device)
-        vit_tokens = model.mllm.encode_vit(pixel_values)
-        generated = self.generate([p.prompt_ids for p in prepared], vit_tokens, max_new_tokens=max_new_tokens)
-
-        # Teacher-forced forward of the training model over prompt + answer (right-padded, as in training).
-        batch = self._teacher_forced_batch(prepared, generated, vit_tokens)
-        out = model.forward_tensors(batch)
+        with self._autocast():
+            vit_tokens = model.mllm.encode_vit(pixel_values)
+            generated = self.generate(
+                [p.prompt_ids for p in prepared], vit_tokens, max_new_tokens=max_new_tokens
+            )
+            # Teacher-forced forward of the training model over prompt + answer (right-padded, as in
+            # training).
+            batch = self._teacher_forced_batch(prepared, generated, vit_tokens)
+            out = model.forward_tensors(batch)
         counts = out["seg_counts"]
         for i, (c, ids) in enumerate(zip(counts, generated)):
             expected = sum(1 for t in ids if t == self.seg_token_id)
