@@ -23,7 +23,9 @@ with read_base():
 
 work_dir = "work_dirs/sa2va_chase_learning_low"
 sam2_image_size = 1024
-model.mllm.llm_config.update(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
+model.mllm.llm_config.update(
+    hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2
+)
 model.grounding_encoder = dict(
     type=SAM2GroundingEncoder, config_name="sam2_hiera_t.yaml", overrides=dict(image_size=sam2_image_size)
 )
@@ -32,11 +34,24 @@ model.lora = dict(r=16, alpha=32, dropout=0.0, train_embeddings=True)
 model.loss_mask = dict(type=MaskLoss, bce_weight=2.0, dice_weight=0.5, resolution="low", point_sampling=False)
 
 augment = dict(
-    type=SegAugment, hflip=0.5, vflip=0.5, rot90=0.5, scale=(0.85, 1.2), rotate_deg=15.0,
-    brightness=0.15, contrast=0.15, gamma=(0.8, 1.25),
+    type=SegAugment,
+    hflip=0.5,
+    vflip=0.5,
+    rot90=0.5,
+    scale=(0.85, 1.2),
+    rotate_deg=15.0,
+    brightness=0.15,
+    contrast=0.15,
+    gamma=(0.8, 1.25),
 )
-sizes = dict(tokenizer=tokenizer, template=template, tile_size=vit_image_size, num_image_token=num_image_token,
-             sam2_image_size=sam2_image_size, max_tiles=1)
+sizes = dict(
+    tokenizer=tokenizer,
+    template=template,
+    tile_size=vit_image_size,
+    num_image_token=num_image_token,
+    sam2_image_size=sam2_image_size,
+    max_tiles=1,
+)
 train_dataloader.update(batch_size=8, num_workers=10, persistent_workers=True, pin_memory=True)
 # CHASE_DB1 records hold one object: 1 (text, mask) pair per sample instead of 5 identical copies.
 train_dataloader.dataset.update(sizes, objects_per_image=1, repeats=25, augment=augment)

@@ -36,7 +36,8 @@ train_dataloader.dataset.update(
     template=template,
     tile_size=vit_image_size,
     num_image_token=num_image_token,
-    sam2_image_size=sam2_image_size, max_tiles=1,
+    sam2_image_size=sam2_image_size,
+    max_tiles=1,
 )
 default_hooks.logger.interval = 5
 default_hooks.checkpoint.interval = 20
