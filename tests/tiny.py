@@ -7,8 +7,10 @@ from pathlib import Path
 
 import torch
 
+from projects.sa2va.configs import config_path
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL_CFG = ROOT / "projects/sa2va/configs/_base_/model_tiny.py"
+TINY_MODEL_CFG = config_path("_base_/model_tiny")
 DATA_ROOT = ROOT / "data/chase_db1"
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

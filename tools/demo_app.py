@@ -25,19 +25,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from projects.sa2va.cli import add_predictor_args, add_threshold_args, predictor_kwargs  # noqa: E402
+
 DEFAULT_SAMPLES = ROOT / "data/chase_db1/images"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from mmengine.config import DictAction
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="the Sa2VA config the checkpoint was trained with")
     p.add_argument("--checkpoint", help="trainable-weights checkpoint (iter_N.pth); omit to use the config's")
-    thr = p.add_mutually_exclusive_group()
-    thr.add_argument("--threshold", type=float, help="default slider threshold (default 0.5)")
-    thr.add_argument(
-        "--threshold-file", help='JSON {"threshold": t}, e.g. best_threshold.json from tools/test.py'
+    add_threshold_args(
+        p,
+        threshold_help="default slider threshold (default 0.5)",
+        file_help='JSON {"threshold": t}, e.g. best_threshold.json from tools/test.py',
     )
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (0: a free one, printed)")
@@ -52,18 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest accepted width * height")
     p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest accepted upload in MiB")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--max-tiles", type=int, help="InternVL tiles per image (default: the config's, else 12)")
-    p.add_argument(
-        "--exact-normalisation",
-        action="store_true",
-        help="SAM2 input with the exact ImageNet constants (as training), not the official bf16-rounded ones",
-    )
-    p.add_argument("--seed", type=int, default=0, help="torch seed before building the model")
-    p.add_argument(
-        "--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE", help="config overrides"
-    )
+    add_predictor_args(p)
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be in 0..65535, got {args.port}")
@@ -95,17 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
         logger = MMLogger.get_instance("sa2va_demo_app", log_level="INFO")
         try:
-            predictor = Sa2VAPredictor.from_config(
-                args.config,
-                args.checkpoint,
-                device=args.device,
-                cfg_options=args.cfg_options,
-                seed=args.seed,
-                threshold=args.threshold,
-                threshold_file=args.threshold_file,
-                official_normalisation=not args.exact_normalisation,
-                **({"max_tiles": args.max_tiles} if args.max_tiles is not None else {}),
-            )
+            predictor = Sa2VAPredictor.from_config(args.config, args.checkpoint, **predictor_kwargs(args))
             app = DemoApp(
                 predictor,
                 samples_dir=None if args.no_samples else args.samples,

@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from projects.sa2va.cli import add_predictor_args, add_threshold_args, predictor_kwargs  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -32,21 +34,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", nargs="+", required=True, help="image files and/or folders of images")
     p.add_argument("--prompt", default="Please segment the blood vessel.", help="question for every image")
     p.add_argument("--out-dir", required=True, help="output folder (created)")
-    thr = p.add_mutually_exclusive_group()
-    thr.add_argument("--threshold", type=float, help="mask threshold (default 0.5)")
-    thr.add_argument("--threshold-file", help='JSON {"threshold": t}, e.g. best_threshold.json')
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--max-tiles", type=int, help="InternVL tiles per image (default: the config's, else 12)")
-    p.add_argument(
-        "--exact-normalisation",
-        action="store_true",
-        help="SAM2 input with the exact ImageNet constants (as training) instead of the official "
-        "predictor's bf16-rounded ones",
+    add_threshold_args(
+        p,
+        threshold_help="mask threshold (default 0.5)",
+        file_help='JSON {"threshold": t}, e.g. best_threshold.json',
     )
-    p.add_argument("--seed", type=int, default=0, help="torch seed before building the model")
-    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--batch-size", type=int, default=1)
+    add_predictor_args(p)
     args = p.parse_args(argv)
     if args.config is None and args.hf is None:
         p.error("give --config (with --checkpoint) or --hf")
@@ -72,22 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"predict.py: {e}", file=sys.stderr)
         return 2
     # Heavy imports (torch, transformers, mmengine) only once the images are known to be readable.
-    from mmengine.config import DictAction
-
     from projects.sa2va.inference.predictor import Sa2VAPredictor
 
-    options = argparse.Namespace(cfg_options={})
-    if args.cfg_options:
-        DictAction(option_strings=["--cfg-options"], dest="cfg_options")(None, options, args.cfg_options)
-    kwargs = dict(
-        device=args.device,
-        cfg_options=options.cfg_options,
-        seed=args.seed,
-        threshold=args.threshold,
-        threshold_file=args.threshold_file,
-        official_normalisation=not args.exact_normalisation,
-        **({"max_tiles": args.max_tiles} if args.max_tiles is not None else {}),
-    )
+    kwargs = predictor_kwargs(args)
     if args.hf is not None:
         predictor = Sa2VAPredictor.from_hf(args.hf, args.checkpoint, model_config=args.config, **kwargs)
     else:

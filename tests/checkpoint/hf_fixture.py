@@ -22,6 +22,7 @@ from xtuner.registry import BUILDER
 from projects.sa2va.checkpoint.hf_sa2va import HFSa2VALoader
 from projects.sa2va.models.internvit import InternVisionConfig
 from projects.sa2va.models.internvl import InternLM2InternVL, Qwen2InternVL
+from projects.sa2va.models.presets import load_preset
 from projects.sa2va.models.tokenizer import build_tiny_tokenizer
 from tests.tiny import TINY_MODEL_CFG
 
@@ -31,18 +32,9 @@ REMOTE_CODE = ("configuration_sa2va_chat.py", "modeling_sa2va_chat.py")
 
 
 def tiny_llm_config(family: str, vocab: int) -> dict:
+    """The official ``llm_config`` of a ``family`` folder with the tiny preset's shapes and ``vocab`` rows."""
     base = dict(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        rope_theta=1000000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        torch_dtype="bfloat16",
+        load_preset("tiny")["llm_config"], vocab_size=vocab, tie_word_embeddings=False, torch_dtype="bfloat16"
     )
     if family == "qwen2":
         base.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_act="silu")

@@ -28,6 +28,16 @@ def run_tool(name: str, *args: str | Path) -> subprocess.CompletedProcess:
     )
 
 
+def convert_folder(
+    folder: Path, out: Path, *args: str | Path, masks: Path | None = None
+) -> subprocess.CompletedProcess:
+    """masks_to_annotations.py on ``folder/images`` + ``masks`` (default ``folder/masks``) -> ``out``."""
+    masks = folder / "masks" if masks is None else masks
+    return run_tool(
+        "masks_to_annotations.py", "--images", folder / "images", "--masks", masks, "--out", out, *args
+    )
+
+
 def _vessel_mask(seed: int) -> np.ndarray:
     """Several components, a hole, a 1-px line and a single pixel."""
     mask = np.zeros((H, W), dtype=bool)
@@ -59,17 +69,7 @@ def folder(tmp_path: Path) -> Path:
 
 def test_converter_rle_is_exact_end_to_end(folder: Path) -> None:
     out = folder / "annotations.json"
-    proc = run_tool(
-        "masks_to_annotations.py",
-        "--images",
-        folder / "images",
-        "--masks",
-        folder / "masks",
-        "--out",
-        out,
-        "--text",
-        "blood vessel",
-    )
+    proc = convert_folder(folder, out, "--text", "blood vessel")
     assert proc.returncode == 0, proc.stderr
     assert "EXACT" in proc.stdout and "im1.png [blood vessel]: dice 1.0000, 0 px differ" in proc.stdout
     assert "UNUSED files in the mask folder (3)" in proc.stdout  # the *_vein.png files are reported
@@ -86,13 +86,8 @@ def test_converter_rle_is_exact_end_to_end(folder: Path) -> None:
 
 def test_converter_multi_object_patterns(folder: Path) -> None:
     out = folder / "multi.json"
-    proc = run_tool(
-        "masks_to_annotations.py",
-        "--images",
-        folder / "images",
-        "--masks",
-        folder / "masks",
-        "--out",
+    proc = convert_folder(
+        folder,
         out,
         "--mask-pattern",
         "{stem}_mask.png",
@@ -115,14 +110,13 @@ def test_converter_multi_object_patterns(folder: Path) -> None:
 def test_converter_missing_mask_is_an_error_naming_both_paths(folder: Path) -> None:
     (folder / "masks" / "im1_mask.png").unlink()
     out = folder / "annotations.json"
-    args = ["--images", folder / "images", "--masks", folder / "masks", "--out", out, "--text", "v"]
-    proc = run_tool("masks_to_annotations.py", *args)
+    proc = convert_folder(folder, out, "--text", "v")
     assert proc.returncode == 1 and not out.exists()
     assert (
         str(folder / "images" / "im1.png") in proc.stderr
         and str(folder / "masks" / "im1_mask.png") in proc.stderr
     )
-    proc = run_tool("masks_to_annotations.py", *args, "--allow-missing")
+    proc = convert_folder(folder, out, "--text", "v", "--allow-missing")
     assert proc.returncode == 0, proc.stderr
     assert f"MISSING mask {folder / 'masks' / 'im1_mask.png'}" in proc.stdout
     assert len(json.loads(out.read_text())) == 2
@@ -130,19 +124,7 @@ def test_converter_missing_mask_is_an_error_naming_both_paths(folder: Path) -> N
 
 def test_converter_polygon_mode_reports_its_error(folder: Path) -> None:
     out = folder / "poly.json"
-    proc = run_tool(
-        "masks_to_annotations.py",
-        "--images",
-        folder / "images",
-        "--masks",
-        folder / "masks",
-        "--out",
-        out,
-        "--text",
-        "v",
-        "--format",
-        "polygon",
-    )
+    proc = convert_folder(folder, out, "--text", "v", "--format", "polygon")
     assert proc.returncode == 0, proc.stderr
     assert "NOT exact" in proc.stdout and "holes 1 -> 0" in proc.stdout
     record = load_annotations(out, folder / "images")[0]
@@ -151,56 +133,23 @@ def test_converter_polygon_mode_reports_its_error(folder: Path) -> None:
 
 def test_converter_rejects_label_masks_below_threshold(folder: Path) -> None:
     Image.fromarray(_vessel_mask(0).astype(np.uint8)).save(folder / "masks" / "im0_mask.png")  # 0/1 values
-    args = [
-        "--images",
-        folder / "images",
-        "--masks",
-        folder / "masks",
-        "--out",
-        folder / "a.json",
-        "--text",
-        "v",
-    ]
-    proc = run_tool("masks_to_annotations.py", *args)
+    proc = convert_folder(folder, folder / "a.json", "--text", "v")
     assert proc.returncode == 1 and "--threshold" in proc.stderr
-    assert run_tool("masks_to_annotations.py", *args, "--threshold", "0").returncode == 0
+    assert convert_folder(folder, folder / "a.json", "--text", "v", "--threshold", "0").returncode == 0
 
 
 def test_converter_same_folder_for_images_and_masks(folder: Path) -> None:
     for path in (folder / "masks").glob("*_mask.png"):
         path.rename(folder / "images" / path.name)
     out = folder / "a.json"
-    proc = run_tool(
-        "masks_to_annotations.py",
-        "--images",
-        folder / "images",
-        "--masks",
-        folder / "images",
-        "--out",
-        out,
-        "--text",
-        "v",
-    )
+    proc = convert_folder(folder, out, "--text", "v", masks=folder / "images")
     assert proc.returncode == 0, proc.stderr
     assert [r["image"] for r in json.loads(out.read_text())] == ["im0.png", "im1.png", "im2.png"]
 
 
 def test_check_dataset_exit_codes(folder: Path) -> None:
     out = folder / "annotations.json"
-    assert (
-        run_tool(
-            "masks_to_annotations.py",
-            "--images",
-            folder / "images",
-            "--masks",
-            folder / "masks",
-            "--out",
-            out,
-            "--text",
-            "v",
-        ).returncode
-        == 0
-    )
+    assert convert_folder(folder, out, "--text", "v").returncode == 0
     proc = run_tool("check_dataset.py", out, "--images", folder / "images")
     assert proc.returncode == 0, proc.stdout
     assert proc.stdout.strip().endswith("3 records, 3 objects, 0 problems")
@@ -220,20 +169,7 @@ def test_check_dataset_exit_codes(folder: Path) -> None:
 
 def test_split_dataset_tool(folder: Path) -> None:
     out = folder / "annotations.json"
-    assert (
-        run_tool(
-            "masks_to_annotations.py",
-            "--images",
-            folder / "images",
-            "--masks",
-            folder / "masks",
-            "--out",
-            out,
-            "--text",
-            "v",
-        ).returncode
-        == 0
-    )
+    assert convert_folder(folder, out, "--text", "v").returncode == 0
     proc = run_tool(
         "split_dataset.py", out, "--val-fraction", "0.34", "--seed", "0", "--out-dir", folder / "split"
     )

@@ -37,18 +37,14 @@ def dist(*args: str, env: dict | None = None, wait: bool = True, timeout: float 
     return proc.returncode, out
 
 
+def train_two_ranks(work_dir: Path, *cfg_options: str) -> tuple[int, str]:
+    """``dist.sh train`` of :data:`CFG` on 2 ranks into ``work_dir`` with ``--cfg-options``."""
+    return dist("train", CFG, "2", "--work-dir", str(work_dir), "--cfg-options", *cfg_options)
+
+
 @pytest.mark.slow
 def test_two_ranks_train_distinct_shards_and_log_once(tmp_path):
-    rc, out = dist(
-        "train",
-        CFG,
-        "2",
-        "--work-dir",
-        str(tmp_path),
-        "--cfg-options",
-        "train_cfg.max_epochs=0.4",
-        "custom_hooks.3.all_ranks=True",
-    )
+    rc, out = train_two_ranks(tmp_path, "train_cfg.max_epochs=0.4", "custom_hooks.3.all_ranks=True")
     assert rc == 0, out[-4000:]
     ids = {}
     for rank in (0, 1):
@@ -77,16 +73,8 @@ def test_two_nodes_on_localhost(tmp_path):
 
 @pytest.mark.slow
 def test_failing_rank_exits_nonzero_with_its_error(tmp_path):
-    rc, out = dist(
-        "train",
-        CFG,
-        "2",
-        "--work-dir",
-        str(tmp_path),
-        "--cfg-options",
-        "train_cfg.max_epochs=0.2",
-        "custom_hooks.1.rank=1",
-        "custom_hooks.1.at=0",
+    rc, out = train_two_ranks(
+        tmp_path, "train_cfg.max_epochs=0.2", "custom_hooks.1.rank=1", "custom_hooks.1.at=0"
     )
     assert rc != 0
     assert (

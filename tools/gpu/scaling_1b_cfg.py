@@ -12,7 +12,7 @@ from projects.sa2va.engine.hooks import LossRecorderHook
 model.lora.dropout = 0.0
 model.loss_mask.point_sampling = False
 train_dataloader.sampler.shuffle = True
-train_dataloader.num_workers = 4
+train_dataloader.num_workers = 8  # 4 per rank left the 2-GPU run data-bound at batch 16 (docs/gpu_runs)
 default_hooks.checkpoint.update(interval=100000, save_last=False)
 default_hooks.logger.interval = 10
 custom_hooks = [dict(type=LossRecorderHook, reduce="mean")]

@@ -41,6 +41,7 @@ import numpy as np
 from mmengine.logging import MMLogger
 from PIL import Image, UnidentifiedImageError
 
+from ..inference.io import IMAGE_EXTENSIONS, MASK_COLORS  # overlays as tools/predict.py's
 from .page import APP_JS, PAGE_HTML
 
 __all__ = [
@@ -57,16 +58,6 @@ DEFAULT_PROMPT = "Please segment the blood vessel."
 DEFAULT_MAX_PIXELS = 4096 * 4096
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 MAX_PROMPT_CHARS = 2000
-#: Overlay colours of masks 0, 1, 2, ... (cycled); the same as ``tools/predict.py`` overlays.
-MASK_COLORS: tuple[tuple[int, int, int], ...] = (
-    (255, 0, 0),
-    (0, 255, 0),
-    (0, 128, 255),
-    (255, 255, 0),
-    (255, 0, 255),
-    (0, 255, 255),
-)
-_SAMPLE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "[::1]"}
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self' data: blob:; "
@@ -161,7 +152,7 @@ class DemoApp:
             self._samples = {
                 p.name: p
                 for p in sorted(folder.iterdir())
-                if p.is_file() and p.suffix.lower() in _SAMPLE_EXTENSIONS
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
             }
 
     @property

@@ -38,32 +38,11 @@ from ..datasets.refseg import RefSegDataset
 from ..models.feature_cache import build_feature_cache
 from ..models.internvl import Qwen2InternVL
 from ..models.losses import MaskLoss
+from ..models.presets import BENCH_VOCAB_SIZE, load_preset
 from ..models.sa2va import Sa2VAModel
 from ..models.sam2_grounding import SAM2GroundingEncoder
 from ..models.tokenizer import build_tiny_tokenizer
 from .flops import SampleFlops, counted_flops, llm_forward_flops, mlp1_forward_flops, vit_forward_flops
-
-INTERNVIT_300M = dict(
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    image_size=448,
-    patch_size=14,
-    qkv_bias=True,
-    qk_normalization=False,
-    norm_type="layer_norm",
-    layer_norm_eps=1e-6,
-)
-_QWEN_COMMON = dict(vocab_size=151674, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6)
-QWEN25_05B = dict(
-    hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-    num_key_value_heads=2, **_QWEN_COMMON,
-)  # fmt: skip
-QWEN25_3B = dict(
-    hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-    num_key_value_heads=2, **_QWEN_COMMON,
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -77,29 +56,25 @@ class ModelShape:
     lora_r: int = 128
 
 
-def tiny_shape() -> ModelShape:
-    from ..configs._base_ import model_tiny as t
-
-    return ModelShape(
-        "tiny",
-        dict(t.tiny_vision_config),
-        dict(t.tiny_llm_config),
-        dict(t.tiny_sam2_overrides),
-        t.vit_image_size,
-        t.sam2_image_size,
-        lora_r=8,
-    )
-
-
 def model_shape(name: str) -> ModelShape:
-    """``'1b'`` (InternViT-300M + Qwen2.5-0.5B + SAM2 Hiera-L), ``'4b'`` (+ Qwen2.5-3B), ``'tiny'``."""
-    if name == "1b":
-        return ModelShape("1b", INTERNVIT_300M, QWEN25_05B, None, 448, 1024)
-    if name == "4b":
-        return ModelShape("4b", INTERNVIT_300M, QWEN25_3B, None, 448, 1024)
-    if name == "tiny":
-        return tiny_shape()
-    raise ValueError(f"unknown model shape {name!r} (expected 1b, 4b or tiny)")
+    """``'1b'`` (InternViT-300M + Qwen2.5-0.5B + SAM2 Hiera-L), ``'4b'`` (+ Qwen2.5-3B), ``'tiny'``.
+
+    Shapes are read from the ``_base_`` model configs (:func:`load_preset`); 1b / 4b use
+    :data:`BENCH_VOCAB_SIZE`.
+    """
+    if name not in ("1b", "4b", "tiny"):
+        raise ValueError(f"unknown model shape {name!r} (expected 1b, 4b or tiny)")
+    p = load_preset(name)
+    llm = p["llm_config"] if name == "tiny" else {**p["llm_config"], "vocab_size": BENCH_VOCAB_SIZE}
+    return ModelShape(
+        name,
+        p["vision_config"],
+        llm,
+        p["sam2_overrides"],
+        p["vit_image_size"],
+        p["sam2_image_size"],
+        lora_r=p["lora_r"],
+    )
 
 
 @dataclass(frozen=True)

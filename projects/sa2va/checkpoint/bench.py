@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..models.internvl import Qwen2InternVL
+from ..models.presets import BENCH_VOCAB_SIZE, load_preset
 from ..models.sa2va import Sa2VAModel
 from ..models.sam2_grounding import SAM2GroundingEncoder
 from ..models.tokenizer import build_tiny_tokenizer
@@ -24,78 +25,29 @@ from .hf_sa2va import HFSa2VALoader, export_hf_folder, hf_weight_files
 
 __all__ = ["PRESETS", "BenchRow", "format_table", "run_checkpoint_bench"]
 
-_TINY_SAM2 = dict(
-    image_size=256,
-    image_encoder=dict(
-        trunk=dict(
-            embed_dim=16,
-            num_heads=1,
-            stages=[1, 1, 1, 1],
-            global_att_blocks=[],
-            window_pos_embed_bkg_spatial_size=[4, 4],
-            window_spec=[8, 4, 4, 2],
-        ),
-        neck=dict(
-            d_model=32, backbone_channel_list=[128, 64, 32, 16], position_encoding=dict(num_pos_feats=32)
-        ),
-    ),
-    memory_attention=dict(
-        d_model=32,
-        num_layers=1,
-        layer=dict(
-            d_model=32,
-            dim_feedforward=64,
-            self_attention=dict(embedding_dim=32, feat_sizes=[16, 16]),
-            cross_attention=dict(embedding_dim=32, feat_sizes=[16, 16], kv_in_dim=16),
-        ),
-    ),
-    memory_encoder=dict(
-        out_dim=16,
-        in_dim=32,
-        position_encoding=dict(num_pos_feats=16),
-        mask_downsampler=dict(embed_dim=32),
-        fuser=dict(num_layers=1, layer=dict(dim=32)),
-    ),
-)
-
+#: Run settings per preset; the model shapes are read from the ``_base_`` config of the same name
+#: (:func:`load_preset`), with ``llm_overrides`` on top.
 PRESETS: dict[str, dict[str, Any]] = {
     "4b": dict(
-        vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
-        llm=dict(
-            vocab_size=151674,
-            hidden_size=2048,
-            intermediate_size=11008,
-            num_hidden_layers=36,
-            num_attention_heads=16,
-            num_key_value_heads=2,
-            max_position_embeddings=32768,
-            rope_theta=1000000.0,
-            rms_norm_eps=1e-6,
-        ),
-        sam2_overrides=None,
-        lora_r=128,
+        llm_overrides=dict(vocab_size=BENCH_VOCAB_SIZE),
         dtype=torch.bfloat16,
         max_shard_size="5GB",
     ),
-    "tiny": dict(
-        vision=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=224
-        ),
-        llm=dict(
-            vocab_size=900,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=2048,
-        ),
-        sam2_overrides=_TINY_SAM2,
-        lora_r=8,
-        dtype=torch.bfloat16,
-        max_shard_size="1MB",
-    ),
+    "tiny": dict(llm_overrides={}, dtype=torch.bfloat16, max_shard_size="1MB"),
 }
+
+
+def _preset(name: str) -> dict[str, Any]:
+    """``PRESETS[name]`` plus the shapes of :func:`load_preset` (vision, llm, sam2_overrides, lora_r)."""
+    shapes = load_preset(name)
+    run = PRESETS[name]
+    return dict(
+        run,
+        vision=shapes["vision_config"],
+        llm={**shapes["llm_config"], **run["llm_overrides"]},
+        sam2_overrides=shapes["sam2_overrides"],
+        lora_r=shapes["lora_r"],
+    )
 
 
 @dataclass
@@ -163,7 +115,7 @@ def run_checkpoint_bench(preset_name: str, workdir: str | Path, device: str = "c
 
     Raises ``AssertionError``-free ``RuntimeError`` if the export's key set differs from the source's.
     """
-    preset = PRESETS[preset_name]
+    preset = _preset(preset_name)
     dev = torch.device(device)
     workdir = Path(workdir)
     src, out = workdir / "source", workdir / "export"

@@ -102,14 +102,22 @@ def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return nn.Module.state_dict(model, keep_vars=True)
 
 
-def _mismatch_message(
-    source: str, unexpected: list[str], missing: list[str], shapes: list[str], limit: int = 20
+def mismatch_message(
+    header: str,
+    unexpected: list[str],
+    missing: list[str],
+    shapes: list[str],
+    *,
+    unexpected_what: str = "unexpected checkpoint tensor(s)",
+    missing_what: str = "model tensor(s) missing from the checkpoint",
+    limit: int = 20,
 ) -> str:
-    parts = [f"{source} does not match the model:"]
+    """``header`` then one indented line per non-empty list: its count, ``*_what`` and its first ``limit``."""
+    parts = [header]
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected checkpoint tensor(s): {unexpected[:limit]}")
+        parts.append(f"{len(unexpected)} {unexpected_what}: {unexpected[:limit]}")
     if missing:
-        parts.append(f"{len(missing)} model tensor(s) missing from the checkpoint: {missing[:limit]}")
+        parts.append(f"{len(missing)} {missing_what}: {missing[:limit]}")
     if shapes:
         parts.append(f"{len(shapes)} shape mismatch(es): {shapes[:limit]}")
     return "\n  ".join(parts)
@@ -206,7 +214,9 @@ def load_hf_sa2va_weights(
             except UnknownKeyError:
                 missing.append(repr(mkey))
     if unexpected or missing or shapes:
-        raise CheckpointMismatchError(_mismatch_message(str(path), unexpected, missing, shapes))
+        raise CheckpointMismatchError(
+            mismatch_message(f"{path} does not match the model:", unexpected, missing, shapes)
+        )
 
     with torch.no_grad():
         for file, pairs in plan.items():
@@ -574,4 +584,6 @@ def load_adapter_export(
                 continue
             targets[mkey].copy_(t)
     if unexpected or shapes:
-        raise CheckpointMismatchError(_mismatch_message(str(file), unexpected, [], shapes))
+        raise CheckpointMismatchError(
+            mismatch_message(f"{file} does not match the model:", unexpected, [], shapes)
+        )

@@ -24,7 +24,7 @@ from mmengine.logging import MMLogger
 from safetensors import safe_open
 from torch import nn
 
-from .hf_sa2va import CheckpointMismatchError, hf_weight_files
+from .hf_sa2va import CheckpointMismatchError, hf_weight_files, mismatch_message
 from .key_tables import (
     HF_KEY_TABLE,
     PEFT_LM_PREFIX,
@@ -106,14 +106,17 @@ def load_reference_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
         k for k in trainable - set(assignments) if has_lora or not peft_role(k).startswith("lora")
     )
     if unexpected or shapes or missing:
-        lines = [f"{source}: reference-style state does not match the model:"]
-        if unexpected:
-            lines.append(f"{len(unexpected)} unexpected: {unexpected[:20]}")
-        if missing:
-            lines.append(f"{len(missing)} trainable tensor(s) missing: {missing[:20]}")
-        if shapes:
-            lines.append(f"{len(shapes)} shape mismatch(es): {shapes[:20]}")
-        raise CheckpointMismatchError("\n  ".join(lines))
+        header = f"{source}: reference-style state does not match the model:"
+        raise CheckpointMismatchError(
+            mismatch_message(
+                header,
+                unexpected,
+                missing,
+                shapes,
+                unexpected_what="unexpected",
+                missing_what="trainable tensor(s) missing",
+            )
+        )
     with torch.no_grad():
         for d, v in assignments.items():
             targets[d].copy_(v)

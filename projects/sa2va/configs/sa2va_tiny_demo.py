@@ -31,24 +31,10 @@ train_cfg.max_epochs = max_epochs
 train_dataloader.num_workers = 0
 train_dataloader.persistent_workers = False
 train_dataloader.pin_memory = False
-train_dataloader.dataset.update(
-    tokenizer=tokenizer,
-    template=template,
-    tile_size=vit_image_size,
-    num_image_token=num_image_token,
-    sam2_image_size=sam2_image_size,
-    max_tiles=1,
-)
+train_dataloader.dataset.update(dataset_inputs)
 default_hooks.logger.interval = 5
 default_hooks.checkpoint.interval = 20
 # Validation on the 8 test images (data/chase_db1/annotations_test.json) twice; keep the best checkpoint.
-val_dataloader.dataset.update(
-    tokenizer=tokenizer,
-    template=template,
-    tile_size=vit_image_size,
-    num_image_token=num_image_token,
-    sam2_image_size=sam2_image_size,
-    max_tiles=1,
-)
+val_dataloader.dataset.update(dataset_inputs)
 train_cfg.update(val_interval=50)
 default_hooks.checkpoint.update(save_best=save_best, rule="greater")

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .fast_init import torch_init_disabled, trunc_normal_fp32_, weight_init_enabled
+
 __all__ = [
     "InternRMSNorm",
     "InternVisionAttention",
@@ -388,15 +390,19 @@ class InternVisionModel(nn.Module):
     weights truncated-normal(std=initializer_range), biases 0; norms weight 1 / bias 0; class and
     position embeddings truncated-normal(std=initializer_range); layer scales
     ``initializer_factor * ones`` (the official constructor's value; a full-strength residual keeps
-    tiny test models sensitive to every layer).
+    tiny test models sensitive to every layer). Truncated normals are drawn in float32 whatever the
+    weights' dtype. ``_init_weights`` sets every tensor, so the submodules' default (Kaiming) init is
+    not drawn; inside :func:`~.fast_init.no_weight_init` (weights loaded afterwards) nothing is drawn.
     """
 
     def __init__(self, config: InternVisionConfig) -> None:
         super().__init__()
         self.config = config
-        self.embeddings = InternVisionEmbeddings(config)
-        self.encoder = InternVisionEncoder(config)
-        self.apply(self._init_weights)
+        with torch_init_disabled():  # overwritten by _init_weights below
+            self.embeddings = InternVisionEmbeddings(config)
+            self.encoder = InternVisionEncoder(config)
+        if weight_init_enabled():
+            self.apply(self._init_weights)
 
     @property
     def gradient_checkpointing(self) -> bool:
@@ -423,7 +429,7 @@ class InternVisionModel(nn.Module):
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
         if isinstance(module, nn.Linear | nn.Conv2d):
-            nn.init.trunc_normal_(module.weight, std=std)
+            trunc_normal_fp32_(module.weight, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
@@ -432,8 +438,8 @@ class InternVisionModel(nn.Module):
         elif isinstance(module, InternRMSNorm):
             nn.init.ones_(module.weight)
         elif isinstance(module, InternVisionEmbeddings):
-            nn.init.trunc_normal_(module.class_embedding, std=std)
-            nn.init.trunc_normal_(module.position_embedding, std=std)
+            trunc_normal_fp32_(module.class_embedding, std=std)
+            trunc_normal_fp32_(module.position_embedding, std=std)
         elif isinstance(module, InternVisionEncoderLayer):
             nn.init.constant_(module.ls1, self.config.initializer_factor)
             nn.init.constant_(module.ls2, self.config.initializer_factor)

@@ -21,6 +21,7 @@ from torch import nn
 from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
 from .builder import build_component
+from .fast_init import default_dtype, torch_init_disabled
 from .internvit import InternVisionConfig, InternVisionModel
 from .tokenizer import add_sa2va_tokens
 
@@ -135,18 +136,23 @@ class InternVLMLLM(nn.Module):
         add_sa2va_tokens(self.tokenizer)
 
         self.vision_config = InternVisionConfig.from_dict(dict(vision_config))
-        self.vision_model = InternVisionModel(self.vision_config)
         self.llm_config_dict = dict(llm_config)
-        self.language_model = self.build_llm(self.llm_config_dict, dtype)
+        # Built directly in `dtype` (no float32 copy). The LM's own `_init_weights` (transformers)
+        # sets every Linear / Embedding weight, so torch's default init of them is not drawn first.
+        with default_dtype(dtype):
+            self.vision_model = InternVisionModel(self.vision_config)
+        with torch_init_disabled():
+            self.language_model = self.build_llm(self.llm_config_dict, dtype)
         vit_dim = self.vision_config.hidden_size
         llm_dim = self.language_model.config.hidden_size
-        self.mlp1 = nn.Sequential(
-            nn.LayerNorm(vit_dim * 4),
-            nn.Linear(vit_dim * 4, llm_dim),
-            nn.GELU(),
-            nn.Linear(llm_dim, llm_dim),
-        )
-        if dtype is not None:
+        with default_dtype(dtype):
+            self.mlp1 = nn.Sequential(
+                nn.LayerNorm(vit_dim * 4),
+                nn.Linear(vit_dim * 4, llm_dim),
+                nn.GELU(),
+                nn.Linear(llm_dim, llm_dim),
+            )
+        if dtype is not None:  # tensors a constructor creates with an explicit dtype
             self.vision_model.to(dtype)
             self.mlp1.to(dtype)
         patches = self.vision_config.image_size // self.vision_config.patch_size
@@ -158,7 +164,11 @@ class InternVLMLLM(nn.Module):
 
     # --- family hooks ----------------------------------------------------------------------------
     def build_llm(self, llm_config: dict, dtype: torch.dtype | None) -> PreTrainedModel:
-        """Build the family's causal LM with random weights from its HF config dict."""
+        """Build the family's causal LM with random weights from its HF config dict.
+
+        Called with ``torch.nn.init`` disabled: the model's own ``_init_weights`` (run by transformers'
+        ``post_init``) must set every weight that is not a constant of its constructor.
+        """
         raise NotImplementedError
 
     # --- structure -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..structures import Sa2VABatch
 from .builder import build_component
+from .fast_init import no_weight_init
 from .feature_cache import FrozenFeatureCache, build_feature_cache
 from .internvl import InternVLMLLM
 from .losses import MaskLoss
@@ -54,6 +55,8 @@ DEFAULT_TRAINABLE: dict[str, str] = {
     "text_hidden_fcs": "full",
 }
 DEFAULT_LORA: dict[str, Any] = {"r": 128, "alpha": 256, "dropout": 0.05, "train_embeddings": True}
+# Parts initialised even when `load_weights` is given (official folders have no place for them).
+INITIALISED_WHEN_LOADING: tuple[str, ...] = (PART_PREFIXES["mask_upsampler"],)
 
 
 def part_of(param_name: str) -> str:
@@ -100,6 +103,22 @@ class Sa2VADataPreprocessor(BaseDataPreprocessor):
         return {"data": moved, "data_samples": data.get("data_samples")}
 
 
+def resolve_init_device(init_device: str | torch.device | None) -> torch.device | None:
+    """``init_device`` as a device; a CUDA one becomes the CPU (logged) when no GPU is visible."""
+    if init_device is None:
+        return None
+    device = torch.device(init_device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        MMLogger.get_current_instance().info(f"init_device={init_device!r}: no GPU visible, building on the CPU")
+        return torch.device("cpu")
+    return device
+
+
+def tensor_versions(model: nn.Module) -> dict[str, int]:
+    """Persistent tensor name -> its in-place version counter (bumped by every write, e.g. ``copy_``)."""
+    return {k: t._version for k, t in nn.Module.state_dict(model, keep_vars=True).items()}
+
+
 def check_seg_counts(batch: Sa2VABatch, counts: list[int]) -> None:
     """Raise when a sample's number of ``[SEG]`` tokens differs from its number of masks."""
     for i, (c, m) in enumerate(zip(counts, batch.masks)):
@@ -131,6 +150,15 @@ class Sa2VAModel(BaseModel):
             the SAM2 image encoder frozen. The leaf config decides (on when augmentation is off).
         load_weights: a callable ``(model) -> None`` that loads base weights (e.g. an official HF
             folder) after the parts are built and before LoRA is applied.
+        skip_init: build the parts given as config dicts without running any weight initialiser
+            (:func:`~.fast_init.no_weight_init`); ``load_weights`` must then write every tensor (except
+            :data:`INITIALISED_WHEN_LOADING`), which is checked. ``None`` (default): on when
+            ``load_weights`` is given.
+        init_device: device the parts are built (initialised, loaded) on, e.g. ``'cuda'``: random init
+            and loading run there instead of on the host, and the Runner's later ``model.to(device)``
+            has nothing left to move. ``'cuda'`` falls back to the CPU (with a log line) when no GPU is
+            visible, so one config serves both. mmengine sets each rank's current GPU before it builds
+            the model, so ``'cuda'`` is that rank's GPU. ``None`` (default): the current default device.
         data_preprocessor: defaults to :class:`Sa2VADataPreprocessor`.
     """
 
@@ -146,20 +174,28 @@ class Sa2VAModel(BaseModel):
         seg_hidden_shift: int = 0,
         pretrained_pth: str | None = None,
         load_weights: Any = None,
+        skip_init: bool | None = None,
+        init_device: str | torch.device | None = None,
         feature_cache: FrozenFeatureCache | dict | None = None,
         data_preprocessor: dict | nn.Module | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor or Sa2VADataPreprocessor())
-        self.mllm: InternVLMLLM = build_component(mllm)
-        self.grounding_encoder: SAM2GroundingEncoder = build_component(grounding_encoder)
-        self.loss_mask: MaskLoss = build_component(loss_mask) if loss_mask is not None else MaskLoss()
-        hidden = self.mllm.hidden_size
-        self.text_hidden_fcs = nn.Sequential(
-            nn.Linear(hidden, hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, self.grounding_encoder.hidden_dim),
-            nn.Dropout(0.0),
-        )
+        if skip_init is None:
+            skip_init = load_weights is not None
+        elif skip_init and load_weights is None:
+            raise ValueError("skip_init=True needs load_weights: nothing would initialise the weights")
+        device = resolve_init_device(init_device)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            self._build(mllm, grounding_encoder, load_weights, skip_init)
+            self.loss_mask: MaskLoss = build_component(loss_mask) if loss_mask is not None else MaskLoss()
+            self.trainable = {**DEFAULT_TRAINABLE, **(trainable or {})}
+            self.lora_cfg = {**DEFAULT_LORA, **(lora or {})}
+            unknown = set(trainable or {}) - set(PART_PREFIXES)
+            if unknown:
+                raise ValueError(
+                    f"unknown parts in `trainable`: {sorted(unknown)} (known: {list(PART_PREFIXES)})"
+                )
+            self._apply_trainability()
         if seg_hidden_shift not in (0, -1):
             raise ValueError(f"seg_hidden_shift must be 0 or -1, got {seg_hidden_shift}")
         self.seg_hidden_shift = seg_hidden_shift
@@ -168,19 +204,6 @@ class Sa2VAModel(BaseModel):
         self.seg_token_idx = self.tokenizer.convert_tokens_to_ids(SEG_TOKEN)
         if self.seg_token_idx is None or self.seg_token_idx == self.tokenizer.unk_token_id:
             raise ValueError(f"tokenizer has no {SEG_TOKEN} token")
-
-        if load_weights is not None:
-            build_component(load_weights)(self) if isinstance(load_weights, dict) else load_weights(self)
-        self.mllm.resize_token_embeddings()
-
-        unknown = set(trainable or {}) - set(PART_PREFIXES)
-        if unknown:
-            raise ValueError(
-                f"unknown parts in `trainable`: {sorted(unknown)} (known: {list(PART_PREFIXES)})"
-            )
-        self.trainable = {**DEFAULT_TRAINABLE, **(trainable or {})}
-        self.lora_cfg = {**DEFAULT_LORA, **(lora or {})}
-        self._apply_trainability()
         if pretrained_pth is not None:
             self.load_trainable_checkpoint(pretrained_pth)
         self.feature_cache = build_feature_cache(feature_cache)
@@ -197,6 +220,38 @@ class Sa2VAModel(BaseModel):
             self.data_preprocessor.num_image_token = self.mllm.num_image_token
             self.data_preprocessor.keep_pixels_on_host = self.feature_cache is not None
         self.log_trainable()
+
+    # --- building ----------------------------------------------------------------------------------
+    def _build(self, mllm: Any, grounding_encoder: Any, load_weights: Any, skip_init: bool) -> None:
+        """Build the parts (without initialisers when ``skip_init``), load the base weights, resize."""
+        built_here = isinstance(mllm, dict) and isinstance(grounding_encoder, dict)
+        with no_weight_init(skip_init):
+            self.mllm: InternVLMLLM = build_component(mllm)
+            self.grounding_encoder: SAM2GroundingEncoder = build_component(grounding_encoder)
+            hidden = self.mllm.hidden_size
+            self.text_hidden_fcs = nn.Sequential(
+                nn.Linear(hidden, hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(hidden, self.grounding_encoder.hidden_dim),
+                nn.Dropout(0.0),
+            )
+        versions = tensor_versions(self) if skip_init else {}
+        if load_weights is not None:
+            build_component(load_weights)(self) if isinstance(load_weights, dict) else load_weights(self)
+        if skip_init:
+            unwritten = [
+                k
+                for k, t in tensor_versions(self).items()
+                if t == versions[k] and not k.startswith(INITIALISED_WHEN_LOADING)
+            ]
+            # Parts passed in already built were initialised by their builder.
+            if unwritten and built_here:
+                raise RuntimeError(
+                    f"{len(unwritten)} tensor(s) were built without initialisation (skip_init, because "
+                    f"load_weights={load_weights!r} is given) but the loader did not write them: "
+                    f"{unwritten[:10]}; load them, or build with skip_init=False to keep a random init"
+                )
+        self.mllm.resize_token_embeddings()
 
     # --- trainability -----------------------------------------------------------------------------
     def _apply_trainability(self) -> None:

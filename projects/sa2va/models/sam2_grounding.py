@@ -29,6 +29,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from .fast_init import default_dtype, weight_init_restored
+
 SAM2_CONFIG_PACKAGE = "sam2"
 
 
@@ -106,11 +108,12 @@ class SAM2GroundingEncoder(nn.Module):
         multimask_output: predict 3 masks and keep the one with the highest predicted IoU (reference).
         suppress_no_object: replace the logits by SAM2's no-object score where the object score is
             negative (SAM2's video behaviour; off in Sa2VA).
-        torch_dtype: dtype of the weights (``None``: float32); trainable parts are cast back to fp32
-            by ``Sa2VAModel``.
+        torch_dtype: dtype of the weights (``None``: float32), the SAM2 network is built directly in
+            it; trainable parts are cast back to fp32 by ``Sa2VAModel``.
         upsampler: optional :class:`~projects.sa2va.models.upsampler.MaskUpsampler` settings (dict of its
             arguments, ``in_channels`` filled in here); then ``decode_masks`` returns refined logits at
-            ``scale`` x the low-res size. ``None`` (default): the reference 1/4-resolution logits.
+            ``scale`` x the low-res size. ``None`` (default): the reference 1/4-resolution logits. It is
+            initialised even inside :func:`~.fast_init.no_weight_init` (official folders do not hold it).
     """
 
     def __init__(
@@ -124,16 +127,19 @@ class SAM2GroundingEncoder(nn.Module):
         upsampler: dict | None = None,
     ) -> None:
         super().__init__()
-        self.sam2_model = build_sam2(config_name, overrides)
+        dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
+        with default_dtype(dtype):
+            self.sam2_model = build_sam2(config_name, overrides)
         self.upsampler = None
         if upsampler is not None:
             from .upsampler import MaskUpsampler
 
             sam = self.sam2_model
             s0 = sam.sam_mask_decoder.conv_s0.out_channels if sam.use_high_res_features_in_sam else None
-            self.upsampler = MaskUpsampler(in_channels=s0 or sam.hidden_dim, **upsampler)
-        if torch_dtype is not None:
-            self.sam2_model.to(getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype)
+            with weight_init_restored():
+                self.upsampler = MaskUpsampler(in_channels=s0 or sam.hidden_dim, **upsampler)
+        if dtype is not None:  # tensors a constructor creates with an explicit dtype
+            self.sam2_model.to(dtype)
         self.multimask_output = multimask_output
         self.suppress_no_object = suppress_no_object
 

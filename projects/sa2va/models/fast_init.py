@@ -1,0 +1,115 @@
+"""Build-time helpers: skip weight initialisers whose output is overwritten, build in the target dtype.
+
+Building Sa2VA at real size is dominated by random number generation on the host (1.5 B values for the
+1B shapes, several of them drawn twice). Three tools cut it down:
+
+* :func:`no_weight_init` (used by ``Sa2VAModel`` when ``load_weights`` is given): parameters are
+  allocated but no initialiser runs, neither ``torch.nn.init`` (module constructors) nor transformers'
+  ``_init_weights`` (transformers 4.48 ``no_init_weights``), nor the ones of this project's modules
+  (they check :func:`weight_init_enabled`). Every such tensor must then be written by the loader;
+  ``Sa2VAModel`` checks that. Tensors a constructor computes without an initialiser (RoPE ``inv_freq``,
+  ``torch.ones`` norm weights, SAM2 ``freqs_cis``) are computed as usual.
+* :func:`torch_init_disabled`: only ``torch.nn.init`` becomes a no-op, for modules whose own
+  initialisation afterwards overwrites every tensor anyway (transformers ``_init_weights`` of an LM,
+  ``InternVisionModel._init_weights``): the default Kaiming init of their ``nn.Linear`` is not drawn.
+* :func:`default_dtype`: tensors are created in the target dtype (no float32 copy converted later).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from transformers import modeling_utils
+
+__all__ = ["default_dtype", "no_weight_init", "torch_init_disabled", "trunc_normal_fp32_", "weight_init_enabled"]
+
+# The in-place initialisers of torch.nn.init that module constructors call (names as transformers 4.48's
+# TORCH_INIT_FUNCTIONS, which its own `no_init_weights` replaces).
+_ORIGINAL_INIT = dict(modeling_utils.TORCH_INIT_FUNCTIONS)
+_STATE = {"weight_init": True}
+
+
+def _skip(*args: object, **kwargs: object) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def torch_init_disabled(disabled: bool = True) -> Iterator[None]:
+    """``torch.nn.init`` initialisers become no-ops (``disabled``) or the real ones (``False``) inside.
+
+    Nests: the functions in place on entry are restored on exit.
+    """
+    saved = {name: getattr(nn.init, name) for name in _ORIGINAL_INIT}
+    for name, fn in _ORIGINAL_INIT.items():
+        setattr(nn.init, name, _skip if disabled else fn)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+def weight_init_enabled() -> bool:
+    """False inside :func:`no_weight_init`: this project's modules then skip their own initialisers."""
+    return _STATE["weight_init"]
+
+
+@contextlib.contextmanager
+def no_weight_init(enabled: bool = True) -> Iterator[None]:
+    """Build modules without running any weight initialiser (no-op when ``enabled`` is False).
+
+    The tensors hold whatever the allocator returned until a loader writes them.
+    """
+    if not enabled:
+        yield
+        return
+    previous = _STATE["weight_init"]
+    _STATE["weight_init"] = False
+    try:
+        with modeling_utils.no_init_weights(), torch_init_disabled():
+            yield
+    finally:
+        _STATE["weight_init"] = previous
+
+
+@contextlib.contextmanager
+def weight_init_restored() -> Iterator[None]:
+    """Inside :func:`no_weight_init`, build a small part that must be initialised (e.g. a module the
+    checkpoint format has no place for) with every initialiser active again."""
+    previous = _STATE["weight_init"]
+    _STATE["weight_init"] = True
+    try:
+        with torch_init_disabled(False):
+            yield
+    finally:
+        _STATE["weight_init"] = previous
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+    """Floating-point tensors created without an explicit dtype get ``dtype`` inside (None: unchanged)."""
+    if dtype is None:
+        yield
+        return
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def trunc_normal_fp32_(tensor: torch.Tensor, std: float) -> torch.Tensor:
+    """``nn.init.trunc_normal_(tensor, std=std)`` drawn in float32 and rounded into ``tensor``'s dtype.
+
+    ``trunc_normal_`` maps uniforms through ``erfinv``; in bfloat16 that quantises the distribution.
+    """
+    if tensor.dtype in (torch.float32, torch.float64):
+        return nn.init.trunc_normal_(tensor, std=std)
+    with torch.no_grad():
+        tmp = torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device)
+        nn.init.trunc_normal_(tmp, std=std)
+        return tensor.copy_(tmp)
