@@ -9,7 +9,9 @@ multi-turn conversation in the LLM's chat template::
 
 Labels are ``-100`` except the assistant answers and their end token. Randomness (object subset,
 question/answer wording, augmentation) is a pure function of ``(seed, index)``, so a resumed run
-sees exactly the samples of an uninterrupted one.
+sees exactly the samples of an uninterrupted one. The object subset and the wording are the first
+draws of that generator (:meth:`RefSegDataset.sample_plan`), so the token count of every sample is
+known without decoding its image or masks (:attr:`RefSegDataset.lengths`, for length-grouped batches).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from .image_processing import (
     IMG_END_TOKEN,
     IMG_START_TOKEN,
     dynamic_tiles,
+    find_closest_grid,
     internvl_pixel_values,
     sam2_pixel_values,
+    tile_grids,
 )
 from .prompt import IMAGE_PLACEHOLDER, image_question, instruction_text  # noqa: F401 (re-export)
 from .prompt import encode_with_image as _encode_with_image
@@ -145,6 +149,9 @@ class RefSegDataset(Dataset):
         if pad is None:
             raise ValueError("tokenizer has neither a pad nor an eos token")
         self.pad_token_id = int(pad)
+        self._lengths: list[int] | None = None
+        self._image_sizes: dict[str, tuple[int, int]] = {}
+        self._turn_lengths: dict[tuple[str, int, int, bool], int] = {}
 
     def __len__(self) -> int:
         return len(self.records) * self.repeats
@@ -163,6 +170,27 @@ class RefSegDataset(Dataset):
         start = [int(i) for i in rng.permutation(n)]
         return [start[i % n] for i in range(k)]
 
+    def choose_wording(self, rng: np.random.Generator) -> tuple[int, int]:
+        """``(question, answer)`` template indices of one turn (``(0, 0)`` without random templates)."""
+        if not self.random_templates:
+            return 0, 0
+        qi = int(rng.integers(len(self.question_templates)))
+        ai = int(rng.integers(len(self.answer_templates)))
+        return qi, ai
+
+    def sample_plan(self, index: int) -> tuple[list[int], list[tuple[int, int]], np.random.Generator]:
+        """What sample ``index`` is made of, without reading its image.
+
+        Returns:
+            ``(objects, wording, rng)``: the record's object indices in turn order, the ``(question,
+            answer)`` template indices per turn, and the sample's generator after these draws (the
+            augmentation draws from it next).
+        """
+        rng = np.random.default_rng([self.seed, index])
+        objects = self.choose_objects(len(self.record(index)["text"]), rng)
+        wording = [self.choose_wording(rng) for _ in objects]
+        return objects, wording, rng
+
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
@@ -175,26 +203,105 @@ class RefSegDataset(Dataset):
     def build_conversation(
         self, texts: list[str], num_tiles: int, rng: np.random.Generator
     ) -> tuple[list[int], list[int]]:
-        """Token ids and labels of the whole multi-turn conversation."""
+        """Token ids and labels of the whole multi-turn conversation, wording drawn from ``rng``."""
+        return self.conversation(texts, [self.choose_wording(rng) for _ in texts], num_tiles)
+
+    def _system_ids(self) -> list[int]:
+        return self.encode(self.template["SYSTEM"].format(system=self.system)) if self.system else []
+
+    def _turn_ids(self, text: str, qi: int, ai: int, first: bool, num_tiles: int) -> tuple[list[int], ...]:
+        """``(question ids, answer ids, separator ids)`` of one turn."""
         t = self.template
-        input_ids: list[int] = []
-        labels: list[int] = []
-        if self.system:
-            sys_ids = self.encode(t["SYSTEM"].format(system=self.system))
-            input_ids += sys_ids
-            labels += [-100] * len(sys_ids)
-        for turn, text in enumerate(texts):
-            qi = int(rng.integers(len(self.question_templates))) if self.random_templates else 0
-            ai = int(rng.integers(len(self.answer_templates))) if self.random_templates else 0
-            question = self.question_templates[qi].format(text=text)
-            if turn == 0:
-                question = image_question(question)
-            q_ids = self.encode_with_image(instruction_text(t, question), num_tiles)
-            a_ids = self.encode(self.answer_templates[ai] + t.get("SUFFIX", ""))
-            sep_ids = self.encode(t.get("SEP", ""))
+        question = self.question_templates[qi].format(text=text)
+        if first:
+            question = image_question(question)
+        q_ids = self.encode_with_image(instruction_text(t, question), num_tiles)
+        a_ids = self.encode(self.answer_templates[ai] + t.get("SUFFIX", ""))
+        return q_ids, a_ids, self.encode(t.get("SEP", ""))
+
+    def conversation(
+        self, texts: list[str], wording: list[tuple[int, int]], num_tiles: int
+    ) -> tuple[list[int], list[int]]:
+        """Token ids and labels of the conversation with the given ``(question, answer)`` wording per turn."""
+        input_ids = self._system_ids()
+        labels = [-100] * len(input_ids)
+        for turn, (text, (qi, ai)) in enumerate(zip(texts, wording, strict=True)):
+            q_ids, a_ids, sep_ids = self._turn_ids(text, qi, ai, turn == 0, num_tiles)
             input_ids += q_ids + a_ids + sep_ids
             labels += [-100] * len(q_ids) + a_ids + [-100] * len(sep_ids)
         return input_ids, labels
+
+    # --- lengths without decoding -----------------------------------------------------------------
+    def num_tiles(self, index: int) -> int:
+        """InternVL tiles of sample ``index``'s image, from its size (header only; augmentation keeps it)."""
+        rec = self.record(index)
+        name = str(rec["image"])
+        if name not in self._image_sizes:
+            path = self.image_root / name
+            try:
+                with Image.open(path) as im:
+                    self._image_sizes[name] = im.size
+            except (OSError, ValueError) as e:
+                raise OSError(f"{self.ann_file}: cannot read the size of image {path}: {e}") from e
+        width, height = self._image_sizes[name]
+        grids = tile_grids(self.min_tiles, self.max_tiles)
+        cols, rows = find_closest_grid(width=width, height=height, grids=grids, tile_size=self.tile_size)
+        n = cols * rows
+        return n + 1 if self.use_thumbnail and n > 1 else n
+
+    def _turn_length(self, text: str, qi: int, ai: int, first: bool) -> int:
+        """Tokens of one turn without the ``<IMG_CONTEXT>`` tokens (cached per wording and text)."""
+        key = (text, qi, ai, first)
+        if key not in self._turn_lengths:
+            parts = self._turn_ids(text, qi, ai, first, 1)
+            self._turn_lengths[key] = sum(map(len, parts)) - (self.num_image_token if first else 0)
+        return self._turn_lengths[key]
+
+    def sample_length(self, index: int) -> int:
+        """``len(self[index]['input_ids'])``, exactly, without reading the image data or the masks."""
+        objects, wording, _ = self.sample_plan(index)
+        texts = self.record(index)["text"]
+        n = self._system_length + self.num_image_token * self.num_tiles(index)
+        for turn, (obj, (qi, ai)) in enumerate(zip(objects, wording)):
+            n += self._turn_length(texts[obj], qi, ai, turn == 0)
+        return n
+
+    @property
+    def _system_length(self) -> int:
+        return len(self._system_ids())
+
+    @property
+    def lengths(self) -> list[int]:
+        """Token count of every sample (``len(self)`` entries), exact for fixed and random templates.
+
+        Computed once, from the image sizes (headers) and the replayed object/wording draws of
+        :meth:`sample_plan`; a record whose wording is fixed and whose objects give turns of equal
+        length costs one computation for all its repeats. :class:`~.samplers.LengthGroupedSampler`
+        reads it.
+        """
+        if self._lengths is None:
+            per_record: dict[int, int] = {}
+            out = []
+            for index in range(len(self)):
+                r = index % len(self.records)
+                if r in per_record:
+                    out.append(per_record[r])
+                    continue
+                length = self.sample_length(index)
+                if self._length_is_per_record(r):
+                    per_record[r] = length
+                out.append(length)
+            self._lengths = out
+        return self._lengths
+
+    def _length_is_per_record(self, r: int) -> bool:
+        """Whether every repeat of record ``r`` has the same length (no random draw changes it)."""
+        if self.random_templates:
+            return False
+        if self.objects_per_image is None:
+            return True
+        texts = self.records[r]["text"]
+        return all(len({self._turn_length(t, 0, 0, first) for t in texts}) == 1 for first in (True, False))
 
     def load_image(self, record: dict, index: int) -> Image.Image:
         path = self.image_root / record["image"]
@@ -210,15 +317,18 @@ class RefSegDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec_idx = index % len(self.records)
         rec = self.records[rec_idx]
-        rng = np.random.default_rng([self.seed, index])
+        chosen, wording, rng = self.sample_plan(index)
         image = self.load_image(rec, index)
         w, h = image.size
         masks = decode_record_masks(rec, h, w)  # [N, H, W] bool
-        if self.augment is not None:
+        if masks.shape[0] != len(rec["text"]):
+            raise ValueError(
+                f"{self.ann_file}: record {rec_idx}: {masks.shape[0]} masks for {len(rec['text'])} texts"
+            )
+        if self.augment is not None:  # keeps the size H, W (so the tile count)
             arr, masks = self.augment(np.asarray(image), masks, rng)
             image = Image.fromarray(arr)
             h, w = arr.shape[:2]
-        chosen = self.choose_objects(masks.shape[0], rng)
         texts = [rec["text"][i] for i in chosen]
         tiles = dynamic_tiles(
             image,
@@ -227,7 +337,7 @@ class RefSegDataset(Dataset):
             tile_size=self.tile_size,
             use_thumbnail=self.use_thumbnail,
         )
-        input_ids, labels = self.build_conversation(texts, len(tiles), rng)
+        input_ids, labels = self.conversation(texts, wording, len(tiles))
         if len(input_ids) > self.max_length:
             raise ValueError(
                 f"{self.ann_file}: record {rec_idx} ({rec['image']}): {len(input_ids)} tokens > "

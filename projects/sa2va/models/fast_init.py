@@ -24,7 +24,14 @@ import torch
 from torch import nn
 from transformers import modeling_utils
 
-__all__ = ["default_dtype", "no_weight_init", "torch_init_disabled", "trunc_normal_fp32_", "weight_init_enabled"]
+__all__ = [
+    "default_dtype",
+    "no_weight_init",
+    "torch_init_disabled",
+    "trunc_normal_fp32_",
+    "weight_init_enabled",
+    "weight_init_restored",
+]
 
 # The in-place initialisers of torch.nn.init that module constructors call (names as transformers 4.48's
 # TORCH_INIT_FUNCTIONS, which its own `no_init_weights` replaces).

@@ -109,14 +109,23 @@ def resolve_init_device(init_device: str | torch.device | None) -> torch.device 
         return None
     device = torch.device(init_device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        MMLogger.get_current_instance().info(f"init_device={init_device!r}: no GPU visible, building on the CPU")
+        MMLogger.get_current_instance().info(
+            f"init_device={init_device!r}: no GPU visible, building on the CPU"
+        )
         return torch.device("cpu")
     return device
 
 
-def tensor_versions(model: nn.Module) -> dict[str, int]:
-    """Persistent tensor name -> its in-place version counter (bumped by every write, e.g. ``copy_``)."""
-    return {k: t._version for k, t in nn.Module.state_dict(model, keep_vars=True).items()}
+def tensor_versions(model: nn.Module, prefixes: tuple[str, ...]) -> dict[str, int]:
+    """Persistent tensors under ``prefixes`` (minus :data:`INITIALISED_WHEN_LOADING`) -> their version
+    counter, which every in-place write (the loaders' ``copy_``) increments."""
+    if not prefixes:
+        return {}
+    return {
+        k: t._version
+        for k, t in nn.Module.state_dict(model, keep_vars=True).items()
+        if k.startswith(prefixes) and not k.startswith(INITIALISED_WHEN_LOADING)
+    }
 
 
 def check_seg_counts(batch: Sa2VABatch, counts: list[int]) -> None:
@@ -184,26 +193,45 @@ class Sa2VAModel(BaseModel):
             skip_init = load_weights is not None
         elif skip_init and load_weights is None:
             raise ValueError("skip_init=True needs load_weights: nothing would initialise the weights")
-        device = resolve_init_device(init_device)
-        with torch.device(device) if device is not None else contextlib.nullcontext():
-            self._build(mllm, grounding_encoder, load_weights, skip_init)
-            self.loss_mask: MaskLoss = build_component(loss_mask) if loss_mask is not None else MaskLoss()
-            self.trainable = {**DEFAULT_TRAINABLE, **(trainable or {})}
-            self.lora_cfg = {**DEFAULT_LORA, **(lora or {})}
-            unknown = set(trainable or {}) - set(PART_PREFIXES)
-            if unknown:
-                raise ValueError(
-                    f"unknown parts in `trainable`: {sorted(unknown)} (known: {list(PART_PREFIXES)})"
-                )
-            self._apply_trainability()
+        unknown = set(trainable or {}) - set(PART_PREFIXES)
+        if unknown:
+            raise ValueError(
+                f"unknown parts in `trainable`: {sorted(unknown)} (known: {list(PART_PREFIXES)})"
+            )
         if seg_hidden_shift not in (0, -1):
             raise ValueError(f"seg_hidden_shift must be 0 or -1, got {seg_hidden_shift}")
         self.seg_hidden_shift = seg_hidden_shift
         self.lm_loss_weight = lm_loss_weight
-        self.tokenizer = self.mllm.tokenizer
-        self.seg_token_idx = self.tokenizer.convert_tokens_to_ids(SEG_TOKEN)
-        if self.seg_token_idx is None or self.seg_token_idx == self.tokenizer.unk_token_id:
-            raise ValueError(f"tokenizer has no {SEG_TOKEN} token")
+        self.trainable = {**DEFAULT_TRAINABLE, **(trainable or {})}
+        self.lora_cfg = {**DEFAULT_LORA, **(lora or {})}
+        self.loss_mask: MaskLoss = build_component(loss_mask) if loss_mask is not None else MaskLoss()
+
+        device = resolve_init_device(init_device)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            with no_weight_init(skip_init):
+                self.mllm: InternVLMLLM = build_component(mllm)
+                self.grounding_encoder: SAM2GroundingEncoder = build_component(grounding_encoder)
+                hidden = self.mllm.hidden_size
+                self.text_hidden_fcs = nn.Sequential(
+                    nn.Linear(hidden, hidden),
+                    nn.ReLU(inplace=True),
+                    nn.Linear(hidden, self.grounding_encoder.hidden_dim),
+                    nn.Dropout(0.0),
+                )
+            self.tokenizer = self.mllm.tokenizer
+            self.seg_token_idx = self.tokenizer.convert_tokens_to_ids(SEG_TOKEN)
+            if self.seg_token_idx is None or self.seg_token_idx == self.tokenizer.unk_token_id:
+                raise ValueError(f"tokenizer has no {SEG_TOKEN} token")
+            # Parts passed in as modules were initialised by whoever built them.
+            uninitialised = ["text_hidden_fcs."] if skip_init else []
+            uninitialised += [
+                f"{n}."
+                for n, c in (("mllm", mllm), ("grounding_encoder", grounding_encoder))
+                if skip_init and isinstance(c, dict)
+            ]
+            self._load_base_weights(load_weights, tuple(uninitialised))
+            self.mllm.resize_token_embeddings()
+            self._apply_trainability()
         if pretrained_pth is not None:
             self.load_trainable_checkpoint(pretrained_pth)
         self.feature_cache = build_feature_cache(feature_cache)
@@ -222,36 +250,19 @@ class Sa2VAModel(BaseModel):
         self.log_trainable()
 
     # --- building ----------------------------------------------------------------------------------
-    def _build(self, mllm: Any, grounding_encoder: Any, load_weights: Any, skip_init: bool) -> None:
-        """Build the parts (without initialisers when ``skip_init``), load the base weights, resize."""
-        built_here = isinstance(mllm, dict) and isinstance(grounding_encoder, dict)
-        with no_weight_init(skip_init):
-            self.mllm: InternVLMLLM = build_component(mllm)
-            self.grounding_encoder: SAM2GroundingEncoder = build_component(grounding_encoder)
-            hidden = self.mllm.hidden_size
-            self.text_hidden_fcs = nn.Sequential(
-                nn.Linear(hidden, hidden),
-                nn.ReLU(inplace=True),
-                nn.Linear(hidden, self.grounding_encoder.hidden_dim),
-                nn.Dropout(0.0),
-            )
-        versions = tensor_versions(self) if skip_init else {}
+    def _load_base_weights(self, load_weights: Any, uninitialised: tuple[str, ...]) -> None:
+        """Run ``load_weights``; every tensor under an ``uninitialised`` prefix must be written by it."""
+        before = tensor_versions(self, uninitialised)
         if load_weights is not None:
             build_component(load_weights)(self) if isinstance(load_weights, dict) else load_weights(self)
-        if skip_init:
-            unwritten = [
-                k
-                for k, t in tensor_versions(self).items()
-                if t == versions[k] and not k.startswith(INITIALISED_WHEN_LOADING)
-            ]
-            # Parts passed in already built were initialised by their builder.
-            if unwritten and built_here:
-                raise RuntimeError(
-                    f"{len(unwritten)} tensor(s) were built without initialisation (skip_init, because "
-                    f"load_weights={load_weights!r} is given) but the loader did not write them: "
-                    f"{unwritten[:10]}; load them, or build with skip_init=False to keep a random init"
-                )
-        self.mllm.resize_token_embeddings()
+        after = tensor_versions(self, uninitialised)
+        unwritten = [k for k, v in after.items() if v == before[k]]
+        if unwritten:
+            raise RuntimeError(
+                f"{len(unwritten)} tensor(s) were built without initialisation (skip_init; load_weights="
+                f"{load_weights!r}) but the loader did not write them: {unwritten[:10]}; load them, or "
+                "build with skip_init=False to keep their random initialisation"
+            )
 
     # --- trainability -----------------------------------------------------------------------------
     def _apply_trainability(self) -> None:

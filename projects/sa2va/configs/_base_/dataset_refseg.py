@@ -3,6 +3,7 @@ from mmengine.dataset import DefaultSampler
 
 from projects.sa2va.datasets.collate import sa2va_collate
 from projects.sa2va.datasets.refseg import RefSegDataset
+from projects.sa2va.datasets.samplers import LengthGroupedSampler
 
 data_root = "data/chase_db1"
 batch_size = 2
@@ -19,6 +20,13 @@ train_dataset = dict(
     max_tiles=12,
     augment=None,
     seed=0,
+)
+# Opt-in length-grouped batches (less padding when images differ in tile count or records in object
+# count): in a leaf config, `train_dataloader.sampler = length_grouped_sampler` (after changing the batch
+# size, also `length_grouped_sampler.batch_size`, which sizes its mega-batches). Seeded and resumable like
+# DefaultSampler; lengths come from RefSegDataset.lengths (exact token counts, no image decoding).
+length_grouped_sampler = dict(
+    type=LengthGroupedSampler, batch_size=batch_size, mega_batch_mult=16, shuffle=True
 )
 train_dataloader = dict(
     batch_size=batch_size,

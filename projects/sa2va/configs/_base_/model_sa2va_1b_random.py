@@ -47,5 +47,8 @@ model = dict(
         type=SAM2GroundingEncoder, config_name="sam2_hiera_l.yaml", torch_dtype="bfloat16"
     ),
     loss_mask=dict(type=MaskLoss, bce_weight=2.0, dice_weight=0.5, resolution="low", point_sampling=True),
+    # Random init of ~1.5-4.8 B parameters on the host took minutes on the GPU box (4B: 3 min); build on the
+    # rank's GPU instead (falls back to the CPU when none is visible).
+    init_device="cuda",
     lora=dict(r=128, alpha=256, dropout=0.05, train_embeddings=True),
 )
