@@ -114,3 +114,13 @@ def test_collate_pads_right_and_concatenates(tiny_dataset):
     assert batch.g_pixel_values.shape == (2, 3, 256, 256)
     assert [m.shape[0] for m in batch.masks] == [5, 5]
     assert batch.image_ids == ["Image_01L.jpg", "Image_01R.jpg"]
+
+
+def test_validated_fast_rle_decoding_equals_the_checked_decoder():
+    from projects.sa2va.datasets.annotations import decode_record_masks, load_annotations
+
+    records = load_annotations(DATA_ROOT / "annotations.json", DATA_ROOT / "images")
+    for rec in records:
+        slow = decode_record_masks(rec, 512, 512)
+        fast = decode_record_masks(rec, 512, 512, validated=True)
+        assert fast.dtype == np.bool_ and np.array_equal(slow, fast), rec["image"]

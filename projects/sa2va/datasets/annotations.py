@@ -296,12 +296,18 @@ def _polygon_area(polygon: Sequence[float], image_size: tuple[int, int] | None) 
 # ---------------------------------------------------------------------------------------- decoding
 
 
-def decode_object_mask(obj: Sequence[list | dict], height: int, width: int) -> np.ndarray:
+def decode_object_mask(
+    obj: Sequence[list | dict], height: int, width: int, *, validated: bool = False
+) -> np.ndarray:
     """Decode one object (a list of polygon / RLE parts) into the union of its parts.
 
     Args:
         obj: non-empty list of parts (see module docstring).
         height, width: image size in pixels; every RLE part must have exactly this size.
+        validated: the parts already passed :func:`validate_records` (as every record returned by
+            :func:`load_annotations` has): compressed RLE strings then go straight to pycocotools' C
+            decoder (~10x faster than the checking Python parser, which guards that decoder against
+            corrupt runs it does not bound-check). The result is identical.
 
     Returns:
         bool ``[height, width]``.
@@ -316,6 +322,10 @@ def decode_object_mask(obj: Sequence[list | dict], height: int, width: int) -> n
     polygons = []
     for j, part in enumerate(obj):
         if isinstance(part, dict):
+            if validated and isinstance(part.get("counts"), str) and list(part["size"]) == [height, width]:
+                rle = {"size": [height, width], "counts": part["counts"].encode("ascii")}
+                out |= coco_mask.decode(rle).astype(bool)
+                continue
             h, w, runs = _rle_runs(part)
             if (h, w) != (height, width):
                 raise MaskFormatError(f"part {j}: RLE size [{h}, {w}] != image size [{height}, {width}]")
@@ -334,8 +344,8 @@ def decode_object_mask(obj: Sequence[list | dict], height: int, width: int) -> n
     return out
 
 
-def decode_record_masks(record: dict, height: int, width: int) -> np.ndarray:
-    """Decode every object of a record.
+def decode_record_masks(record: dict, height: int, width: int, *, validated: bool = False) -> np.ndarray:
+    """Decode every object of a record (``validated``: see :func:`decode_object_mask`).
 
     Returns:
         bool ``[N, height, width]``, N = ``len(record["mask"])``, in the order of ``record["text"]``.
@@ -343,7 +353,7 @@ def decode_record_masks(record: dict, height: int, width: int) -> np.ndarray:
     objects = record["mask"]
     if not objects:
         return np.zeros((0, height, width), dtype=bool)
-    return np.stack([decode_object_mask(obj, height, width) for obj in objects])
+    return np.stack([decode_object_mask(obj, height, width, validated=validated) for obj in objects])
 
 
 def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[list[float]]:

@@ -320,7 +320,7 @@ class RefSegDataset(Dataset):
         chosen, wording, rng = self.sample_plan(index)
         image = self.load_image(rec, index)
         w, h = image.size
-        masks = decode_record_masks(rec, h, w)  # [N, H, W] bool
+        masks = decode_record_masks(rec, h, w, validated=True)  # [N, H, W] bool; load_annotations checked it
         if masks.shape[0] != len(rec["text"]):
             raise ValueError(
                 f"{self.ann_file}: record {rec_idx}: {masks.shape[0]} masks for {len(rec['text'])} texts"
