@@ -17,10 +17,12 @@ class Sa2VABatch:
             ``<img><IMG_CONTEXT>*(256*tiles)</img>``).
         attention_mask: ``[B, L]`` long, 1 for real tokens.
         labels: ``[B, L]`` long, ``-100`` everywhere except the assistant answers and their end token.
-        pixel_values: ``[T, 3, S, S]`` float32 InternViT tiles of all samples, in sample order
-            (``S`` = 448 for the released models), ImageNet-normalised.
+        pixel_values: ``[T, 3, S, S]`` InternViT tiles of all samples, in sample order (``S`` = 448
+            for the released models): uint8 pixels (normalised on the device by
+            :func:`~projects.sa2va.datasets.image_processing.model_pixels`) or float32, ImageNet-normalised.
         num_tiles: ``[B]`` tiles per sample (``sum == T``).
-        g_pixel_values: ``[B, 3, G, G]`` float32 SAM2 input (``G`` = 1024), ImageNet-normalised.
+        g_pixel_values: ``[B, 3, G, G]`` SAM2 input (``G`` = 1024): uint8 pixels or float32,
+            ImageNet-normalised (as ``pixel_values``).
         masks: per sample ``[n_i, H_i, W_i]`` uint8 ground-truth masks at the original image size,
             one per ``[SEG]`` token of that sample, in order.
         image_ids: per sample an identifier (the image path relative to the data root).

@@ -19,6 +19,8 @@ from projects.sa2va.datasets.image_processing import (
     find_closest_grid,
     image_token_string,
     internvl_pixel_values,
+    model_pixels,
+    normalize_pixels,
     sam2_pixel_values,
     tile_grids,
 )
@@ -134,3 +136,25 @@ def test_image_token_string() -> None:
     assert len(s) == len("<img>") + 768 * len(IMG_CONTEXT_TOKEN) + len("</img>")
     with pytest.raises(ValueError, match="0"):
         image_token_string(0, 256)
+
+
+def test_uint8_pixels_normalised_later_are_bit_identical() -> None:
+    img = _image(999, 960, seed=3)
+    tiles = dynamic_tiles(img, tile_size=64, max_num=6)
+    raw = internvl_pixel_values(tiles, normalize=False)
+    assert raw.dtype == torch.uint8 and raw.shape == (len(tiles), 3, 64, 64)
+    assert torch.equal(model_pixels(raw, "cpu"), internvl_pixel_values(tiles))
+    arr = np.asarray(img)
+    g_raw = sam2_pixel_values(arr, size=128, resample="pil_bicubic", normalize=False)
+    assert g_raw.dtype == torch.uint8 and g_raw.shape == (3, 128, 128)
+    assert torch.equal(normalize_pixels(g_raw), sam2_pixel_values(arr, size=128, resample="pil_bicubic"))
+    # Same size: no resize at all, the pixels themselves.
+    same = sam2_pixel_values(arr[:128, :128], size=128, resample="pil_bicubic", normalize=False)
+    assert torch.equal(same, torch.from_numpy(arr[:128, :128].copy()).permute(2, 0, 1))
+    # A float tensor is taken as already normalised.
+    f = torch.randn(2, 3, 8, 8)
+    assert model_pixels(f, "cpu") is f
+    with pytest.raises(ValueError, match="pil_bicubic"):
+        sam2_pixel_values(arr, size=128, resample="bilinear", normalize=False)
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_pixels(f)

@@ -37,6 +37,8 @@ def test_tensors_and_masks(tiny_dataset):
     item = tiny_dataset[0]
     assert item["pixel_values"].shape == (1, 3, 224, 224)  # 512x512 -> one tile
     assert item["g_pixel_values"].shape == (3, 256, 256)
+    # uint8 pixels by default (normalised on the device); float32 = the same values normalised here
+    assert item["pixel_values"].dtype == torch.uint8 and item["g_pixel_values"].dtype == torch.uint8
     assert item["masks"].shape == (5, 512, 512) and item["masks"].dtype == torch.uint8
     # CHASE records have one object: cyclic repeat gives 5 identical masks
     assert all(torch.equal(item["masks"][0], m) for m in item["masks"])
@@ -91,6 +93,20 @@ def test_bad_record_fails_at_load_time_naming_file_record_and_field(tmp_path, ti
     ann.write_text(json.dumps(records))
     with pytest.raises(ValueError, match=r"bad\.json: record 1 .*text"):
         build_tiny_dataset(tiny_model_and_cfg[1], ann_file=str(ann))
+
+
+def test_float32_pixel_format_equals_uint8_normalised(tiny_model_and_cfg):
+    from projects.sa2va.pixels import normalize_pixels
+
+    cfg = tiny_model_and_cfg[1]
+    u8, f32 = build_tiny_dataset(cfg)[3], build_tiny_dataset(cfg, pixel_format="float32")[3]
+    assert f32["pixel_values"].dtype == torch.float32
+    for key in ("pixel_values", "g_pixel_values"):
+        assert torch.equal(normalize_pixels(u8[key]), f32[key])
+    with pytest.raises(ValueError, match="pixel_format='float32'"):
+        build_tiny_dataset(cfg, sam2_resample="bilinear")
+    with pytest.raises(ValueError, match="'uint8' or 'float32'"):
+        build_tiny_dataset(cfg, pixel_format="fp16")
 
 
 def test_bad_template_arguments_are_rejected(tiny_model_and_cfg):

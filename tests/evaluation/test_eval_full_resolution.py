@@ -89,6 +89,22 @@ def test_upsampler_is_a_trainable_part_that_learns(upsampler_model):
         assert not torch.equal(before[n], params[n].detach()), n
 
 
+def test_uint8_and_float32_batches_give_identical_outputs(upsampler_model):
+    """The model normalises uint8 pixels on its device (ViT, SAM2 encoder and the upsampler's image
+    input) exactly as the float32 pipeline does on the host."""
+    model, cfg = upsampler_model
+    outs = []
+    for fmt in ("uint8", "float32"):
+        dataset = build_tiny_dataset(cfg, objects_per_image=1, max_tiles=1, pixel_format=fmt)
+        batch = sa2va_collate([dataset[0], dataset[1]])
+        assert batch["data"].g_pixel_values.dtype == getattr(torch, fmt)
+        model.eval()
+        with torch.no_grad():
+            outs.append(model(**model.data_preprocessor(batch, True), mode="tensor"))
+    assert torch.equal(outs[0]["mask_logits"], outs[1]["mask_logits"])
+    assert torch.equal(outs[0]["logits"], outs[1]["logits"])
+
+
 @pytest.mark.parametrize("which", ["reference", "upsampler"])
 def test_predict_returns_full_resolution_probabilities_scored_by_the_metric(
     which, tiny_model_and_cfg, upsampler_model

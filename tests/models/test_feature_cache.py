@@ -108,22 +108,41 @@ def test_weights_change_invalidates(model_and_data):
 
 def test_image_content_and_preprocessing_change_the_keys(model_and_data):
     model, cfg, samples = model_and_data
-    bilinear = build_tiny_dataset(cfg, max_tiles=1, sam2_resample="bilinear")[0]
-    assert bilinear["input_ids"].tolist() == samples[0]["input_ids"].tolist()
-    assert tensor_digest(bilinear["pixel_values"]) == tensor_digest(samples[0]["pixel_values"])
-    assert tensor_digest(bilinear["g_pixel_values"]) != tensor_digest(samples[0]["g_pixel_values"])
-    edited = dict(samples[0])
-    edited["pixel_values"] = samples[0]["pixel_values"].clone()
+    # The SAM2 resize method is part of the key; bilinear values are not integers, so float32 pixels.
+    base = build_tiny_dataset(cfg, max_tiles=1, pixel_format="float32")[0]
+    bilinear = build_tiny_dataset(cfg, max_tiles=1, sam2_resample="bilinear", pixel_format="float32")[0]
+    assert bilinear["input_ids"].tolist() == base["input_ids"].tolist()
+    assert tensor_digest(bilinear["pixel_values"]) == tensor_digest(base["pixel_values"])
+    assert tensor_digest(bilinear["g_pixel_values"]) != tensor_digest(base["g_pixel_values"])
+    edited = dict(base)
+    edited["pixel_values"] = base["pixel_values"].clone()
     edited["pixel_values"][0, 0, 0, 0] += 1e-3  # one pixel of the image content
     try:
         cache = set_cache(model, dict(mode="memory"))
-        for s in (samples[0], bilinear, edited):
+        for s in (base, bilinear, edited):
             model.encode_images(model.data_preprocessor(sa2va_collate([s], digests=True), True)["data"])
         # sample 0: ViT + SAM2 miss; bilinear: only SAM2 misses; edited pixel: only ViT misses.
         assert cache.misses == 4 and cache.hits == 2
         # Without collate digests the cache hashes the batch itself: same keys, all hits.
         model.encode_images(model.data_preprocessor(sa2va_collate([bilinear]), True)["data"])
         assert cache.misses == 4 and cache.hits == 4
+    finally:
+        set_cache(model, None)
+
+
+def test_uint8_and_float32_pixels_give_the_same_features_under_their_own_keys(model_and_data):
+    model, cfg, samples = model_and_data
+    base = build_tiny_dataset(cfg, max_tiles=1, pixel_format="float32")[0]
+    assert samples[0]["pixel_values"].dtype == torch.uint8
+    try:
+        cache = set_cache(model, dict(mode="memory"))
+        runs = [
+            model.encode_images(model.data_preprocessor(sa2va_collate([s], digests=True), True)["data"])
+            for s in (samples[0], base)
+        ]
+        assert cache.misses == 4 and cache.hits == 0  # the pixel format is part of the key
+        assert torch.equal(runs[0][0], runs[1][0])
+        assert all(torch.equal(a, b) for a, b in zip(runs[0][1].fpn, runs[1][1].fpn))
     finally:
         set_cache(model, None)
 

@@ -12,7 +12,10 @@ from projects.sa2va.engine.hooks import LossRecorderHook
 model.lora.dropout = 0.0
 model.loss_mask.point_sampling = False
 train_dataloader.sampler.shuffle = True
-train_dataloader.num_workers = 8  # 4 per rank left the 2-GPU run data-bound at batch 16 (docs/gpu_runs)
+train_dataloader.num_workers = 8  # per rank; 4 left the first 2-GPU run data-bound (docs/gpu_runs)
+# One epoch longer than the run (20 records x 500): every epoch boundary stalls the pipeline for one batch's
+# latency (a DataLoader batch is built by one worker), which a real dataset pays once per thousands of steps.
+train_dataloader.dataset.repeats = 500
 default_hooks.checkpoint.update(interval=100000, save_last=False)
 default_hooks.logger.interval = 10
 custom_hooks = [dict(type=LossRecorderHook, reduce="mean")]

@@ -1,6 +1,13 @@
 """Compare two runs of tools/gpu/scaling_run.sh (1 GPU vs N GPUs, same global batch): throughput and losses.
 
-python tools/gpu/scaling_report.py WORK_DIR_1GPU WORK_DIR_NGPU --gpus 2 --global-batch 4 [--warmup 10]
+python tools/gpu/scaling_report.py WORK_DIR_1GPU WORK_DIR_NGPU --gpus 2 --global-batch 32 \
+    [--accum-1 2 --accum-n 1] [--warmup 10]
+
+Both runs' ``train_losses.jsonl`` (LossRecorderHook, one record per micro-batch iteration, losses
+averaged over ranks) are grouped into optimiser steps: ``--accum-1`` / ``--accum-n`` micro-batches
+per step. A step's loss is the mean of its micro-batch losses (what the accumulated gradient is the
+gradient of) and its end time that of its last micro-batch. Throughput counts the steps after
+``--warmup`` steps: ``global_batch * steps / seconds``.
 """
 
 from __future__ import annotations
@@ -16,11 +23,32 @@ if str(ROOT) not in sys.path:
 from projects.sa2va.engine.hooks import read_loss_records  # noqa: E402
 
 
-def samples_per_s(records: dict[int, dict], global_batch: int, warmup: int) -> float:
+def optimiser_steps(records: dict[int, dict], accum: int, source: str) -> dict[int, dict]:
+    """Micro-batch records -> ``{step: {"loss", "time", "data_time"}}`` (steps from 1, complete ones only)."""
     its = sorted(records)
+    if its != list(range(1, len(its) + 1)):
+        missing = sorted(set(range(1, its[-1] + 1)) - set(its)) if its else []
+        raise ValueError(f"{source}: iterations are not 1..{len(its)} (missing {missing[:5]})")
+    steps = {}
+    for k in range(len(its) // accum):
+        group = [records[its[k * accum + j]] for j in range(accum)]
+        steps[k + 1] = {
+            "loss": sum(r["loss"] for r in group) / accum,
+            "time": group[-1]["time"],
+            "data_time": sum(r.get("data_time", 0.0) for r in group),
+        }
+    return steps
+
+
+def samples_per_s(steps: dict[int, dict], global_batch: int, warmup: int) -> float:
+    its = sorted(steps)
     first, last = its[warmup - 1] if warmup > 0 else its[0], its[-1]
-    dt = records[last]["time"] - records[first]["time"]
-    return global_batch * (last - first) / dt
+    return global_batch * (last - first) / (steps[last]["time"] - steps[first]["time"])
+
+
+def mean_data_time(steps: dict[int, dict], warmup: int) -> float:
+    late = [s["data_time"] for k, s in steps.items() if k > warmup]
+    return sum(late) / max(len(late), 1)
 
 
 def main() -> int:
@@ -29,33 +57,45 @@ def main() -> int:
     p.add_argument("n_gpu")
     p.add_argument("--gpus", type=int, default=2)
     p.add_argument("--global-batch", type=int, required=True)
-    p.add_argument("--warmup", type=int, default=10, help="iterations left out of the throughput")
+    p.add_argument("--accum-1", type=int, default=1, help="micro-batches per optimiser step on 1 GPU")
+    p.add_argument("--accum-n", type=int, default=1, help="micro-batches per optimiser step on N GPUs")
+    p.add_argument("--warmup", type=int, default=10, help="optimiser steps left out of the throughput")
     p.add_argument("--rel-tol", type=float, default=0.02, help="max |loss diff| / first loss to pass")
     a = p.parse_args()
-    r1 = read_loss_records(Path(a.one_gpu) / "train_losses.jsonl")
-    rn = read_loss_records(Path(a.n_gpu) / "train_losses.jsonl")
-    common = sorted(set(r1) & set(rn))
+    s1 = optimiser_steps(read_loss_records(Path(a.one_gpu) / "train_losses.jsonl"), a.accum_1, a.one_gpu)
+    sn = optimiser_steps(read_loss_records(Path(a.n_gpu) / "train_losses.jsonl"), a.accum_n, a.n_gpu)
+    common = sorted(set(s1) & set(sn))
     if len(common) < a.warmup + 2:
-        print(f"too few common iterations ({len(common)}) to compare", file=sys.stderr)
+        print(f"too few common optimiser steps ({len(common)}) to compare", file=sys.stderr)
         return 1
-    s1 = samples_per_s(r1, a.global_batch, a.warmup)
-    sn = samples_per_s(rn, a.global_batch, a.warmup)
-    diffs = [abs(r1[i]["loss"] - rn[i]["loss"]) for i in common]
+    s1 = {k: s1[k] for k in common}
+    sn = {k: sn[k] for k in common}
+    t1 = samples_per_s(s1, a.global_batch, a.warmup)
+    tn = samples_per_s(sn, a.global_batch, a.warmup)
+    b1, bn = a.global_batch // a.accum_1, a.global_batch // (a.accum_n * a.gpus)
+    diffs = [abs(s1[i]["loss"] - sn[i]["loss"]) for i in common]
     worst = max(range(len(diffs)), key=diffs.__getitem__)
-    tol = a.rel_tol * abs(r1[common[0]]["loss"])
+    tol = a.rel_tol * abs(s1[common[0]]["loss"])
     ok = diffs[worst] <= tol
-    print(f"| GPUs | global batch | samples/s (iters {a.warmup}..{common[-1]}) | scaling |")
-    print("|---|---|---|---|")
-    print(f"| 1 | {a.global_batch} | {s1:.2f} | 1.00 |")
-    print(f"| {a.gpus} | {a.global_batch} | {sn:.2f} | {sn / s1:.2f} (ideal {a.gpus}.00) |")
+    print(
+        f"| GPUs | batch per GPU x accumulation | global batch | samples/s (steps {a.warmup}..{common[-1]}) "
+        "| scaling | data wait s/step |"
+    )
+    print("|---|---|---|---|---|---|")
+    wait1, waitn = mean_data_time(s1, a.warmup), mean_data_time(sn, a.warmup)
+    print(f"| 1 | {b1} x {a.accum_1} | {a.global_batch} | {t1:.2f} | 1.00 | {wait1:.3f} |")
+    print(
+        f"| {a.gpus} | {bn} x {a.accum_n} | {a.global_batch} | {tn:.2f} | {tn / t1:.2f} (ideal {a.gpus}.00) "
+        f"| {waitn:.3f} |"
+    )
     print()
     print(
-        f"loss over {len(common)} iterations: first {r1[common[0]]['loss']:.4f} (1 GPU) / "
-        f"{rn[common[0]]['loss']:.4f} ({a.gpus} GPUs), last {r1[common[-1]]['loss']:.4f} / "
-        f"{rn[common[-1]]['loss']:.4f}"
+        f"loss over {len(common)} optimiser steps: first {s1[common[0]]['loss']:.4f} (1 GPU) / "
+        f"{sn[common[0]]['loss']:.4f} ({a.gpus} GPUs), last {s1[common[-1]]['loss']:.4f} / "
+        f"{sn[common[-1]]['loss']:.4f}"
     )
     print(
-        f"max |loss 1 GPU - loss {a.gpus} GPUs| = {diffs[worst]:.5f} at iteration {common[worst]}, mean "
+        f"max |loss 1 GPU - loss {a.gpus} GPUs| = {diffs[worst]:.5f} at step {common[worst]}, mean "
         f"{sum(diffs) / len(diffs):.5f}; tolerance {tol:.4f} ({a.rel_tol:.0%} of the first loss): "
         f"{'PASS' if ok else 'FAIL'}"
     )

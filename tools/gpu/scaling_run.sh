@@ -1,34 +1,48 @@
 #!/usr/bin/env bash
 # Data-parallel scaling on the 2-GPU box: Sa2VA-1B shapes (random weights), the same global batch on 1 GPU
-# and on 2 GPUs (DDP through tools/dist.sh), ITERS iterations each, then a table of samples/s, the scaling
-# factor and the loss-curve difference (tools/gpu/scaling_report.py). About 4-6 minutes on H200s.
+# and on 2 GPUs (DDP through tools/dist.sh), STEPS optimiser steps each, then a table of samples/s, the
+# scaling factor and the loss-curve difference (tools/gpu/scaling_report.py).
 #
 # From the repo root on the GPU box (kit built by ../shared/gpu/fetch_wheels.sh, carried as .whl):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
 #       .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && bash tools/gpu/scaling_run.sh
 #
+# MODE=accum (default; how a recipe scales): every GPU runs micro-batches of BATCH samples; the 1-GPU run
+#   accumulates 2 of them per optimiser step, the 2-GPU run 1 per GPU: global batch 2*BATCH in both.
+# MODE=split: the global batch GLOBAL_BATCH is one micro-batch on 1 GPU and two halves on 2 GPUs (per-GPU
+#   work halves, so fixed per-step costs weigh twice as much on 2 GPUs).
 # Same samples per optimiser step in both runs: DefaultSampler gives rank r the indices r, r+2, ... of one
-# seeded permutation, so 2 ranks x batch B/2 see exactly the samples that 1 rank x batch B sees. The losses
-# still differ a little: the LM loss is a token mean per rank (averaged over ranks) versus one token mean,
-# and bf16 reductions run in another order.
+# seeded permutation. The losses still differ a little: the LM loss is a token mean per micro-batch, whose
+# composition differs, and bf16 reductions run in another order.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHON=${PYTHON:-python3}
-ITERS=${ITERS:-50}
-GLOBAL_BATCH=${GLOBAL_BATCH:-8}
-OUT=${OUT:-/tmp/sa2va_scaling}
-CFG=tools/gpu/scaling_1b_cfg.py
-[ $((GLOBAL_BATCH % 2)) = 0 ] || { echo "scaling_run.sh: GLOBAL_BATCH must be even, got $GLOBAL_BATCH" >&2; exit 2; }
+MODE=${MODE:-accum}
+STEPS=${STEPS:-50}
+BATCH=${BATCH:-16}
+GLOBAL_BATCH=${GLOBAL_BATCH:-32}
+OUT=${OUT:-/tmp/sa2va_scaling_$MODE}
+CFG=${CFG:-tools/gpu/scaling_1b_cfg.py}
+WARMUP=${WARMUP:-10}
+case "$MODE" in
+accum) B1=$BATCH A1=2 BN=$BATCH GLOBAL_BATCH=$((2 * BATCH)) ;;
+split)
+    [ $((GLOBAL_BATCH % 2)) = 0 ] || { echo "scaling_run.sh: GLOBAL_BATCH must be even, got $GLOBAL_BATCH" >&2; exit 2; }
+    B1=$GLOBAL_BATCH A1=1 BN=$((GLOBAL_BATCH / 2)) ;;
+*) echo "scaling_run.sh: MODE must be accum or split, got $MODE" >&2; exit 2 ;;
+esac
 rm -rf "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 
-echo "== 1 GPU, batch $GLOBAL_BATCH"
+show() { grep -E "global batch|Iter\(train\)|Error|error|dist.sh" | cut -c1-220 || true; }
+echo "== 1 GPU, batch $B1 x accumulation $A1"
 CUDA_VISIBLE_DEVICES=0 bash tools/dist.sh train "$CFG" 1 --work-dir "$OUT/gpu1" \
-    --cfg-options train_dataloader.batch_size="$GLOBAL_BATCH" train_cfg.max_iters="$ITERS" 2>&1 \
-    | grep -E "global batch|Iter\(train\)|Error|error" || true
-echo "== 2 GPUs, batch $((GLOBAL_BATCH / 2)) per GPU"
+    --cfg-options train_dataloader.batch_size="$B1" optim_wrapper.accumulative_counts="$A1" \
+    train_cfg.max_iters="$((STEPS * A1))" 2>&1 | show
+echo "== 2 GPUs, batch $BN per GPU x accumulation 1"
 CUDA_VISIBLE_DEVICES=0,1 PORT=${PORT:-29611} bash tools/dist.sh train "$CFG" 2 --work-dir "$OUT/gpu2" \
-    --cfg-options train_dataloader.batch_size="$((GLOBAL_BATCH / 2))" train_cfg.max_iters="$ITERS" 2>&1 \
-    | grep -E "global batch|Iter\(train\)|Error|error|dist.sh" || true
+    --cfg-options train_dataloader.batch_size="$BN" optim_wrapper.accumulative_counts=1 \
+    train_cfg.max_iters="$STEPS" 2>&1 | show
 
-"$PYTHON" tools/gpu/scaling_report.py "$OUT/gpu1" "$OUT/gpu2" --gpus 2 --global-batch "$GLOBAL_BATCH" --warmup 10
+"$PYTHON" tools/gpu/scaling_report.py "$OUT/gpu1" "$OUT/gpu2" --gpus 2 --global-batch "$GLOBAL_BATCH" \
+    --accum-1 "$A1" --accum-n 1 --warmup "$WARMUP"

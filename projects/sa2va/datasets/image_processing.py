@@ -4,7 +4,13 @@ InternVL branch: ``dynamic_tiles`` (PIL bicubic resizes) -> ``internvl_pixel_val
 ``[T, 3, 448, 448]`` float32, ImageNet-normalised. The prompt gets ``image_token_string(T, 256)``.
 
 SAM2 branch: ``sam2_pixel_values`` -> ``[3, 1024, 1024]`` float32, the image resized without keeping
-its aspect ratio. Training uses the exact ImageNet constants in fp32; the official HF inference
+its aspect ratio.
+
+Both can stop before the normalisation (``normalize=False``): the result is then the uint8 pixels,
+4x fewer bytes through the DataLoader workers, shared memory, pinned memory and the host-to-device
+copy; :func:`model_pixels` normalises them on the device, with the same fp32 operations (bit-identical).
+
+Training uses the exact ImageNet constants in fp32; the official HF inference
 normalises in bf16, i.e. effectively with ``SAM2_INFER_MEAN`` / ``SAM2_INFER_STD`` (the bf16
 roundings of the ImageNet constants). Pass those for outputs that match the official predictor.
 """
@@ -19,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..pixels import IMAGENET_MEAN, IMAGENET_STD, model_pixels, normalize_pixels
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -31,12 +39,12 @@ __all__ = [
     "find_closest_grid",
     "image_token_string",
     "internvl_pixel_values",
+    "model_pixels",
+    "normalize_pixels",
     "sam2_pixel_values",
     "tile_grids",
 ]
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # bf16 roundings of the ImageNet constants (the official HF predictor normalises in bf16).
 SAM2_INFER_MEAN: tuple[float, float, float] = (0.484375, 0.455078125, 0.40625)
 SAM2_INFER_STD: tuple[float, float, float] = (0.228515625, 0.2236328125, 0.224609375)
@@ -129,8 +137,12 @@ def internvl_pixel_values(
     *,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    normalize: bool = True,
 ) -> torch.Tensor:
-    """Stack RGB tiles into ``[T, 3, S, S]`` float32: ``uint8 / 255``, then ``(x - mean) / std``."""
+    """Stack RGB tiles into ``[T, 3, S, S]`` float32: ``uint8 / 255``, then ``(x - mean) / std``.
+
+    ``normalize=False``: the uint8 ``[T, 3, S, S]`` pixels (normalise later with :func:`model_pixels`).
+    """
     if not tiles:
         raise ValueError("internvl_pixel_values got an empty list of tiles")
     arrays = []
@@ -139,8 +151,10 @@ def internvl_pixel_values(
         if arrays and arr.shape != arrays[0].shape:
             raise ValueError(f"tile {k} has size {tile.size}, tile 0 has size {tiles[0].size}")
         arrays.append(arr)
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
-    return _normalise(x, mean, std)
+    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    if not normalize:
+        return pixels.contiguous()
+    return _normalise(pixels.float() / 255.0, mean, std)
 
 
 def sam2_pixel_values(
@@ -150,6 +164,7 @@ def sam2_pixel_values(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     resample: Literal["bilinear", "pil_bicubic"] = "bilinear",
+    normalize: bool = True,
 ) -> torch.Tensor:
     """SAM2 input ``[3, size, size]`` float32 from an RGB ``[H, W, 3]`` uint8 array or PIL image.
 
@@ -157,7 +172,14 @@ def sam2_pixel_values(
     ``(x - mean) / std``. ``resample="bilinear"``: ``F.interpolate`` on the uint8 values cast to
     float32 (``align_corners=False, antialias=False``; no rounding back to uint8).
     ``resample="pil_bicubic"``: PIL bicubic resize of the uint8 image (result stays uint8).
+    ``normalize=False`` (only with ``"pil_bicubic"``, whose result is still integer): the uint8
+    ``[3, size, size]`` pixels (normalise later with :func:`model_pixels`).
     """
+    if not normalize and resample != "pil_bicubic":
+        raise ValueError(
+            f"sam2_pixel_values(normalize=False) needs resample='pil_bicubic' (a {resample!r} resize gives "
+            "non-integer values that uint8 cannot hold)"
+        )
     if isinstance(image, Image.Image):
         arr = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
     else:
@@ -165,8 +187,12 @@ def sam2_pixel_values(
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"image must be [H, W, 3] uint8, got shape {arr.shape} dtype {arr.dtype}")
     if resample == "pil_bicubic":
-        arr = np.asarray(Image.fromarray(arr).resize((size, size), resample=Image.Resampling.BICUBIC))
-        x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float()
+        if arr.shape[:2] != (size, size):
+            arr = np.asarray(Image.fromarray(arr).resize((size, size), resample=Image.Resampling.BICUBIC))
+        pixels = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        if not normalize:
+            return pixels.contiguous()
+        x = pixels.float()
     elif resample == "bilinear":
         x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float()
         if x.shape[1:] != (size, size):

@@ -75,6 +75,10 @@ class RefSegDataset(Dataset):
         sam2_image_size: SAM2 input side (1024).
         sam2_resample: how the image is resized to it: ``'pil_bicubic'`` (the reference's PIL resize)
             or ``'bilinear'``.
+        pixel_format: ``'uint8'`` (default): ``pixel_values`` / ``g_pixel_values`` are the uint8 pixels,
+            normalised on the device by the model (4x fewer bytes through the workers, shared and
+            pinned memory; the normalised values are bit-identical); ``'float32'``: normalised here
+            (needed for ``sam2_resample='bilinear'``, whose values are not integers).
         max_length: a longer sequence is an error (never silently truncated: it would lose [SEG]s).
         augment: optional :class:`~projects.sa2va.datasets.augment.SegAugment` (or config dict).
         seed: base seed of every random choice.
@@ -101,6 +105,7 @@ class RefSegDataset(Dataset):
         num_image_token: int = 256,
         sam2_image_size: int = 1024,
         sam2_resample: str = "pil_bicubic",
+        pixel_format: str = "uint8",
         max_length: int = 8192,
         augment: Any = None,
         seed: int = 0,
@@ -117,6 +122,13 @@ class RefSegDataset(Dataset):
         for a in answer_templates:
             if a.count("[SEG]") != 1:
                 raise ValueError(f"answer template {a!r} must contain exactly one [SEG]")
+        if pixel_format not in ("uint8", "float32"):
+            raise ValueError(f"pixel_format must be 'uint8' or 'float32', got {pixel_format!r}")
+        if pixel_format == "uint8" and sam2_resample != "pil_bicubic":
+            raise ValueError(
+                f"sam2_resample={sam2_resample!r} gives non-integer SAM2 inputs: use pixel_format='float32' "
+                "(or sam2_resample='pil_bicubic')"
+            )
         self.ann_file = str(ann_file)
         self.image_root = Path(image_root)
         self.records = load_annotations(ann_file, image_root, check_images=check_images)
@@ -138,6 +150,7 @@ class RefSegDataset(Dataset):
         self.num_image_token = num_image_token
         self.sam2_image_size = sam2_image_size
         self.sam2_resample = sam2_resample
+        self.pixel_format = pixel_format
         self.max_length = max_length
         self.augment = build_component(augment)
         self.seed = seed
@@ -343,12 +356,13 @@ class RefSegDataset(Dataset):
                 f"{self.ann_file}: record {rec_idx} ({rec['image']}): {len(input_ids)} tokens > "
                 f"max_length={self.max_length}; raise max_length or lower max_tiles/objects_per_image"
             )
+        normalize = self.pixel_format == "float32"
         return {
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
-            "pixel_values": internvl_pixel_values(tiles),
+            "pixel_values": internvl_pixel_values(tiles, normalize=normalize),
             "g_pixel_values": sam2_pixel_values(
-                np.asarray(image), size=self.sam2_image_size, resample=self.sam2_resample
+                np.asarray(image), size=self.sam2_image_size, resample=self.sam2_resample, normalize=normalize
             ),
             "masks": torch.from_numpy(masks[chosen].astype(np.uint8)),
             "image_id": str(rec["image"]),

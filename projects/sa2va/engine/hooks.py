@@ -75,7 +75,8 @@ def _to_float(v: Any) -> float:
 
 @HOOKS.register_module()
 class LossRecorderHook(Hook):
-    """Append ``{"iter", "loss", <each loss term>, "time", "lr"}`` per iteration to a JSON-lines file.
+    """Append ``{"iter", "loss", <each loss term>, "time", "lr", "data_time"}`` per iteration to a JSON-lines
+    file (``lr`` / ``data_time`` when the runtime-info / iteration-timer hooks logged them).
 
     Args:
         filename: file name inside the work dir.
@@ -126,8 +127,11 @@ class LossRecorderHook(Hook):
         if self._file is None:
             return
         record: dict[str, Any] = {"iter": runner.iter + 1, **dict(zip(keys, values)), "time": time.time()}
-        if "train/lr" in runner.message_hub.log_scalars:  # the lr this iteration used (RuntimeInfoHook)
-            record["lr"] = float(runner.message_hub.get_scalar("train/lr").current())
+        scalars = runner.message_hub.log_scalars
+        if "train/lr" in scalars:  # the lr this iteration used (RuntimeInfoHook)
+            record["lr"] = float(scalars["train/lr"].current())
+        if "train/data_time" in scalars:  # seconds this iteration waited for its batch (IterTimerHook)
+            record["data_time"] = float(scalars["train/data_time"].current())
         if self.all_ranks and isinstance(data_batch, dict) and data_batch.get("data") is not None:
             record["image_ids"] = list(getattr(data_batch["data"], "image_ids", []))
         self._file.write(json.dumps(record) + "\n")

@@ -20,6 +20,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
+from ..pixels import model_pixels
 from .builder import build_component
 from .fast_init import default_dtype, torch_init_disabled
 from .internvit import InternVisionConfig, InternVisionModel
@@ -240,9 +241,12 @@ class InternVLMLLM(nn.Module):
         return self.project_vit(self.encode_vit(pixel_values))
 
     def encode_vit(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Frozen part: ViT last hidden state without the CLS token, ``[T, (S/P)^2, C_vit]``."""
-        dtype = self.vision_model.embeddings.patch_embedding.weight.dtype
-        return self.vision_model(pixel_values.to(dtype))[:, 1:, :]
+        """Frozen part: ViT last hidden state without the CLS token, ``[T, (S/P)^2, C_vit]``.
+
+        ``pixel_values``: ``[T, 3, S, S]`` normalised float tiles, or uint8 pixels (normalised here).
+        """
+        weight = self.vision_model.embeddings.patch_embedding.weight
+        return self.vision_model(model_pixels(pixel_values, weight.device).to(weight.dtype))[:, 1:, :]
 
     def project_vit(self, vit_tokens: torch.Tensor) -> torch.Tensor:
         """Trainable part: pixel shuffle + ``mlp1``: ``[T, N, C_vit] -> [T, N/4, hidden_size]``."""

@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from ..pixels import model_pixels
 from .fast_init import default_dtype, weight_init_restored
 
 SAM2_CONFIG_PACKAGE = "sam2"
@@ -164,7 +165,8 @@ class SAM2GroundingEncoder(nn.Module):
         """Run the SAM2 image encoder.
 
         Args:
-            images: ``[B, 3, S, S]`` float, ImageNet-normalised, ``S = image_size``.
+            images: ``[B, 3, S, S]`` float, ImageNet-normalised, or uint8 pixels (normalised here),
+                ``S = image_size``.
 
         Returns:
             :class:`SAM2ImageFeatures` with the last ``num_feature_levels`` (3) neck outputs.
@@ -174,7 +176,7 @@ class SAM2GroundingEncoder(nn.Module):
                 f"SAM2 expects {self.image_size}x{self.image_size} inputs, got {tuple(images.shape)}"
             )
         dtype = self.sam2_model.image_encoder.trunk.patch_embed.proj.weight.dtype
-        out = self.sam2_model.image_encoder(images.to(dtype))
+        out = self.sam2_model.image_encoder(model_pixels(images, images.device).to(dtype))
         levels = out["backbone_fpn"][-self.sam2_model.num_feature_levels :]
         return SAM2ImageFeatures(list(levels))
 
@@ -247,7 +249,7 @@ class SAM2GroundingEncoder(nn.Module):
             "object_score": object_score[:, 0].float(),
         }
         if self.upsampler is not None:
-            imgs = images.to(stride4.device, non_blocking=True) if images is not None else None
+            imgs = model_pixels(images, stride4.device) if images is not None else None
             out["low_res_masks"] = out["masks"]
             out["masks"] = self.upsampler(out["masks"], stride4, obj_to_img, imgs)
         return out

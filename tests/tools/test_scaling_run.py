@@ -1,0 +1,75 @@
+"""tools/gpu/scaling_run.sh and its report: optimiser steps from micro-batch records, and the whole script
+on CPU (tiny model, gloo) in its default mode, where 1 rank accumulates 2 micro-batches per step."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools" / "gpu"))
+import scaling_report  # noqa: E402
+
+
+def write_records(path: Path, losses: list[float], dt: float) -> None:
+    path.mkdir(parents=True)
+    with open(path / "train_losses.jsonl", "w") as f:
+        for i, loss in enumerate(losses, 1):
+            f.write(json.dumps({"iter": i, "loss": loss, "time": 100.0 + i * dt, "data_time": 0.01}) + "\n")
+
+
+def test_report_groups_micro_batches_into_optimiser_steps(tmp_path, capsys, monkeypatch):
+    # 1 GPU: 2 micro-batches of 0.5 s per step; 2 GPUs: 1 micro-batch of 0.5 s per step -> 2x.
+    write_records(tmp_path / "g1", [4.0, 2.0, 3.0, 1.0, 2.0, 2.0, 1.5, 0.5], dt=0.5)
+    write_records(tmp_path / "g2", [3.0, 2.01, 2.0, 1.0], dt=0.5)
+    steps = scaling_report.optimiser_steps(
+        scaling_report.read_loss_records(tmp_path / "g1" / "train_losses.jsonl"), 2, "g1"
+    )
+    assert [s["loss"] for s in steps.values()] == [3.0, 2.0, 2.0, 1.0]
+    assert steps[2]["time"] == 102.0 and steps[2]["data_time"] == pytest.approx(0.02)
+    argv = ["x", str(tmp_path / "g1"), str(tmp_path / "g2"), "--global-batch", "8", "--accum-1", "2"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--warmup", "1"])
+    assert scaling_report.main() == 0
+    out = capsys.readouterr().out
+    assert "| 1 | 4 x 2 | 8 | 8.00 | 1.00 |" in out and "| 2 | 4 x 1 | 8 | 16.00 | 2.00 (ideal 2.00)" in out
+    assert "max |loss 1 GPU - loss 2 GPUs| = 0.01000 at step 2" in out and "PASS" in out
+    # A loss curve outside the tolerance fails.
+    write_records(tmp_path / "g3", [3.0, 2.5, 2.0, 1.0], dt=0.5)
+    monkeypatch.setattr(sys, "argv", [argv[0], argv[1], str(tmp_path / "g3"), *argv[3:], "--warmup", "1"])
+    assert scaling_report.main() == 1
+    with pytest.raises(ValueError, match="missing"):
+        scaling_report.optimiser_steps({1: {}, 3: {}}, 1, "gap")
+
+
+@pytest.mark.slow
+def test_scaling_run_on_cpu_accumulation_mode(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "CFG": "tests/engine/configs/tiny_scaling.py",
+        "BATCH": "2",
+        "STEPS": "4",
+        "WARMUP": "1",
+        "OUT": str(tmp_path),
+        "PORT": str(port),
+    }
+    proc = subprocess.run(
+        ["bash", "tools/gpu/scaling_run.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "global batch = 2 per rank x 2 accumulation x 1 ranks = 4" in out
+    assert "global batch = 2 per rank x 1 accumulation x 2 ranks = 4" in out
+    assert "| 1 | 2 x 2 | 4 |" in out and "| 2 | 2 x 1 | 4 |" in out and "PASS" in out
+    one = [json.loads(x) for x in (tmp_path / "gpu1" / "train_losses.jsonl").read_text().splitlines()]
+    two = [json.loads(x) for x in (tmp_path / "gpu2" / "train_losses.jsonl").read_text().splitlines()]
+    assert len(one) == 8 and len(two) == 4
