@@ -59,7 +59,7 @@ def test_scaling_run_on_cpu_accumulation_mode(tmp_path):
         "BATCH": "2",
         "STEPS": "4",
         "WARMUP": "1",
-        "OUT": str(tmp_path),
+        "RUNS": str(tmp_path),
         "PORT": str(port),
     }
     proc = subprocess.run(
