@@ -69,6 +69,24 @@ def test_k_consecutive_nonfinite_losses_raise():
         ow.update_params(loss_of(model, poison=True))
 
 
+def test_the_check_waits_for_the_end_of_the_cycle_and_stops_there(monkeypatch):
+    import projects.sa2va.engine.optim as optim
+
+    calls = []
+    real = optim.any_rank_flags
+    monkeypatch.setattr(optim, "any_rank_flags", lambda f, d: calls.append(len(f)) or real(f, d))
+    model, ow = make(acc=4, k=3)
+    for poison in (False, True, True, False):  # 2 in a row, below the limit of 3
+        ow.update_params(loss_of(model, poison=poison))
+    # one decision per cycle (no device sync or all-reduce between a forward and its backward)
+    assert calls == [4] and ow.skipped_updates == 1 and ow.consecutive_nonfinite == 0
+    model, ow = make(acc=2, k=2)
+    ow.update_params(loss_of(model, poison=True))
+    with pytest.raises(NonFiniteLossError, match=r"2 non-finite losses in a row \(iterations 0\.\.1\)"):
+        ow.update_params(loss_of(model, poison=True))
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+
+
 def test_nonfinite_grad_norm_skips_step():
     model, ow = make()
     before = params(model)

@@ -70,6 +70,8 @@ def test_scaling_run_on_cpu_accumulation_mode(tmp_path):
     assert "global batch = 2 per rank x 2 accumulation x 1 ranks = 4" in out
     assert "global batch = 2 per rank x 1 accumulation x 2 ranks = 4" in out
     assert "| 1 | 2 x 2 | 4 |" in out and "| 2 | 2 x 1 | 4 |" in out and "PASS" in out
-    one = [json.loads(x) for x in (tmp_path / "gpu1" / "train_losses.jsonl").read_text().splitlines()]
-    two = [json.loads(x) for x in (tmp_path / "gpu2" / "train_losses.jsonl").read_text().splitlines()]
-    assert len(one) == 8 and len(two) == 4
+    assert len(scaling_report.run_records(tmp_path / "gpu1")) == 8
+    two = scaling_report.run_records(tmp_path / "gpu2")
+    files = [tmp_path / "gpu2" / f"train_losses.rank{r}.jsonl" for r in (0, 1)]
+    ranks = [scaling_report.read_loss_records(f) for f in files]
+    assert len(two) == 4 and two[2]["loss"] == pytest.approx((ranks[0][2]["loss"] + ranks[1][2]["loss"]) / 2)

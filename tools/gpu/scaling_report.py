@@ -3,8 +3,9 @@
 python tools/gpu/scaling_report.py WORK_DIR_1GPU WORK_DIR_NGPU --gpus 2 --global-batch 32 \
     [--accum-1 2 --accum-n 1] [--warmup 10]
 
-Both runs' ``train_losses.jsonl`` (LossRecorderHook, one record per micro-batch iteration, losses
-averaged over ranks) are grouped into optimiser steps: ``--accum-1`` / ``--accum-n`` micro-batches
+Both runs' loss records (LossRecorderHook, one record per micro-batch iteration: ``train_losses.jsonl``
+with losses averaged over ranks, or one ``train_losses.rank<r>.jsonl`` per rank, averaged here, times
+from rank 0) are grouped into optimiser steps: ``--accum-1`` / ``--accum-n`` micro-batches
 per step. A step's loss is the mean of its micro-batch losses (what the accumulated gradient is the
 gradient of) and its end time that of its last micro-batch. Throughput counts the steps after
 ``--warmup`` steps: ``global_batch * steps / seconds``.
@@ -21,6 +22,23 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from projects.sa2va.engine.hooks import read_loss_records  # noqa: E402
+
+
+def run_records(work_dir: str | Path) -> dict[int, dict]:
+    """A run's per-iteration records, losses averaged over the ranks (see the module docstring)."""
+    work_dir = Path(work_dir)
+    if (work_dir / "train_losses.jsonl").exists():
+        return read_loss_records(work_dir / "train_losses.jsonl")
+    ranks = sorted(work_dir.glob("train_losses.rank*.jsonl"), key=lambda f: int(f.stem.split("rank")[-1]))
+    if not ranks:
+        raise FileNotFoundError(f"{work_dir}: no train_losses.jsonl or train_losses.rank<r>.jsonl")
+    per_rank = [read_loss_records(f) for f in ranks]
+    out = {}
+    for it, rec in per_rank[0].items():
+        if any(it not in r for r in per_rank):
+            raise ValueError(f"{work_dir}: iteration {it} is missing from a rank's records")
+        out[it] = {**rec, "loss": sum(r[it]["loss"] for r in per_rank) / len(per_rank)}
+    return out
 
 
 def optimiser_steps(records: dict[int, dict], accum: int, source: str) -> dict[int, dict]:
@@ -62,8 +80,8 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=10, help="optimiser steps left out of the throughput")
     p.add_argument("--rel-tol", type=float, default=0.02, help="max |loss diff| / first loss to pass")
     a = p.parse_args()
-    s1 = optimiser_steps(read_loss_records(Path(a.one_gpu) / "train_losses.jsonl"), a.accum_1, a.one_gpu)
-    sn = optimiser_steps(read_loss_records(Path(a.n_gpu) / "train_losses.jsonl"), a.accum_n, a.n_gpu)
+    s1 = optimiser_steps(run_records(a.one_gpu), a.accum_1, a.one_gpu)
+    sn = optimiser_steps(run_records(a.n_gpu), a.accum_n, a.n_gpu)
     common = sorted(set(s1) & set(sn))
     if len(common) < a.warmup + 2:
         print(f"too few common optimiser steps ({len(common)}) to compare", file=sys.stderr)

@@ -26,15 +26,15 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced too many non-finite losses in a row."""
 
 
-def any_rank_true(flag: bool, device: torch.device) -> bool:
-    """True when ``flag`` is True on any rank of the default process group (one all-reduce)."""
+def any_rank_flags(flags: torch.Tensor, device: torch.device) -> list[bool]:
+    """Element-wise OR of the bool vector ``flags`` ``[K]`` over the ranks (one all-reduce, one read-back)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
+        return [bool(f) for f in flags.tolist()]
     if dist.get_backend() == "nccl":
         device = torch.device("cuda", torch.cuda.current_device())
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    t = flags.to(device=device, dtype=torch.float32)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return [v > 0 for v in t.tolist()]
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -63,6 +63,8 @@ class DeviceAmpOptimWrapper(OptimWrapper):
         self.consecutive_nonfinite = 0
         self.skipped_updates = 0
         self._cycle_poisoned = False
+        self._cycle_nonfinite: list[torch.Tensor] = []  # per micro-batch of the open cycle, on the device
+        self._cycle_losses: list[torch.Tensor] = []
 
     @contextmanager
     def optim_context(self, model: nn.Module) -> Iterator[None]:
@@ -79,36 +81,51 @@ class DeviceAmpOptimWrapper(OptimWrapper):
         """Backward ``loss``; step at the end of an accumulation cycle unless the cycle saw a non-finite loss.
 
         Backward runs even for a non-finite loss: DDP expects every forward to be followed by a backward.
+        The finiteness of each micro-batch's loss stays on the device until the cycle ends; then one
+        all-reduce over the ranks (one device-to-host read) decides, per micro-batch in order, as if it had
+        been checked at once: no sync between a forward and its backward, no cross-rank barrier inside
+        an accumulation cycle (where DDP does not synchronise either). A stop after too many non-finite
+        losses in a row is therefore raised at the end of the cycle that reaches the limit.
         """
-        iteration = self._inner_count  # 0-based index of this iteration (runner.iter)
-        nonfinite = any_rank_true(not bool(torch.isfinite(loss.detach()).all()), loss.device)
+        self._cycle_nonfinite.append(~torch.isfinite(loss.detach()).all())
+        self._cycle_losses.append(loss.detach())
         self.backward(self.scale_loss(loss))
+        if not self.should_update():
+            return
+        flags = any_rank_flags(torch.stack(self._cycle_nonfinite), loss.device)
+        losses, self._cycle_nonfinite, self._cycle_losses = self._cycle_losses, [], []
+        first = self._inner_count - len(flags)  # 0-based index (runner.iter) of the cycle's first iteration
         logger = MMLogger.get_current_instance()
-        if nonfinite:
-            self._cycle_poisoned = True
-            self.consecutive_nonfinite += 1
-            logger.warning(
-                f"non-finite loss at iteration {iteration} (value {float(loss.detach().float())} on rank "
-                f"{dist.get_rank() if dist.is_initialized() else 0} or another rank): this accumulation "
-                f"cycle's update is skipped ({self.consecutive_nonfinite} in a row, stop at "
-                f"{self.max_consecutive_nonfinite or 'never'})"
-            )
-        else:
-            self.consecutive_nonfinite = 0
-        if self.should_update():
-            if self._cycle_poisoned:
-                self.skipped_updates += 1
-                self.message_hub.update_scalar("train/skipped_updates", float(self.skipped_updates))
+        stop_at = None
+        for k, nonfinite in enumerate(flags):
+            iteration = first + k
+            if nonfinite:
+                self._cycle_poisoned = True
+                self.consecutive_nonfinite += 1
+                logger.warning(
+                    f"non-finite loss at iteration {iteration} (value {float(losses[k].float())} on rank "
+                    f"{dist.get_rank() if dist.is_initialized() else 0} or another rank): this accumulation "
+                    f"cycle's update is skipped ({self.consecutive_nonfinite} in a row, stop at "
+                    f"{self.max_consecutive_nonfinite or 'never'})"
+                )
+                limit = self.max_consecutive_nonfinite
+                if stop_at is None and limit and self.consecutive_nonfinite >= limit:
+                    stop_at = (iteration, self.consecutive_nonfinite)
             else:
-                self.step(**(step_kwargs or {}))
-            self.zero_grad(**(zero_kwargs or {}))
-            self._cycle_poisoned = False
-        if self.max_consecutive_nonfinite and self.consecutive_nonfinite >= self.max_consecutive_nonfinite:
+                self.consecutive_nonfinite = 0
+        if self._cycle_poisoned:
+            self.skipped_updates += 1
+            self.message_hub.update_scalar("train/skipped_updates", float(self.skipped_updates))
+        else:
+            self.step(**(step_kwargs or {}))
+        self.zero_grad(**(zero_kwargs or {}))
+        self._cycle_poisoned = False
+        if stop_at is not None:
+            iteration, count = stop_at
             raise NonFiniteLossError(
-                f"{self.consecutive_nonfinite} non-finite losses in a row (iterations "
-                f"{iteration - self.consecutive_nonfinite + 1}..{iteration}); stopping. Lower the learning "
-                f"rate / check the data of these iterations; optim_wrapper.max_consecutive_nonfinite="
-                f"{self.max_consecutive_nonfinite}"
+                f"{count} non-finite losses in a row (iterations {iteration - count + 1}..{iteration}); "
+                f"stopping. Lower the learning rate / check the data of these iterations; "
+                f"optim_wrapper.max_consecutive_nonfinite={self.max_consecutive_nonfinite}"
             )
 
     def step(self, **kwargs) -> None:
