@@ -25,8 +25,13 @@ from projects.sa2va.engine.hooks import read_loss_records  # noqa: E402
 
 
 def run_records(work_dir: str | Path) -> dict[int, dict]:
-    """A run's per-iteration records, losses averaged over the ranks (see the module docstring)."""
+    """A run's per-iteration records, losses averaged over the ranks (see the module docstring).
+
+    ``work_dir`` may also be one records file.
+    """
     work_dir = Path(work_dir)
+    if work_dir.is_file():  # one records file (e.g. a copy kept in docs/gpu_runs)
+        return read_loss_records(work_dir)
     if (work_dir / "train_losses.jsonl").exists():
         return read_loss_records(work_dir / "train_losses.jsonl")
     ranks = sorted(work_dir.glob("train_losses.rank*.jsonl"), key=lambda f: int(f.stem.split("rank")[-1]))
