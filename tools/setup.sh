@@ -21,6 +21,10 @@ sam2_pin=$(grep -oE '"sam2==[^"]+"' pyproject.toml | tr -d '"')
 "${PIP[@]}" install "$torch_pin" "$tv_pin"
 SAM2_BUILD_CUDA=0 SAM2_BUILD_ALLOW_ERRORS=1 "${PIP[@]}" install --no-build-isolation "$sam2_pin"
 "${PIP[@]}" install -e ".[dev]"
+# The optional DeepSpeed extra, for tests/engine/test_deepspeed.py (xtuner's --deepspeed path on CPU, ZeRO
+# stage 0): a pure-Python build against the installed torch (no CUDA ops; they are JIT-compiled on GPUs).
+ds_pin=$(grep -oE '"deepspeed==[^"]+"' pyproject.toml | tr -d '"')
+DS_BUILD_OPS=0 "${PIP[@]}" install --no-build-isolation "$ds_pin"
 # xtuner 0.2.0 pins bitsandbytes==0.45.0, which cannot be imported beside the triton that torch 2.14
 # needs (`triton.ops` is gone), and peft imports bitsandbytes whenever it is installed. Nothing here
 # uses it (no 8-bit/QLoRA), so it is removed; the GPU kit leaves it out for the same reason.

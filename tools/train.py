@@ -4,8 +4,9 @@
         [--deepspeed deepspeed_zero2] [--cfg-options key=value ...] [--launcher pytorch]
 
 Several GPUs or nodes: ``bash tools/dist.sh train CONFIG NGPUS``. Differences from calling xtuner
-directly: ``--resume auto`` resumes from the latest checkpoint of the work dir, and the few classes
-that mmengine pickles into checkpoints are allow-listed for ``torch.load(weights_only=True)``.
+directly: ``--resume auto`` resumes from the latest checkpoint of the work dir, the few classes
+that mmengine pickles into checkpoints are allow-listed for ``torch.load(weights_only=True)``, and
+``--deepspeed`` runs under :class:`~projects.sa2va.engine.flexible_runner.Sa2VAFlexibleRunner`.
 The exit status is non-zero whenever training fails.
 """
 
@@ -53,6 +54,24 @@ def check_config(path: str) -> None:
         raise ConfigError(f"{path}: cannot load the config: {type(e).__name__}: {e}") from e
 
 
+def use_sa2va_flexible_runner() -> None:
+    """xtuner's ``--deepspeed`` sets ``runner_type = "FlexibleRunner"``: make that name build
+    :class:`~projects.sa2va.engine.flexible_runner.Sa2VAFlexibleRunner` (hooks, rank-0 logs, weights file)."""
+    from mmengine.registry import RUNNERS
+
+    from projects.sa2va.engine.flexible_runner import Sa2VAFlexibleRunner
+
+    RUNNERS.register_module(name="FlexibleRunner", module=Sa2VAFlexibleRunner, force=True)
+    # As Sa2VARunner does: mmengine's init_dist calls torch.cuda.set_device, which fails on a machine
+    # without a GPU; a process group that already exists (gloo) is used as it is.
+    import os
+
+    import torch.distributed as dist
+
+    if "RANK" in os.environ and not torch.cuda.is_available() and not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+
+
 @record
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -62,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"train.py: config file {argv[0]} not found")
     check_config(argv[0])
     torch.serialization.add_safe_globals(mmengine_safe_globals())
+    if "--deepspeed" in argv:
+        use_sa2va_flexible_runner()
     from xtuner.tools import train as xtuner_train
 
     sys.argv = ["xtuner-train", *translate_args(argv)]

@@ -1,0 +1,94 @@
+"""The runner of xtuner's ``--deepspeed`` path (subclass of mmengine 0.10.6 ``FlexibleRunner``).
+
+``tools/train.py --deepspeed ...`` lets xtuner swap the config's runner for mmengine's ``FlexibleRunner``
+with a ``DeepSpeedStrategy``; ``tools/train.py`` registers :class:`Sa2VAFlexibleRunner` under that name,
+so the swap lands here. What it keeps of :class:`~projects.sa2va.engine.runner.Sa2VARunner`:
+
+* the default hooks (global-batch line, per-iteration loss records, safe message-hub state);
+* info logs from rank 0 only;
+* next to each DeepSpeed checkpoint directory ``iter_N.pth/`` (DeepSpeed's own format, which it needs to
+  resume and which holds pickled objects), ``iter_N_trainable.pth``: the trainable tensors in this
+  toolkit's format (``{"state_dict", "meta"}``, loadable with ``torch.load(weights_only=True)``, written
+  atomically), gathered from the ZeRO-3 partitions when needed. ``tools/convert_to_hf.py``,
+  ``tools/test.py`` and ``load_from`` read it.
+
+Not kept: the non-finite-loss guard and the exact-resume random state (DeepSpeed's optimiser wrapper and
+checkpoints replace them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+
+import torch
+from mmengine.dist import is_main_process
+from mmengine.logging import MMLogger
+from mmengine.registry import RUNNERS
+from mmengine.runner import FlexibleRunner
+
+from .runner import DEFAULT_HOOKS
+from .state import atomic_write_bytes
+
+TRAINABLE_SUFFIX = "_trainable.pth"
+
+
+def trainable_file_name(filename: str) -> str:
+    """``iter_8.pth`` -> ``iter_8_trainable.pth``."""
+    return re.sub(r"\.pth$", "", filename) + TRAINABLE_SUFFIX
+
+
+def _quiet_other_ranks(logger: logging.Logger, rank: int) -> None:
+    """Console handlers of ranks > 0 show errors only (as mmengine does when the rank is known early)."""
+    if rank == 0:
+        return
+    for h in logger.handlers:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.setLevel(logging.ERROR)
+
+
+@RUNNERS.register_module()
+class Sa2VAFlexibleRunner(FlexibleRunner):
+    """``FlexibleRunner`` for xtuner's ``--deepspeed``: Sa2VA's hooks, rank-0 logs, a weights-only file."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _quiet_other_ranks(self.logger, self.rank)
+        _quiet_other_ranks(MMLogger.get_current_instance(), self.rank)
+
+    def register_hooks(self, default_hooks: dict | None = None, custom_hooks: list | None = None) -> None:
+        super().register_hooks(default_hooks, custom_hooks)
+        for cls in DEFAULT_HOOKS:
+            if not any(isinstance(h, cls) for h in self._hooks):
+                self.register_hook(cls())
+
+    def _trainable_state(self) -> dict[str, torch.Tensor] | None:
+        """The model's state dict (trainable tensors), gathered under ZeRO-3; on rank 0, else None."""
+        engine = self.model
+        module = getattr(engine, "module", engine)
+        gather: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if getattr(engine, "zero_optimization_partition_weights", lambda: False)():
+            import deepspeed
+
+            params = [p for p in module.parameters() if p.requires_grad]
+            gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        with gather:
+            if not is_main_process():
+                return None
+            return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+    def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
+        """DeepSpeed's checkpoint directory, then ``<name>_trainable.pth`` (every rank must call this)."""
+        super().save_checkpoint(out_dir, filename, *args, **kwargs)
+        state = self._trainable_state()
+        if state is None:
+            return
+        buf = io.BytesIO()
+        meta = dict(iter=self.iter + 1, epoch=self.epoch, deepspeed_checkpoint=filename)
+        torch.save({"state_dict": state, "meta": meta}, buf)
+        path = os.path.join(out_dir, trainable_file_name(filename))
+        atomic_write_bytes(path, buf.getvalue())
+        self.logger.info(f"trainable tensors ({len(state)}) written to {path}")
