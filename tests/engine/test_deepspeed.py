@@ -53,6 +53,8 @@ def test_deepspeed_train_logs_once_writes_weights_and_resumes(tmp_path):
     model, _ = build_tiny_model()
     assert set(state) == set(model.state_dict())
     model.load_trainable_checkpoint(str(tmp_path / "iter_2_trainable.pth"))  # strict
+    with pytest.raises(ValueError, match=r"iter_2_trainable\.pth"):  # the DeepSpeed dir names the file to use
+        model.load_trainable_checkpoint(str(tmp_path / "iter_2.pth"))
     ds = torch.load(tmp_path / "iter_2.pth" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
     for k, v in state.items():
         assert torch.equal(v, ds[k].cpu()), k

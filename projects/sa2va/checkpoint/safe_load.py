@@ -34,6 +34,18 @@ def mmengine_safe_globals() -> list[Any]:
     return [HistoryBuffer, *_numpy_globals()]
 
 
+def check_not_deepspeed_dir(path: str | Path) -> None:
+    """Raise ``ValueError`` when ``path`` is a DeepSpeed checkpoint directory (``iter_N.pth/``), naming the
+    weights-only file written next to it (``--deepspeed`` runs, see ``engine/flexible_runner.py``)."""
+    path = Path(path)
+    if path.is_dir() and any(path.glob("mp_rank_*_model_states.pt")):
+        name = path.name.removesuffix(".pth") + "_trainable.pth"
+        raise ValueError(
+            f"{path} is a DeepSpeed checkpoint directory (for --resume only); load {path.parent / name}, "
+            "the trainable tensors written next to it"
+        )
+
+
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a ``.pth`` written by mmengine (or a bare state dict) with ``weights_only=True``.
 
@@ -42,6 +54,7 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
         RuntimeError: the file holds objects outside the allow-list (message names the file).
     """
     path = Path(path)
+    check_not_deepspeed_dir(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     with torch.serialization.safe_globals(mmengine_safe_globals()):

@@ -37,7 +37,11 @@ from mmengine.runner import set_random_seed
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ..checkpoint.safe_load import load_checkpoint_file, trainable_state_from_checkpoint
+from ..checkpoint.safe_load import (
+    check_not_deepspeed_dir,
+    load_checkpoint_file,
+    trainable_state_from_checkpoint,
+)
 from ..datasets.collate import sa2va_collate
 from ..models.builder import build_component
 from .metrics import write_report
@@ -132,6 +136,7 @@ def build_model(cfg: Config, checkpoint: str | Path, device: torch.device) -> An
     checkpoint = Path(checkpoint)
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg["pretrained_pth"] = None
+    check_not_deepspeed_dir(checkpoint)
     if checkpoint.is_dir():
         try:
             from ..checkpoint.hf_sa2va import HFSa2VALoader
