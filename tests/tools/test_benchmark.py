@@ -103,3 +103,29 @@ def test_length_grouped_sampler_groups_and_covers():
     assert list(s2) == order  # same seed and epoch: same order on every rank and after resume
     with pytest.raises(TypeError, match="sample_length"):
         LengthGroupedSampler(list(range(4)), batch_size=2, seed=0)
+
+
+def test_data_pipeline_benchmark_tool(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools/benchmark_data.py"),
+            "projects/sa2va/configs/sa2va_tiny_demo.py",
+            "--samples",
+            "4",
+            "--batch-size",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ")}
+    assert {"float32", "uint8"} <= set(rows)
+    mb = {k: float(rows[k].split("|")[6]) for k in ("float32", "uint8")}
+    # The tiny config's pixels per sample: one 224-px tile + the 256-px SAM2 input, 4 bytes -> 1 byte each.
+    saved = 3 * (224 * 224 + 256 * 256) * 3 / 1e6
+    assert abs((mb["float32"] - mb["uint8"]) - saved) < 0.02, mb
