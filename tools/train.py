@@ -62,14 +62,9 @@ def use_sa2va_flexible_runner() -> None:
     from projects.sa2va.engine.flexible_runner import Sa2VAFlexibleRunner
 
     RUNNERS.register_module(name="FlexibleRunner", module=Sa2VAFlexibleRunner, force=True)
-    # As Sa2VARunner does: mmengine's init_dist calls torch.cuda.set_device, which fails on a machine
-    # without a GPU; a process group that already exists (gloo) is used as it is.
-    import os
+    from projects.sa2va.engine.runner import init_gloo_without_gpu
 
-    import torch.distributed as dist
-
-    if "RANK" in os.environ and not torch.cuda.is_available() and not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
+    init_gloo_without_gpu()  # as Sa2VARunner does (the strategy is set up before any runner code runs)
 
 
 @record

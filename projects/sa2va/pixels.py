@@ -8,14 +8,32 @@ host-side path (``x / 255``, ``- mean``, ``/ std`` in fp32), so the values are b
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "model_pixels", "normalize_pixels"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "model_pixels", "normalize_pixels", "standardize"]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_stats(
+    device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` / ``std`` as ``[3, 1, 1]`` float32 on ``device`` (made once per device: no copy per step)."""
+    as_t = lambda v: torch.tensor(v, dtype=torch.float32).view(3, 1, 1).to(device)  # noqa: E731
+    return as_t(mean), as_t(std)
+
+
+def standardize(
+    x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
+    """``(x - mean) / std`` per channel of float32 ``x [..., 3, H, W]`` with values in [0, 1]."""
+    m, s = _channel_stats(x.device, tuple(mean), tuple(std))
+    return (x - m) / s
 
 
 def normalize_pixels(
@@ -24,9 +42,7 @@ def normalize_pixels(
     """uint8 pixels ``[..., 3, H, W]`` (any device) -> float32 ``(x / 255 - mean) / std``."""
     if x.dtype != torch.uint8:
         raise ValueError(f"normalize_pixels expects uint8 pixels, got {x.dtype}")
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1).to(x.device, non_blocking=True)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1).to(x.device, non_blocking=True)
-    return (x.float() / 255.0 - m) / s
+    return standardize(x.float() / 255.0, mean, std)
 
 
 def model_pixels(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:

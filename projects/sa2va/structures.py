@@ -19,7 +19,7 @@ class Sa2VABatch:
         labels: ``[B, L]`` long, ``-100`` everywhere except the assistant answers and their end token.
         pixel_values: ``[T, 3, S, S]`` InternViT tiles of all samples, in sample order (``S`` = 448
             for the released models): uint8 pixels (normalised on the device by
-            :func:`~projects.sa2va.datasets.image_processing.model_pixels`) or float32, ImageNet-normalised.
+            :func:`~projects.sa2va.pixels.model_pixels` in the encoders) or float32, ImageNet-normalised.
         num_tiles: ``[B]`` tiles per sample (``sum == T``).
         g_pixel_values: ``[B, 3, G, G]`` SAM2 input (``G`` = 1024): uint8 pixels or float32,
             ImageNet-normalised (as ``pixel_values``).

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from projects.sa2va.checkpoint.safe_load import load_checkpoint_file
-from projects.sa2va.engine.flexible_runner import trainable_file_name
+from projects.sa2va.checkpoint.safe_load import load_checkpoint_file, trainable_file_name
 from tests.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -42,7 +42,6 @@ from ..models.presets import BENCH_VOCAB_SIZE, load_preset
 from ..models.sa2va import Sa2VAModel
 from ..models.sam2_grounding import SAM2GroundingEncoder
 from ..models.tokenizer import build_tiny_tokenizer
-from ..pixels import model_pixels
 from .flops import SampleFlops, counted_flops, llm_forward_flops, mlp1_forward_flops, vit_forward_flops
 
 
@@ -298,9 +297,11 @@ class Trainer:
                     vit_tokens, feats = cache.encode(m, batch)
             else:
                 with timer("vit"), torch.no_grad():
-                    vit_tokens = m.mllm.encode_vit(model_pixels(batch.pixel_values, self.device))
+                    vit_tokens = m.mllm.encode_vit(batch.pixel_values.to(self.device, non_blocking=True))
                 with timer("sam2_encoder"), torch.no_grad():
-                    feats = m.grounding_encoder.encode_image(model_pixels(batch.g_pixel_values, self.device))
+                    feats = m.grounding_encoder.encode_image(
+                        batch.g_pixel_values.to(self.device, non_blocking=True)
+                    )
             with timer("llm_fwd"):
                 logits, hidden = m.mllm(
                     input_ids=batch.input_ids,

@@ -34,14 +34,19 @@ def mmengine_safe_globals() -> list[Any]:
     return [HistoryBuffer, *_numpy_globals()]
 
 
+def trainable_file_name(filename: str) -> str:
+    """Weights-only file beside a DeepSpeed checkpoint: ``iter_8.pth`` -> ``iter_8_trainable.pth``."""
+    return filename.removesuffix(".pth") + "_trainable.pth"
+
+
 def check_not_deepspeed_dir(path: str | Path) -> None:
     """Raise ``ValueError`` when ``path`` is a DeepSpeed checkpoint directory (``iter_N.pth/``), naming the
     weights-only file written next to it (``--deepspeed`` runs, see ``engine/flexible_runner.py``)."""
     path = Path(path)
     if path.is_dir() and any(path.glob("mp_rank_*_model_states.pt")):
-        name = path.name.removesuffix(".pth") + "_trainable.pth"
         raise ValueError(
-            f"{path} is a DeepSpeed checkpoint directory (for --resume only); load {path.parent / name}, "
+            f"{path} is a DeepSpeed checkpoint directory (for --resume only); load "
+            f"{path.parent / trainable_file_name(path.name)}, "
             "the trainable tensors written next to it"
         )
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..pixels import IMAGENET_MEAN, IMAGENET_STD, model_pixels, normalize_pixels
+from ..pixels import IMAGENET_MEAN, IMAGENET_STD, model_pixels, normalize_pixels, standardize
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -125,13 +125,6 @@ def dynamic_tiles(
     return tiles
 
 
-def _normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``(x - mean) / std`` per channel of ``x [..., 3, H, W]`` float32."""
-    m = torch.tensor(mean, dtype=x.dtype).view(3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(3, 1, 1)
-    return (x - m) / s
-
-
 def internvl_pixel_values(
     tiles: Sequence[Image.Image],
     *,
@@ -154,7 +147,7 @@ def internvl_pixel_values(
     pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
     if not normalize:
         return pixels.contiguous()
-    return _normalise(pixels.float() / 255.0, mean, std)
+    return normalize_pixels(pixels, mean, std)
 
 
 def sam2_pixel_values(
@@ -201,7 +194,7 @@ def sam2_pixel_values(
             )[0]
     else:
         raise ValueError(f"resample={resample!r} is not 'bilinear' or 'pil_bicubic'")
-    return _normalise(x / 255.0, mean, std)
+    return standardize(x / 255.0, mean, std)
 
 
 def image_token_string(num_tiles: int, num_image_token: int) -> str:

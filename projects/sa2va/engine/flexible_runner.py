@@ -22,23 +22,15 @@ import contextlib
 import io
 import logging
 import os
-import re
 
 import torch
 from mmengine.dist import is_main_process
-from mmengine.logging import MMLogger
 from mmengine.registry import RUNNERS
 from mmengine.runner import FlexibleRunner
 
-from .runner import DEFAULT_HOOKS
+from ..checkpoint.safe_load import trainable_file_name
+from .runner import register_default_hooks
 from .state import atomic_write_bytes
-
-TRAINABLE_SUFFIX = "_trainable.pth"
-
-
-def trainable_file_name(filename: str) -> str:
-    """``iter_8.pth`` -> ``iter_8_trainable.pth``."""
-    return re.sub(r"\.pth$", "", filename) + TRAINABLE_SUFFIX
 
 
 def _quiet_other_ranks(logger: logging.Logger, rank: int) -> None:
@@ -57,13 +49,10 @@ class Sa2VAFlexibleRunner(FlexibleRunner):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         _quiet_other_ranks(self.logger, self.rank)
-        _quiet_other_ranks(MMLogger.get_current_instance(), self.rank)
 
     def register_hooks(self, default_hooks: dict | None = None, custom_hooks: list | None = None) -> None:
         super().register_hooks(default_hooks, custom_hooks)
-        for cls in DEFAULT_HOOKS:
-            if not any(isinstance(h, cls) for h in self._hooks):
-                self.register_hook(cls())
+        register_default_hooks(self)
 
     def _trainable_state(self) -> dict[str, torch.Tensor] | None:
         """The model's state dict (trainable tensors), gathered under ZeRO-3; on rank 0, else None."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -45,6 +46,21 @@ from .state import (
 DEFAULT_HOOKS = (GlobalBatchLoggerHook, LossRecorderHook, SafeMessageHubHook)
 
 
+def init_gloo_without_gpu() -> None:
+    """Under torchrun on a machine without a GPU, initialise the process group with gloo here: mmengine's
+    ``init_dist`` (0.10.6) always calls ``torch.cuda.set_device``; an existing group is used as it is."""
+    if "RANK" in os.environ and not torch.cuda.is_available() and not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+        os.environ.setdefault("LOCAL_RANK", "0")
+
+
+def register_default_hooks(runner: Any) -> None:
+    """Register the :data:`DEFAULT_HOOKS` the config does not already have."""
+    for cls in DEFAULT_HOOKS:
+        if not any(isinstance(h, cls) for h in runner.hooks):
+            runner.register_hook(cls())
+
+
 def _fsync_file(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -58,16 +74,13 @@ class Sa2VARunner(Runner):
     """``Runner`` for Sa2VA: gloo on CPU, strict trainable-only loading, atomic saves, exact resume."""
 
     def setup_env(self, env_cfg: dict) -> None:
-        if self._distributed and not dist.is_initialized() and not torch.cuda.is_available():
-            dist.init_process_group(backend="gloo")
-            os.environ.setdefault("LOCAL_RANK", "0")
+        if self._distributed:
+            init_gloo_without_gpu()
         super().setup_env(env_cfg)
 
     def register_hooks(self, default_hooks: dict | None = None, custom_hooks: list | None = None) -> None:
         super().register_hooks(default_hooks, custom_hooks)
-        for cls in DEFAULT_HOOKS:
-            if not any(isinstance(h, cls) for h in self._hooks):
-                self.register_hook(cls())
+        register_default_hooks(self)
 
     # ----------------------------------------------------------------------------------------- loading
     def load_checkpoint(

@@ -42,8 +42,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from mmengine.logging import MMLogger
-
-from ..pixels import model_pixels
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -357,7 +355,7 @@ class FrozenFeatureCache:
                     [batch.pixel_values[starts[i] : starts[i] + batch.num_tiles[i]] for i in rows]
                 )
                 with torch.no_grad():
-                    out = model.mllm.encode_vit(model_pixels(pix, device))
+                    out = model.mllm.encode_vit(pix.to(device, non_blocking=True))
                 return [[t] for t in out.split([batch.num_tiles[i] for i in rows])]
 
             keys = [self._key("vit", fp, ctx, digests[i][0]) for i in with_tiles]
@@ -372,7 +370,7 @@ class FrozenFeatureCache:
             if todo != list(range(g_pix.shape[0])):  # a subset: only the first epoch pays for this
                 g_pix = g_pix[torch.tensor(todo, device=g_pix.device)]
             with torch.no_grad():
-                feats = model.grounding_encoder.encode_image(model_pixels(g_pix, device))
+                feats = model.grounding_encoder.encode_image(g_pix.to(device, non_blocking=True))
             self._sam2_layout = [_channels_last(lvl) for lvl in feats.fpn]
             return [[lvl[j] for lvl in feats.fpn] for j in range(len(todo))]
 

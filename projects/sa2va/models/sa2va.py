@@ -18,7 +18,6 @@ from mmengine.logging import MMLogger
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from torch import nn
 
-from ..pixels import model_pixels
 from ..structures import Sa2VABatch
 from .builder import build_component
 from .fast_init import no_weight_init
@@ -364,14 +363,14 @@ class Sa2VAModel(BaseModel):
         vit_tokens = batch.vit_tokens
         if vit_tokens is None and batch.pixel_values is not None:
             with self._maybe_no_grad("vision_model"):
-                vit_tokens = self.mllm.encode_vit(model_pixels(batch.pixel_values, device))
+                vit_tokens = self.mllm.encode_vit(batch.pixel_values.to(device, non_blocking=True))
         if batch.sam2_fpn is not None:
             feats = SAM2ImageFeatures(list(batch.sam2_fpn))
         else:
             if batch.g_pixel_values is None:
                 raise ValueError("batch has neither g_pixel_values nor cached sam2_fpn")
             with self._maybe_no_grad("sam2_image_encoder"):
-                g_pix = model_pixels(batch.g_pixel_values, device)
+                g_pix = batch.g_pixel_values.to(device, non_blocking=True)
                 feats = self.grounding_encoder.encode_image(g_pix)
         return vit_tokens, feats
 
