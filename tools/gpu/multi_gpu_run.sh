@@ -36,27 +36,23 @@ echo "== export"
 t3=$(date +%s)
 
 "$PY" - "$WD" "$NGPUS" "$STEPS" "$ACC" "$BATCH" "$REPORT" $((t1 - t0)) $((t2 - t1)) $((t3 - t2)) <<'PYEOF'
-import json, re, sys
+import re, sys
 from pathlib import Path
+sys.path.insert(0, "tools/gpu")
+from scaling_report import optimiser_steps, run_records
 wd, ngpus, steps, acc, batch, report = Path(sys.argv[1]), *map(int, sys.argv[2:6]), sys.argv[6]
 t_train, t_resume, t_export = map(int, sys.argv[7:10])
-recs = {}
-for line in open(wd / "train_losses.jsonl"):
-    r = json.loads(line); recs[r["iter"]] = r
-def step_loss(k):  # mean micro-batch loss of optimiser step k (1-based), rank 0
-    its = range((k - 1) * acc + 1, k * acc + 1)
-    return sum(recs[i]["loss"] for i in its) / acc
+opt = optimiser_steps(run_records(wd), acc, str(wd))  # rank 0's micro-batch losses -> per optimiser step
 # throughput over the steady part of the first run (after the first 2 optimiser steps), from timestamps
 if steps < 2:
     raise SystemExit("STEPS must be >= 2")
 lo = min(2, steps - 1)
-t = [recs[i]["time"] for i in (lo * acc, steps * acc)]
-sps = (steps - lo) * acc * batch * ngpus / (t[1] - t[0])
+sps = (steps - lo) * acc * batch * ngpus / (opt[steps]["time"] - opt[lo]["time"])
 mem = max([int(m) for m in re.findall(r"memory: (\d+)", (wd / "train.log").read_text() + (wd / "resume.log").read_text())] or [0])
 mem_gib = mem / 1024 if mem else float("nan")
 hf = sorted(p.name for p in (wd / "hf").iterdir())
-row = (f"| {ngpus} | {batch}x{acc}x{ngpus} = {batch*acc*ngpus} | {sps:.2f} | {mem_gib:.1f} | {step_loss(1):.4f} | "
-       f"{step_loss(steps):.4f} | {step_loss(steps + (max(recs) // acc - steps)):.4f} | {t_train}/{t_resume}/{t_export} |")
+row = (f"| {ngpus} | {batch}x{acc}x{ngpus} = {batch*acc*ngpus} | {sps:.2f} | {mem_gib:.1f} | {opt[1]['loss']:.4f} | "
+       f"{opt[steps]['loss']:.4f} | {opt[max(opt)]['loss']:.4f} | {t_train}/{t_resume}/{t_export} |")
 head = ("| GPUs | global batch | samples/s | peak GiB/GPU (rank 0) | loss step 1 | loss step %d | loss last step | "
         "wall s train/resume/export |\n|---|---|---|---|---|---|---|---|" % steps)
 text = head + "\n" + row + f"\n\nexported: {', '.join(hf)}\n"
