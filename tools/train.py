@@ -1,12 +1,13 @@
 """Train a Sa2VA config: a thin front-end to xtuner's train tool (``xtuner.tools.train``).
 
     python tools/train.py projects/sa2va/configs/sa2va_finetune.py [--work-dir DIR] [--resume auto|PATH]
-        [--deepspeed deepspeed_zero2] [--cfg-options key=value ...] [--launcher pytorch]
+        [--deepspeed zero2|zero3|FILE.json] [--cfg-options key=value ...] [--launcher pytorch]
 
 Several GPUs or nodes: ``bash tools/dist.sh train CONFIG NGPUS``. Differences from calling xtuner
 directly: ``--resume auto`` resumes from the latest checkpoint of the work dir, the few classes
 that mmengine pickles into checkpoints are allow-listed for ``torch.load(weights_only=True)``, and
-``--deepspeed`` runs under :class:`~projects.sa2va.engine.flexible_runner.Sa2VAFlexibleRunner`.
+``--deepspeed`` runs under :class:`~projects.sa2va.engine.flexible_runner.Sa2VAFlexibleRunner` with the
+config's autocast precision (:mod:`projects.sa2va.engine.deepspeed_config`).
 The exit status is non-zero whenever training fails.
 """
 
@@ -44,14 +45,59 @@ class ConfigError(ValueError):
     """The config file cannot be parsed."""
 
 
-def check_config(path: str) -> None:
+def check_config(path: str):
     """Parse the config once before the (slow) xtuner import; the error names the file."""
     from mmengine.config import Config
 
     try:
-        Config.fromfile(path)
+        return Config.fromfile(path)
     except Exception as e:
         raise ConfigError(f"{path}: cannot load the config: {type(e).__name__}: {e}") from e
+
+
+def prepare_deepspeed(argv: list[str], cfg) -> list[str]:
+    """Replace the ``--deepspeed`` value by a JSON whose precision follows the config's optim_wrapper
+    (:mod:`projects.sa2va.engine.deepspeed_config`); names such as ``zero2`` mean the toolkit's files."""
+    import argparse
+    import atexit
+    import json
+    import os
+    import tempfile
+
+    from mmengine.config import DictAction
+
+    from projects.sa2va.engine.deepspeed_config import (
+        DeepSpeedConfigError,
+        apply_precision,
+        autocast_dtype,
+        read_deepspeed_json,
+        resolve_deepspeed_file,
+    )
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--deepspeed")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction)
+    known, _ = parser.parse_known_args(argv[1:])
+    if known.deepspeed is None:
+        raise SystemExit("train.py: --deepspeed needs a value (zero2, zero3 or a JSON file)")
+    if known.cfg_options:
+        cfg.merge_from_dict(known.cfg_options)
+    dtype = autocast_dtype(dict(cfg.optim_wrapper), torch.cuda.is_available())
+    try:
+        source = resolve_deepspeed_file(known.deepspeed)
+        ds_cfg, notes = apply_precision(read_deepspeed_json(source), dtype)
+    except DeepSpeedConfigError as e:
+        raise SystemExit(f"train.py: {e}") from e
+    fd, path = tempfile.mkstemp(prefix="sa2va_deepspeed_", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(ds_cfg, f, indent=2)
+    atexit.register(lambda: os.path.exists(path) and os.remove(path))
+    if os.environ.get("RANK", "0") == "0":
+        print(f"train.py: DeepSpeed config {source}, autocast {dtype or 'off (fp32)'}", flush=True)
+        for note in notes:
+            print(f"train.py: {source}: {note}", flush=True)
+    i = argv.index("--deepspeed")
+    return [*argv[: i + 1], path, *argv[i + 2 :]]
 
 
 def use_sa2va_flexible_runner() -> None:
@@ -74,9 +120,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("usage: python tools/train.py CONFIG [xtuner train options]")
     if not Path(argv[0]).is_file():
         raise SystemExit(f"train.py: config file {argv[0]} not found")
-    check_config(argv[0])
+    cfg = check_config(argv[0])
     torch.serialization.add_safe_globals(mmengine_safe_globals())
     if "--deepspeed" in argv:
+        argv = prepare_deepspeed(argv, cfg)
         use_sa2va_flexible_runner()
     from xtuner.tools import train as xtuner_train
 

@@ -12,6 +12,12 @@ so the swap lands here. What it keeps of :class:`~projects.sa2va.engine.runner.S
   atomically), gathered from the ZeRO-3 partitions when needed. ``tools/convert_to_hf.py``,
   ``tools/test.py`` and ``load_from`` read it.
 
+The model is built at the end of ``__init__`` (mmengine builds it later, inside ``strategy.prepare``), for
+two reasons: the random state is then the one the DDP runner builds its model from, so a config gives the
+same initial weights under DDP and DeepSpeed; and it is built whole, without transformers' ZeRO-3
+``deepspeed.zero.Init`` (which xtuner's strategy switches on through ``HfDeepSpeedConfig``, and under which
+the weight loaders would write into partitioned parameters). ``deepspeed.initialize`` partitions it then.
+
 Not kept: the non-finite-loss guard and the exact-resume random state (DeepSpeed's optimiser wrapper and
 checkpoints replace them).
 """
@@ -22,6 +28,7 @@ import contextlib
 import io
 import logging
 import os
+from collections.abc import Iterator
 
 import torch
 from mmengine.dist import is_main_process
@@ -42,6 +49,20 @@ def _quiet_other_ranks(logger: logging.Logger, rank: int) -> None:
             h.setLevel(logging.ERROR)
 
 
+@contextlib.contextmanager
+def _without_hf_zero3_init() -> Iterator[None]:
+    """Hide xtuner's ``HfDeepSpeedConfig`` from transformers (4.48: the module-level weak reference that
+    ``is_deepspeed_zero3_enabled`` reads), so ``_from_config`` builds whole parameters."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
 @RUNNERS.register_module()
 class Sa2VAFlexibleRunner(FlexibleRunner):
     """``FlexibleRunner`` for xtuner's ``--deepspeed``: Sa2VA's hooks, rank-0 logs, a weights-only file."""
@@ -49,6 +70,9 @@ class Sa2VAFlexibleRunner(FlexibleRunner):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         _quiet_other_ranks(self.logger, self.rank)
+        if isinstance(self.model, dict):
+            with _without_hf_zero3_init():
+                self.model = self.strategy.build_model(self.model)
 
     def register_hooks(self, default_hooks: dict | None = None, custom_hooks: list | None = None) -> None:
         super().register_hooks(default_hooks, custom_hooks)

@@ -75,8 +75,9 @@ def _to_float(v: Any) -> float:
 
 @HOOKS.register_module()
 class LossRecorderHook(Hook):
-    """Append ``{"iter", "loss", <each loss term>, "time", "lr", "data_time"}`` per iteration to a JSON-lines
-    file (``lr`` / ``data_time`` when the runtime-info / iteration-timer hooks logged them).
+    """Append ``{"iter", "loss", <each loss term>, "time", "lr", "data_time", "max_memory_mib"}`` per iteration
+    to a JSON-lines file (``lr`` / ``data_time`` when the runtime-info / iteration-timer hooks logged them,
+    ``max_memory_mib``, the peak CUDA memory allocated so far on this rank, when CUDA is in use).
 
     Args:
         filename: file name inside the work dir.
@@ -132,6 +133,8 @@ class LossRecorderHook(Hook):
             record["lr"] = float(scalars["train/lr"].current())
         if "train/data_time" in scalars:  # seconds this iteration waited for its batch (IterTimerHook)
             record["data_time"] = float(scalars["train/data_time"].current())
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # peak so far, host-side counter
+            record["max_memory_mib"] = torch.cuda.max_memory_allocated() // 2**20
         if self.all_ranks and isinstance(data_batch, dict) and data_batch.get("data") is not None:
             record["image_ids"] = list(getattr(data_batch["data"], "image_ids", []))
         self._file.write(json.dumps(record) + "\n")
