@@ -68,8 +68,8 @@ def prepare_deepspeed(argv: list[str], cfg) -> list[str]:
 
     from projects.sa2va.engine.deepspeed_config import (
         DeepSpeedConfigError,
-        apply_precision,
         autocast_dtype,
+        prepare_deepspeed_config,
         read_deepspeed_json,
         resolve_deepspeed_file,
     )
@@ -85,7 +85,7 @@ def prepare_deepspeed(argv: list[str], cfg) -> list[str]:
     dtype = autocast_dtype(dict(cfg.optim_wrapper), torch.cuda.is_available())
     try:
         source = resolve_deepspeed_file(known.deepspeed)
-        ds_cfg, notes = apply_precision(read_deepspeed_json(source), dtype)
+        ds_cfg, notes = prepare_deepspeed_config(read_deepspeed_json(source), dtype)
     except DeepSpeedConfigError as e:
         raise SystemExit(f"train.py: {e}") from e
     fd, path = tempfile.mkstemp(prefix="sa2va_deepspeed_", suffix=".json")

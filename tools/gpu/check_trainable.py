@@ -1,4 +1,4 @@
-"""Load trainable-weight files into a config's model (strictly, as tools/convert_to_hf.py does) and compare them.
+"""Load trainable-weight files into a config's model strictly (as tools/convert_to_hf.py does); compare them.
 
 python tools/gpu/check_trainable.py CONFIG NAME=FILE [NAME=FILE ...] [--cfg-options k=v ...]
 
@@ -37,13 +37,16 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("config")
-    p.add_argument("files", nargs="+", help="NAME=FILE (a trainable .pth: ours, or *_trainable.pth of DeepSpeed)")
+    p.add_argument(
+        "files", nargs="+", help="NAME=FILE (a trainable .pth: ours, or *_trainable.pth of DeepSpeed)"
+    )
     p.add_argument("--cfg-options", nargs="+", action=DictAction)
     args = p.parse_args(argv)
     model = build_model_from_config(args.config, args.cfg_options)
     init = trainable_copy(model)
     dtypes = sorted({str(v.dtype).replace("torch.", "") for v in model.state_dict().values()})
-    print(f"{args.config}: {len(init)} trainable tensors, {sum(v.numel() for v in init.values())} values, {dtypes}")
+    values = sum(v.numel() for v in init.values())
+    print(f"{args.config}: {len(init)} trainable tensors, {values} values, {dtypes}")
     loaded: list[tuple[str, dict[str, torch.Tensor]]] = []
     bad = 0
     for arg in args.files:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scaling_report import optimiser_steps, read_loss_records, run_records, samples_per_s  # noqa: E402
+from scaling_report import optimiser_steps, read_loss_records, run_records, samples_per_s
 
 
 def named(arg: str) -> tuple[str, str]:
@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     for arg in args.runs:
         name, path = named(arg)
         try:
-            rows.append((name, path, optimiser_steps(run_records(path), args.accum, path)))
+            steps = optimiser_steps(run_records(path), args.accum, path)
+            if not steps:
+                raise ValueError("no complete optimiser step recorded")
+            rows.append((name, path, steps))
         except (OSError, ValueError) as e:  # a run that failed: report it, keep the others
             print(f"{name}: no usable records: {e}")
             failed.append(name)
@@ -67,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, path, steps in rows:
         common = sorted(set(steps) & set(base))
         diff = max(abs(steps[k]["loss"] - base[k]["loss"]) for k in common)
-        speed = samples_per_s(steps, args.global_batch, args.warmup) if len(steps) > args.warmup else float("nan")
+        speed = (
+            samples_per_s(steps, args.global_batch, args.warmup) if len(steps) > args.warmup else float("nan")
+        )
         mem = peak_memory_mib(path)
         verdict = "" if name == base_name else (" (ok)" if diff <= tol else " (OUT OF TOLERANCE)")
         if diff > tol:

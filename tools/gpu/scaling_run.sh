@@ -13,6 +13,7 @@
 #   ACCUM > 1 (the reference recipe accumulates 16) spreads that cost over several micro-batches.
 # MODE=split: the global batch GLOBAL_BATCH is one micro-batch on 1 GPU and two halves on 2 GPUs (per-GPU
 #   work halves, so fixed per-step costs weigh twice as much on 2 GPUs).
+# EXTRA_OPTS: more --cfg-options for both runs, e.g. EXTRA_OPTS="train_dataloader.num_workers=6".
 # Same samples per optimiser step in both runs: DefaultSampler gives rank r the indices r, r+2, ... of one
 # seeded permutation. The losses still differ a little: the LM loss is a token mean per micro-batch, whose
 # composition differs, and bf16 reductions run in another order.
@@ -41,11 +42,11 @@ show() { grep -E "global batch|Iter\(train\)|Error|error|dist.sh" | cut -c1-220 
 echo "== 1 GPU, batch $B1 x accumulation $A1"
 CUDA_VISIBLE_DEVICES=0 bash tools/dist.sh train "$CFG" 1 --work-dir "$RUNS/gpu1" \
     --cfg-options train_dataloader.batch_size="$B1" optim_wrapper.accumulative_counts="$A1" \
-    train_cfg.max_iters="$((STEPS * A1))" 2>&1 | show
+    train_cfg.max_iters="$((STEPS * A1))" ${EXTRA_OPTS:-} 2>&1 | show
 echo "== 2 GPUs, batch $BN per GPU x accumulation $AN"
 CUDA_VISIBLE_DEVICES=0,1 PORT=${PORT:-29611} bash tools/dist.sh train "$CFG" 2 --work-dir "$RUNS/gpu2" \
     --cfg-options train_dataloader.batch_size="$BN" optim_wrapper.accumulative_counts="$AN" \
-    train_cfg.max_iters="$((STEPS * AN))" 2>&1 | show
+    train_cfg.max_iters="$((STEPS * AN))" ${EXTRA_OPTS:-} 2>&1 | show
 
 "$PYTHON" tools/gpu/scaling_report.py "$RUNS/gpu1" "$RUNS/gpu2" --gpus 2 --global-batch "$GLOBAL_BATCH" \
     --accum-1 "$A1" --accum-n "$AN" --warmup "$WARMUP"

@@ -15,6 +15,11 @@ Two things differ from passing the JSON to xtuner as it is:
   (fp32 trainable weights, bf16 frozen ones on GPU) and the forward runs in the same autocast as a DDP
   run. ``lower_precision_safe_modules`` defaults to ``[]``: gradients are reduced in fp32, as DDP does.
 
+* **ZeRO-3 keeps no parameter gathered between steps** (``stage3_param_persistence_threshold`` 0): after
+  each step DeepSpeed 0.18.9 re-gathers the "persistent" (small) parameters in one coalesced all-gather
+  with the dtype of the first of them, which fails when fp32 trainable and bf16 frozen ones are mixed
+  (``TypeError: output tensor must have the same type as input tensor``, seen on 2 H200s).
+
 Checked with deepspeed 0.18.9 (``torch_autocast`` section, ``deepspeed/runtime/torch_autocast.py``).
 """
 
@@ -64,7 +69,9 @@ def autocast_dtype(optim_wrapper: dict, cuda: bool) -> str | None:
 
     kind = optim_wrapper.get("type", "OptimWrapper")
     name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
-    if name == "DeviceAmpOptimWrapper" or (isinstance(kind, type) and issubclass(kind, DeviceAmpOptimWrapper)):
+    if name == "DeviceAmpOptimWrapper" or (
+        isinstance(kind, type) and issubclass(kind, DeviceAmpOptimWrapper)
+    ):
         return optim_wrapper.get("dtype", "bfloat16") if cuda else None
     if name == "AmpOptimWrapper" or (isinstance(kind, type) and issubclass(kind, AmpOptimWrapper)):
         dtype = optim_wrapper.get("dtype") or "float16"
@@ -103,3 +110,27 @@ def apply_precision(ds_cfg: dict[str, Any], dtype: str | None) -> tuple[dict[str
             "dtype": dtype,
         }
     return out, notes
+
+
+def apply_zero3_settings(ds_cfg: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Copy of ``ds_cfg`` with ``stage3_param_persistence_threshold`` 0 under ZeRO-3 (see module doc)."""
+    out = copy.deepcopy(ds_cfg)
+    zero = out.get("zero_optimization")
+    if not isinstance(zero, dict) or int(zero.get("stage", 0)) != 3:
+        return out, []
+    key = "stage3_param_persistence_threshold"
+    notes = []
+    if zero.get(key, 0) not in (0, "0"):
+        notes.append(
+            f"{key} {zero[key]} -> 0: DeepSpeed 0.18.9 re-gathers persistent parameters in one dtype, "
+            "which fails with fp32 trainable and bf16 frozen parameters"
+        )
+    zero[key] = 0
+    return out, notes
+
+
+def prepare_deepspeed_config(ds_cfg: dict[str, Any], dtype: str | None) -> tuple[dict[str, Any], list[str]]:
+    """:func:`apply_precision` then :func:`apply_zero3_settings`: the JSON the run uses, and the log notes."""
+    out, notes = apply_precision(ds_cfg, dtype)
+    out, more = apply_zero3_settings(out)
+    return out, notes + more

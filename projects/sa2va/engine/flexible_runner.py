@@ -63,6 +63,22 @@ def _without_hf_zero3_init() -> Iterator[None]:
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
+def _init_zero3_backward_counters(model: torch.nn.Module) -> None:
+    """Give every module the backward counters ZeRO-3's hooks otherwise create in the module's first forward.
+
+    DeepSpeed 0.18.9 registers hooks on children before parents and attaches its backward-hook classes to a
+    module only when ``hasattr(module, "post_bwd_fn")`` is false. peft 0.21's ``ModulesToSaveWrapper``
+    (the trained ``lm_head`` / ``embed_tokens`` copies of the LoRA recipe) forwards unknown attributes to
+    its active copy, so the wrapper reuses the copy's class, whose first use (the wrapper's hook runs before
+    the copy's) fails: ``'Linear' object has no attribute 'ds_grads_remaining'``. With the counters present
+    the wrapper's extra count is harmless: the counters are reset on every forward.
+    """
+    for module in model.modules():
+        for name in ("ds_grads_remaining", "applied_pre_backward_ref_cnt"):
+            if name not in module.__dict__:
+                setattr(module, name, 0)
+
+
 @RUNNERS.register_module()
 class Sa2VAFlexibleRunner(FlexibleRunner):
     """``FlexibleRunner`` for xtuner's ``--deepspeed``: Sa2VA's hooks, rank-0 logs, a weights-only file."""
@@ -73,6 +89,8 @@ class Sa2VAFlexibleRunner(FlexibleRunner):
         if isinstance(self.model, dict):
             with _without_hf_zero3_init():
                 self.model = self.strategy.build_model(self.model)
+        if isinstance(self.model, torch.nn.Module):
+            _init_zero3_backward_counters(self.model)
 
     def register_hooks(self, default_hooks: dict | None = None, custom_hooks: list | None = None) -> None:
         super().register_hooks(default_hooks, custom_hooks)
