@@ -76,8 +76,9 @@ def _to_float(v: Any) -> float:
 @HOOKS.register_module()
 class LossRecorderHook(Hook):
     """Append ``{"iter", "loss", <each loss term>, "time", "lr", "data_time", "max_memory_mib"}`` per
-    iteration to a JSON-lines file (``lr`` / ``data_time`` when the runtime-info / iteration-timer hooks logged them,
-    ``max_memory_mib``, the peak CUDA memory allocated so far on this rank, when CUDA is in use).
+    iteration to a JSON-lines file (``lr`` / ``data_time`` when the runtime-info / iteration-timer hooks
+    logged them, ``max_memory_mib``, the peak CUDA memory allocated so far on this rank, when CUDA is in
+    use).
 
     Args:
         filename: file name inside the work dir.
