@@ -161,3 +161,64 @@ def read_loss_records(path: str | Path) -> dict[int, dict[str, Any]]:
                 raise ValueError(f"{path}:{line_no}: not JSON ({e}): {line[:80]!r}") from None
             out[int(rec["iter"])] = rec
     return out
+
+
+@HOOKS.register_module()
+class ProfileItersHook(Hook):
+    """Profile training iterations ``[start, start + iters)`` (1-based) with ``torch.profiler`` on every rank.
+
+    Writes, per rank ``r``, ``<work_dir>/profile.rank<r>.json`` (a Chrome / Perfetto trace) and
+    ``profile.rank<r>.txt`` (the operators sorted by device time, then by host time). CUDA activity is
+    recorded when CUDA is in use. Meant for short diagnostic runs (e.g. where a gradient-sync step spends
+    its time, ``tools/gpu/scaling_1b_profile_cfg.py``), not for training runs.
+
+    Args:
+        start: first profiled iteration (after warm-up).
+        iters: number of profiled iterations.
+        row_limit: operators per table.
+    """
+
+    priority = "VERY_LOW"
+
+    def __init__(self, start: int = 21, iters: int = 4, row_limit: int = 40) -> None:
+        if start < 1 or iters < 1:
+            raise ValueError(
+                f"ProfileItersHook needs start >= 1 and iters >= 1, got start={start}, iters={iters}"
+            )
+        self.start, self.iters, self.row_limit = int(start), int(iters), int(row_limit)
+        self._prof: Any = None
+
+    def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
+        if runner.iter + 1 == self.start:
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU]
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                acts.append(ProfilerActivity.CUDA)
+            self._prof = profile(activities=acts)
+            self._prof.__enter__()
+
+    def after_train_iter(
+        self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None
+    ) -> None:
+        if self._prof is None or runner.iter + 1 < self.start + self.iters - 1:
+            return
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        prof, self._prof = self._prof, None
+        prof.__exit__(None, None, None)
+        work_dir = Path(runner.work_dir)
+        prof.export_chrome_trace(str(work_dir / f"profile.rank{runner.rank}.json"))
+        table = prof.key_averages()
+        device_key = "cuda_time_total" if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        parts = [f"iterations {self.start}..{self.start + self.iters - 1}, rank {runner.rank}"]
+        if device_key:
+            parts.append(table.table(sort_by=device_key, row_limit=self.row_limit))
+        parts.append(table.table(sort_by="cpu_time_total", row_limit=self.row_limit))
+        (work_dir / f"profile.rank{runner.rank}.txt").write_text("\n\n".join(parts) + "\n")
+        runner.logger.info(f"profile of iterations {self.start}..{self.start + self.iters - 1} in {work_dir}")
+
+    def after_train(self, runner: Any) -> None:
+        if self._prof is not None:  # training ended inside the window
+            self._prof.__exit__(None, None, None)
+            self._prof = None
