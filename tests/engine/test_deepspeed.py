@@ -6,7 +6,6 @@ and --resume auto continues from the DeepSpeed checkpoint."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from projects.sa2va.checkpoint.safe_load import load_checkpoint_file, trainable_file_name
+from tests.procs import free_port
 from tests.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,13 +22,15 @@ DS_CFG = "tests/engine/configs/ds_cpu_zero0.json"
 
 
 def dist_train(work_dir: Path, *args: str) -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     cmd = ["bash", "tools/dist.sh", "train", CFG, "2", "--work-dir", str(work_dir), "--deepspeed", DS_CFG]
     cmd += args
     proc = subprocess.run(
-        cmd, cwd=ROOT, env={**os.environ, "PORT": str(port)}, capture_output=True, text=True, timeout=600
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "PORT": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_ddp_search_cost_on_the_tiny_config():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     cmd = [
         sys.executable,
         "tools/gpu/ddp_search_cost.py",
@@ -23,7 +21,7 @@ def test_ddp_search_cost_on_the_tiny_config():
         "--repeats",
         "3",
     ]
-    env = {**os.environ, "MASTER_PORT": str(port)}
+    env = {**os.environ, "MASTER_PORT": str(free_port())}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     row = re.search(

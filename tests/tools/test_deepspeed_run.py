@@ -6,9 +6,6 @@ trainable weights must load strictly into the config's model."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools" / "gpu"))
 import deepspeed_report  # noqa: E402
 from scaling_report import read_loss_records  # noqa: E402
+
+from tests.procs import run_gpu_script  # noqa: E402
 
 
 def write_records(path: Path, losses: list[float], dt: float, memory: int | None = None) -> None:
@@ -49,26 +48,17 @@ def test_report_rows_tolerance_and_a_failed_run(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_deepspeed_run_on_cpu_matches_ddp(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "PYTHON": sys.executable,
-        "CFG": "tests/engine/configs/tiny_scaling.py",
-        "STAGES": "tests/engine/configs/ds_cpu_zero0_xtuner_precision.json",
-        "BATCH": "2",
-        "ACCUM": "2",
-        "STEPS": "2",
-        "WARMUP": "1",
-        "RUNS": str(tmp_path),
-        "PORT": str(port),
-    }
-    proc = subprocess.run(
-        ["bash", "tools/gpu/deepspeed_run.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    rc, out = run_gpu_script(
+        "deepspeed_run.sh",
+        CFG="tests/engine/configs/tiny_scaling.py",
+        STAGES="tests/engine/configs/ds_cpu_zero0_xtuner_precision.json",
+        BATCH="2",
+        ACCUM="2",
+        STEPS="2",
+        WARMUP="1",
+        RUNS=str(tmp_path),
     )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
+    assert rc == 0, out[-4000:]
     assert '"bf16": {"enabled": true} (whole model cast to bf16) switched off' in out
     assert "| ds_cpu_zero0_xtuner_precision | 2 |" in out and "(ok)" in out
     ddp = read_loss_records(tmp_path / "ddp" / "train_losses.rank0.jsonl")

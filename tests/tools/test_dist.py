@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.procs import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 CFG = "tests/engine/configs/tiny_fault.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def dist(*args: str, env: dict | None = None, wait: bool = True, timeout: float = 300):

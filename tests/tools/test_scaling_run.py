@@ -4,9 +4,6 @@ on CPU (tiny model, gloo) in its default mode, where 1 rank accumulates 2 micro-
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools" / "gpu"))
 import scaling_report  # noqa: E402
+
+from tests.procs import run_gpu_script  # noqa: E402
 
 
 def write_records(path: Path, losses: list[float], dt: float) -> None:
@@ -49,24 +48,15 @@ def test_report_groups_micro_batches_into_optimiser_steps(tmp_path, capsys, monk
 
 @pytest.mark.slow
 def test_scaling_run_on_cpu_accumulation_mode(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "PYTHON": sys.executable,
-        "CFG": "tests/engine/configs/tiny_scaling.py",
-        "BATCH": "2",
-        "STEPS": "4",
-        "WARMUP": "1",
-        "RUNS": str(tmp_path),
-        "PORT": str(port),
-    }
-    proc = subprocess.run(
-        ["bash", "tools/gpu/scaling_run.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    rc, out = run_gpu_script(
+        "scaling_run.sh",
+        CFG="tests/engine/configs/tiny_scaling.py",
+        BATCH="2",
+        STEPS="4",
+        WARMUP="1",
+        RUNS=str(tmp_path),
     )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
+    assert rc == 0, out[-4000:]
     assert "global batch = 2 per rank x 2 accumulation x 1 ranks = 4" in out
     assert "global batch = 2 per rank x 1 accumulation x 2 ranks = 4" in out
     assert "| 1 | 2 x 2 | 4 |" in out and "| 2 | 2 x 1 | 4 |" in out and "PASS" in out

@@ -17,6 +17,8 @@ two reasons: the random state is then the one the DDP runner builds its model fr
 same initial weights under DDP and DeepSpeed; and it is built whole, without transformers' ZeRO-3
 ``deepspeed.zero.Init`` (which xtuner's strategy switches on through ``HfDeepSpeedConfig``, and under which
 the weight loaders would write into partitioned parameters). ``deepspeed.initialize`` partitions it then.
+Every module also gets the backward counters of DeepSpeed's ZeRO-3 hooks up front (see
+:func:`_init_zero3_backward_counters`).
 
 Not kept: the non-finite-loss guard and the exact-resume random state (DeepSpeed's optimiser wrapper and
 checkpoints replace them).

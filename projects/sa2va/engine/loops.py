@@ -80,7 +80,7 @@ def describe_oom(
     )
     parts.append(
         "lower train_dataloader.batch_size (raise optim_wrapper.accumulative_counts to keep the global "
-        "batch), enable gradient checkpointing, or shard with --deepspeed deepspeed_zero2"
+        "batch), enable gradient checkpointing, or shard with --deepspeed zero2"
     )
     return "; ".join(parts)
 
