@@ -55,49 +55,47 @@ def check_config(path: str):
         raise ConfigError(f"{path}: cannot load the config: {type(e).__name__}: {e}") from e
 
 
+def deepspeed_value_index(argv: list[str]) -> int | None:
+    """Index of the ``--deepspeed`` option in ``argv`` (``--deepspeed V`` or ``--deepspeed=V``), or None."""
+    for i, a in enumerate(argv):
+        if a == "--deepspeed" or a.startswith("--deepspeed="):
+            return i
+    return None
+
+
 def prepare_deepspeed(argv: list[str], cfg) -> list[str]:
     """Replace the ``--deepspeed`` value by a JSON whose precision follows the config's optim_wrapper
-    (:mod:`projects.sa2va.engine.deepspeed_config`); names such as ``zero2`` mean the toolkit's files."""
+    (:func:`projects.sa2va.engine.deepspeed_config.write_deepspeed_config`); names such as ``zero2``
+    mean the toolkit's files. The written file is removed at exit."""
     import argparse
     import atexit
-    import json
     import os
-    import tempfile
 
     from mmengine.config import DictAction
 
-    from projects.sa2va.engine.deepspeed_config import (
-        DeepSpeedConfigError,
-        autocast_dtype,
-        prepare_deepspeed_config,
-        read_deepspeed_json,
-        resolve_deepspeed_file,
-    )
+    from projects.sa2va.engine.deepspeed_config import DeepSpeedConfigError, write_deepspeed_config
 
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--deepspeed")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction)
     known, _ = parser.parse_known_args(argv[1:])
-    if known.deepspeed is None:
+    if not known.deepspeed:
         raise SystemExit("train.py: --deepspeed needs a value (zero2, zero3 or a JSON file)")
     if known.cfg_options:
         cfg.merge_from_dict(known.cfg_options)
-    dtype = autocast_dtype(dict(cfg.optim_wrapper), torch.cuda.is_available())
     try:
-        source = resolve_deepspeed_file(known.deepspeed)
-        ds_cfg, notes = prepare_deepspeed_config(read_deepspeed_json(source), dtype)
+        prepared = write_deepspeed_config(known.deepspeed, dict(cfg.optim_wrapper), torch.cuda.is_available())
     except DeepSpeedConfigError as e:
         raise SystemExit(f"train.py: {e}") from e
-    fd, path = tempfile.mkstemp(prefix="sa2va_deepspeed_", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(ds_cfg, f, indent=2)
-    atexit.register(lambda: os.path.exists(path) and os.remove(path))
+    atexit.register(lambda: prepared.path.unlink(missing_ok=True))
     if os.environ.get("RANK", "0") == "0":
-        print(f"train.py: DeepSpeed config {source}, autocast {dtype or 'off (fp32)'}", flush=True)
-        for note in notes:
-            print(f"train.py: {source}: {note}", flush=True)
-    i = argv.index("--deepspeed")
-    return [*argv[: i + 1], path, *argv[i + 2 :]]
+        autocast = prepared.dtype or "off (fp32)"
+        print(f"train.py: DeepSpeed config {prepared.source}, autocast {autocast}", flush=True)
+        for note in prepared.notes:
+            print(f"train.py: {prepared.source}: {note}", flush=True)
+    i = deepspeed_value_index(argv)
+    width = 1 if argv[i].startswith("--deepspeed=") else 2
+    return [*argv[:i], "--deepspeed", str(prepared.path), *argv[i + width :]]
 
 
 def use_sa2va_flexible_runner() -> None:
@@ -122,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"train.py: config file {argv[0]} not found")
     cfg = check_config(argv[0])
     torch.serialization.add_safe_globals(mmengine_safe_globals())
-    if "--deepspeed" in argv:
+    if deepspeed_value_index(argv) is not None:
         argv = prepare_deepspeed(argv, cfg)
         use_sa2va_flexible_runner()
     from xtuner.tools import train as xtuner_train

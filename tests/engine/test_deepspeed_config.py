@@ -123,6 +123,11 @@ def test_train_py_writes_the_prepared_json(tmp_path, monkeypatch):
     assert json.loads(Path(out[2]).read_text())["torch_autocast"]["enabled"] is False
     with pytest.raises(SystemExit, match="zero4"):
         train_tool.prepare_deepspeed(["cfg.py", "--deepspeed", "zero4"], cfg)
+    # --deepspeed=VALUE is recognised too.
+    out = train_tool.prepare_deepspeed(["cfg.py", f"--deepspeed={src}", "--work-dir", "w"], cfg)
+    assert out[1] == "--deepspeed" and out[2] != str(src) and out[3:] == ["--work-dir", "w"]
+    assert train_tool.deepspeed_value_index(["cfg.py", "--deepspeed=zero2"]) == 1
+    assert train_tool.deepspeed_value_index(["cfg.py", "--work-dir", "w"]) is None
 
 
 def test_model_is_built_without_transformers_zero3_init():

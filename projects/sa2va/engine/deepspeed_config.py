@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import copy
 import json
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +136,29 @@ def prepare_deepspeed_config(ds_cfg: dict[str, Any], dtype: str | None) -> tuple
     out, notes = apply_precision(ds_cfg, dtype)
     out, more = apply_zero3_settings(out)
     return out, notes + more
+
+
+@dataclass
+class PreparedDeepSpeedConfig:
+    """What :func:`write_deepspeed_config` did: the source JSON, the written one, the autocast dtype and
+    one note per setting it changed."""
+
+    source: Path
+    path: Path
+    dtype: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+def write_deepspeed_config(
+    value: str, optim_wrapper: dict, cuda: bool, out_dir: str | Path | None = None
+) -> PreparedDeepSpeedConfig:
+    """Resolve a ``--deepspeed`` value, prepare it for this config (:func:`prepare_deepspeed_config` with
+    the ``optim_wrapper``'s autocast dtype) and write it to a new file in ``out_dir`` (the temp dir)."""
+    source = resolve_deepspeed_file(value)
+    dtype = autocast_dtype(optim_wrapper, cuda)
+    ds_cfg, notes = prepare_deepspeed_config(read_deepspeed_json(source), dtype)
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="sa2va_deepspeed_", suffix=".json", dir=out_dir, delete=False
+    ) as f:
+        json.dump(ds_cfg, f, indent=2)
+    return PreparedDeepSpeedConfig(source=source, path=Path(f.name), dtype=dtype, notes=notes)
