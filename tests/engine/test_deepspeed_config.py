@@ -157,3 +157,14 @@ def test_every_module_gets_zero3_backward_counters_modules_to_save_wrapper_inclu
     wrappers[0].ds_grads_remaining = 3  # a counter DeepSpeed already keeps is left alone
     _init_zero3_backward_counters(model)
     assert wrappers[0].__dict__["ds_grads_remaining"] == 3
+
+
+def test_zero_stage_of_a_strategy():
+    from types import SimpleNamespace
+
+    from projects.sa2va.engine.flexible_runner import _zero_stage
+
+    assert _zero_stage(SimpleNamespace(config={"zero_optimization": {"stage": 3}})) == 3
+    assert _zero_stage(SimpleNamespace(config={"zero_optimization": None})) == 0
+    assert _zero_stage(SimpleNamespace(config={})) == 0
+    assert _zero_stage(object()) == 0

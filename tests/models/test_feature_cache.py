@@ -14,6 +14,7 @@ from projects.sa2va.models.feature_cache import (
     FrozenFeatureCache,
     MemoryStore,
     build_feature_cache,
+    module_fingerprint,
     tensor_digest,
 )
 from tests.tiny import build_tiny_dataset, build_tiny_model
@@ -226,3 +227,27 @@ def test_sync_free_seg_positions_match_the_counting_path(model_and_data):
     bad.masks = [bad.masks[0][:4], bad.masks[1]]
     with pytest.raises(ValueError, match="5 \\[SEG\\] tokens in the sequence but 4 masks"):
         model.data_preprocessor({"data": bad}, True)
+
+
+def test_pinned_fingerprints_survive_partitioned_placeholders(model_and_data):
+    """Under ZeRO-3 the encoders' parameters become empty per-rank placeholders after the runner built the
+    model: fingerprints pinned before keep naming the real weights (a disk cache must not match others)."""
+    model, _, _ = model_and_data
+    vit = model.mllm.vision_model
+    cache = set_cache(model, dict(mode="memory"))
+    try:
+        real = module_fingerprint(vit)
+        cache.pin_fingerprints(model)
+        saved = {n: p.data for n, p in vit.named_parameters()}
+        try:
+            for p in vit.parameters():  # what ZeRO-3 leaves in a partitioned parameter
+                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+            assert module_fingerprint(vit) != real
+            assert cache._fp_vit.get(vit) == real
+        finally:
+            for n, p in vit.named_parameters():
+                p.data = saved[n]
+        unpinned = set_cache(model, dict(mode="memory"))
+        assert unpinned._fp_vit.get(vit) == real and not unpinned._fp_vit.pinned
+    finally:
+        set_cache(model, None)

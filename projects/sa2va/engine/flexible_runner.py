@@ -18,7 +18,8 @@ same initial weights under DDP and DeepSpeed; and it is built whole, without tra
 ``deepspeed.zero.Init`` (which xtuner's strategy switches on through ``HfDeepSpeedConfig``, and under which
 the weight loaders would write into partitioned parameters). ``deepspeed.initialize`` partitions it then.
 Every module also gets the backward counters of DeepSpeed's ZeRO-3 hooks up front (see
-:func:`_init_zero3_backward_counters`).
+:func:`_init_zero3_backward_counters`), and under ZeRO-3 the frozen-feature cache fingerprints the encoders
+while their weights are still whole (``FrozenFeatureCache.pin_fingerprints``).
 
 Not kept: the non-finite-loss guard and the exact-resume random state (DeepSpeed's optimiser wrapper and
 checkpoints replace them).
@@ -65,6 +66,12 @@ def _without_hf_zero3_init() -> Iterator[None]:
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
+def _zero_stage(strategy) -> int:
+    """The ZeRO stage of a DeepSpeed strategy's config (0 when absent)."""
+    zero = getattr(strategy, "config", {}).get("zero_optimization") or {}
+    return int(zero.get("stage", 0))
+
+
 def _init_zero3_backward_counters(model: torch.nn.Module) -> None:
     """Give every module the backward counters ZeRO-3's hooks otherwise create in the module's first forward.
 
@@ -93,6 +100,9 @@ class Sa2VAFlexibleRunner(FlexibleRunner):
                 self.model = self.strategy.build_model(self.model)
         if isinstance(self.model, torch.nn.Module):
             _init_zero3_backward_counters(self.model)
+            cache = getattr(self.model, "feature_cache", None)
+            if cache is not None and _zero_stage(self.strategy) == 3:
+                cache.pin_fingerprints(self.model)  # before ZeRO-3 partitions the encoders' weights
 
     def register_hooks(self, default_hooks: dict | None = None, custom_hooks: list | None = None) -> None:
         super().register_hooks(default_hooks, custom_hooks)

@@ -118,8 +118,20 @@ class _EncoderFingerprint:
         self.name = name
         self._signature: tuple | None = None
         self._value = ""
+        self.pinned = False
+
+    def pin(self, module: nn.Module) -> str:
+        """Compute the fingerprint now and keep it for the rest of the run (see
+        :meth:`FrozenFeatureCache.pin_fingerprints`)."""
+        self.pinned = False
+        self._signature = None
+        value = self.get(module)
+        self.pinned = True
+        return value
 
     def get(self, module: nn.Module) -> str:
+        if self.pinned:
+            return self._value
         sig = _state_signature(module)
         if sig != self._signature:
             self._value = module_fingerprint(module)
@@ -263,6 +275,17 @@ class FrozenFeatureCache:
         self._sam2_layout: list[bool] | None = None
         self.hits = 0
         self.misses = 0
+
+    def pin_fingerprints(self, model: Sa2VAModel) -> None:
+        """Fingerprint both encoders now, from their whole weights, and keep the values for the run.
+
+        For DeepSpeed ZeRO-3, which partitions every parameter after this call: the tensors the cache
+        would see later are each rank's empty placeholders, whose fingerprint would be the same for any
+        weights (a disk cache built from other weights would then be reused). The encoders are frozen,
+        so their fingerprints cannot change during the run.
+        """
+        self._fp_vit.pin(model.mllm.vision_model)
+        self._fp_sam2.pin(model.grounding_encoder.sam2_model.image_encoder)
 
     # --- keys ------------------------------------------------------------------------------------
     def _context(self, module: nn.Module, device: torch.device) -> str:
