@@ -75,6 +75,13 @@ def test_autocast_dtype_follows_the_optim_wrapper(wrapper, cuda, expected):
     assert autocast_dtype(wrapper, cuda) == expected
 
 
+def test_autocast_dtype_rejects_what_the_wrapper_rejects():
+    with pytest.raises(DeepSpeedConfigError, match="NoSuchWrapper"):
+        autocast_dtype(dict(type="NoSuchWrapper"), True)
+    with pytest.raises(ValueError, match="float16 needs loss scaling"):  # as DeviceAmpOptimWrapper itself
+        autocast_dtype(dict(type=DeviceAmpOptimWrapper, dtype="float16"), True)
+
+
 def test_whole_model_half_precision_becomes_autocast_with_fp32_gradient_reduction():
     out, notes = apply_precision(XTUNER_ZERO3, "bfloat16")
     assert out["bf16"] == {"enabled": False}

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scaling_report import optimiser_steps, read_loss_records, run_records, samples_per_s
+from scaling_report import optimiser_steps, run_records, samples_per_s
 
 
 def named(arg: str) -> tuple[str, str]:
@@ -26,14 +26,10 @@ def named(arg: str) -> tuple[str, str]:
     return (name, path) if sep else (Path(arg).name, arg)
 
 
-def peak_memory_mib(work_dir: str | Path) -> int | None:
-    """Largest ``max_memory_mib`` of rank 0's records (or the single records file), None if absent."""
-    work_dir = Path(work_dir)
-    for f in (work_dir, work_dir / "train_losses.rank0.jsonl", work_dir / "train_losses.jsonl"):
-        if f.is_file():
-            mem = [r["max_memory_mib"] for r in read_loss_records(f).values() if "max_memory_mib" in r]
-            return max(mem) if mem else None
-    return None
+def peak_memory_mib(records: dict[int, dict]) -> int | None:
+    """Largest ``max_memory_mib`` of a run's records (rank 0's, as ``run_records`` keeps them), or None."""
+    mem = [r["max_memory_mib"] for r in records.values() if "max_memory_mib" in r]
+    return max(mem) if mem else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,34 +42,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rel-tol", type=float, default=0.02, help="max |loss diff| / first baseline loss")
     args = p.parse_args(argv)
     base_name, base_path = named(args.baseline)
-    base = optimiser_steps(run_records(base_path), args.accum, base_path)
-    tol = args.rel_tol * base[1]["loss"]
-    rows = [(base_name, base_path, base)]
+    base_records = run_records(base_path)
+    base = optimiser_steps(base_records, args.accum, base_path)
+    first = base[1]["loss"]
+    tol = args.rel_tol * first
+    rows = [(base_name, base, peak_memory_mib(base_records))]
     failed = []
     for arg in args.runs:
         name, path = named(arg)
         try:
-            steps = optimiser_steps(run_records(path), args.accum, path)
+            records = run_records(path)
+            steps = optimiser_steps(records, args.accum, path)
             if not steps:
                 raise ValueError("no complete optimiser step recorded")
-            rows.append((name, path, steps))
+            rows.append((name, steps, peak_memory_mib(records)))
         except (OSError, ValueError) as e:  # a run that failed: report it, keep the others
             print(f"{name}: no usable records: {e}")
             failed.append(name)
-    first = base[1]["loss"]
     print(f"baseline {base_name}: {base_path}; tolerance {tol:.3f} = {args.rel_tol} x first loss {first:.3f}")
     print(
         f"| run | optimiser steps | samples/s (steps {args.warmup}..) | max abs loss diff to {base_name} | "
         "last loss | peak memory MiB (rank 0) |"
     )
     print("|---|---|---|---|---|---|")
-    for name, path, steps in rows:
+    for name, steps, mem in rows:
         common = sorted(set(steps) & set(base))
         diff = max(abs(steps[k]["loss"] - base[k]["loss"]) for k in common)
         speed = (
             samples_per_s(steps, args.global_batch, args.warmup) if len(steps) > args.warmup else float("nan")
         )
-        mem = peak_memory_mib(path)
         verdict = "" if name == base_name else (" (ok)" if diff <= tol else " (OUT OF TOLERANCE)")
         if diff > tol:
             failed.append(name)

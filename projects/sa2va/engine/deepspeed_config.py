@@ -66,18 +66,18 @@ def read_deepspeed_json(path: Path) -> dict[str, Any]:
 def autocast_dtype(optim_wrapper: dict, cuda: bool) -> str | None:
     """The autocast dtype name a DDP run of this ``optim_wrapper`` config would use, or None (fp32)."""
     from mmengine.optim import AmpOptimWrapper
+    from mmengine.registry import OPTIM_WRAPPERS
 
     from .optim import DeviceAmpOptimWrapper
 
     kind = optim_wrapper.get("type", "OptimWrapper")
-    name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
-    if name == "DeviceAmpOptimWrapper" or (
-        isinstance(kind, type) and issubclass(kind, DeviceAmpOptimWrapper)
-    ):
-        return optim_wrapper.get("dtype", "bfloat16") if cuda else None
-    if name == "AmpOptimWrapper" or (isinstance(kind, type) and issubclass(kind, AmpOptimWrapper)):
-        dtype = optim_wrapper.get("dtype") or "float16"
-        return str(dtype).replace("torch.", "")
+    cls = OPTIM_WRAPPERS.get(kind) if isinstance(kind, str) else kind
+    if not isinstance(cls, type):
+        raise DeepSpeedConfigError(f"optim_wrapper type {kind!r} is not a registered optimiser wrapper")
+    if issubclass(cls, DeviceAmpOptimWrapper):
+        return DeviceAmpOptimWrapper.autocast_dtype_name(optim_wrapper.get("dtype", "bfloat16"), cuda)
+    if issubclass(cls, AmpOptimWrapper):  # mmengine's default dtype is float16
+        return str(optim_wrapper.get("dtype") or "float16").replace("torch.", "")
     return None
 
 

@@ -17,9 +17,9 @@ two reasons: the random state is then the one the DDP runner builds its model fr
 same initial weights under DDP and DeepSpeed; and it is built whole, without transformers' ZeRO-3
 ``deepspeed.zero.Init`` (which xtuner's strategy switches on through ``HfDeepSpeedConfig``, and under which
 the weight loaders would write into partitioned parameters). ``deepspeed.initialize`` partitions it then.
-Every module also gets the backward counters of DeepSpeed's ZeRO-3 hooks up front (see
-:func:`_init_zero3_backward_counters`), and under ZeRO-3 the frozen-feature cache fingerprints the encoders
-while their weights are still whole (``FrozenFeatureCache.pin_fingerprints``).
+Under ZeRO-3, every module also gets the backward counters of DeepSpeed's hooks up front (see
+:func:`_init_zero3_backward_counters`), and the frozen-feature cache fingerprints the encoders while their
+weights are still whole (``FrozenFeatureCache.pin_fingerprints``).
 
 Not kept: the non-finite-loss guard and the exact-resume random state (DeepSpeed's optimiser wrapper and
 checkpoints replace them).
@@ -98,10 +98,10 @@ class Sa2VAFlexibleRunner(FlexibleRunner):
         if isinstance(self.model, dict):
             with _without_hf_zero3_init():
                 self.model = self.strategy.build_model(self.model)
-        if isinstance(self.model, torch.nn.Module):
+        if isinstance(self.model, torch.nn.Module) and _zero_stage(self.strategy) == 3:
             _init_zero3_backward_counters(self.model)
             cache = getattr(self.model, "feature_cache", None)
-            if cache is not None and _zero_stage(self.strategy) == 3:
+            if cache is not None:
                 cache.pin_fingerprints(self.model)  # before ZeRO-3 partitions the encoders' weights
 
     def register_hooks(self, default_hooks: dict | None = None, custom_hooks: list | None = None) -> None:

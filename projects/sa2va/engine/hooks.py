@@ -67,6 +67,10 @@ class SafeMessageHubHook(Hook):
             checkpoint["message_hub"] = encode_message_hub(checkpoint["message_hub"])
 
 
+def _cuda_in_use() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
 def _to_float(v: Any) -> float:
     if isinstance(v, torch.Tensor):
         return float(v.detach().float().mean())
@@ -134,7 +138,7 @@ class LossRecorderHook(Hook):
             record["lr"] = float(scalars["train/lr"].current())
         if "train/data_time" in scalars:  # seconds this iteration waited for its batch (IterTimerHook)
             record["data_time"] = float(scalars["train/data_time"].current())
-        if torch.cuda.is_available() and torch.cuda.is_initialized():  # peak so far, host-side counter
+        if _cuda_in_use():  # peak so far, host-side counter
             record["max_memory_mib"] = torch.cuda.max_memory_allocated() // 2**20
         if self.all_ranks and isinstance(data_batch, dict) and data_batch.get("data") is not None:
             record["image_ids"] = list(getattr(data_batch["data"], "image_ids", []))
@@ -193,7 +197,7 @@ class ProfileItersHook(Hook):
             from torch.profiler import ProfilerActivity, profile
 
             acts = [ProfilerActivity.CPU]
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
+            if _cuda_in_use():
                 acts.append(ProfilerActivity.CUDA)
             self._prof = profile(activities=acts)
             self._prof.__enter__()
@@ -203,17 +207,17 @@ class ProfileItersHook(Hook):
     ) -> None:
         if self._prof is None or runner.iter + 1 < self.start + self.iters - 1:
             return
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = _cuda_in_use()
+        if cuda:
             torch.cuda.synchronize()
         prof, self._prof = self._prof, None
         prof.__exit__(None, None, None)
         work_dir = Path(runner.work_dir)
         prof.export_chrome_trace(str(work_dir / f"profile.rank{runner.rank}.json"))
         table = prof.key_averages()
-        device_key = "cuda_time_total" if torch.cuda.is_available() and torch.cuda.is_initialized() else None
         parts = [f"iterations {self.start}..{self.start + self.iters - 1}, rank {runner.rank}"]
-        if device_key:
-            parts.append(table.table(sort_by=device_key, row_limit=self.row_limit))
+        if cuda:
+            parts.append(table.table(sort_by="cuda_time_total", row_limit=self.row_limit))
         parts.append(table.table(sort_by="cpu_time_total", row_limit=self.row_limit))
         (work_dir / f"profile.rank{runner.rank}.txt").write_text("\n\n".join(parts) + "\n")
         runner.logger.info(f"profile of iterations {self.start}..{self.start + self.iters - 1} in {work_dir}")

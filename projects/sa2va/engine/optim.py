@@ -52,19 +52,28 @@ class DeviceAmpOptimWrapper(OptimWrapper):
         self, *, dtype: str | None = "bfloat16", max_consecutive_nonfinite: int = 5, **kwargs
     ) -> None:
         super().__init__(**kwargs)
-        if dtype is not None and dtype not in ("bfloat16", "float16"):
-            raise ValueError(f"dtype must be 'bfloat16', 'float16' or None, got {dtype!r}")
-        if dtype == "float16":
-            raise ValueError("float16 needs loss scaling: use mmengine's AmpOptimWrapper for it")
+        name = self.autocast_dtype_name(dtype, torch.cuda.is_available())
         if max_consecutive_nonfinite < 0:
             raise ValueError(f"max_consecutive_nonfinite must be >= 0, got {max_consecutive_nonfinite}")
-        self.amp_dtype = getattr(torch, dtype) if dtype is not None and torch.cuda.is_available() else None
+        self.amp_dtype = getattr(torch, name) if name is not None else None
         self.max_consecutive_nonfinite = int(max_consecutive_nonfinite)
         self.consecutive_nonfinite = 0
         self.skipped_updates = 0
         self._cycle_poisoned = False
         self._cycle_nonfinite: list[torch.Tensor] = []  # per micro-batch of the open cycle, on the device
         self._cycle_losses: list[torch.Tensor] = []
+
+    @staticmethod
+    def autocast_dtype_name(dtype: str | None, cuda: bool) -> str | None:
+        """The autocast dtype a wrapper built with ``dtype`` uses (``None``: none, e.g. on the CPU).
+
+        Also what the DeepSpeed path autocasts to (``engine/deepspeed_config.py``).
+        """
+        if dtype is not None and dtype not in ("bfloat16", "float16"):
+            raise ValueError(f"dtype must be 'bfloat16', 'float16' or None, got {dtype!r}")
+        if dtype == "float16":
+            raise ValueError("float16 needs loss scaling: use mmengine's AmpOptimWrapper for it")
+        return dtype if cuda else None
 
     @contextmanager
     def optim_context(self, model: nn.Module) -> Iterator[None]:
