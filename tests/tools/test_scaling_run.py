@@ -46,6 +46,39 @@ def test_report_groups_micro_batches_into_optimiser_steps(tmp_path, capsys, monk
         scaling_report.optimiser_steps({1: {}, 3: {}}, 1, "gap")
 
 
+def write_rank_records(path: Path, durations: list[list[float]]) -> None:
+    """Per-rank records whose iteration ``i + 2`` takes ``durations[rank][i]`` seconds."""
+    path.mkdir(parents=True)
+    for rank, durs in enumerate(durations):
+        t = [100.0]
+        for d in durs:
+            t.append(t[-1] + d)
+        rows = [{"iter": i, "loss": 1.0, "time": ti, "data_time": 0.0} for i, ti in enumerate(t, 1)]
+        (path / f"train_losses.rank{rank}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_step_timing_splits_sync_micro_batches_and_measures_the_rank_spread(tmp_path, capsys, monkeypatch):
+    # 2 micro-batches per step; iterations 2, 4, 6 end a step (gradient sync), 3 and 5 do not.
+    write_rank_records(tmp_path / "n", [[0.4, 0.5, 0.6, 0.4, 0.6], [0.4, 0.3, 0.8, 0.5, 0.5]])
+    timing = scaling_report.step_timing(tmp_path / "n", accum=2, warmup=1)
+    assert timing["no_sync"] == pytest.approx([0.45, 0.4])
+    assert timing["sync"] == pytest.approx([0.6, 0.65])
+    assert timing["spread"] == pytest.approx((0.2 + 0.1) / 2)  # |0.5 - 0.3| in step 2, |0.4 - 0.5| in step 3
+    one = scaling_report.step_timing(tmp_path / "n" / "train_losses.rank0.jsonl", accum=2, warmup=1)
+    assert one["spread"] is None and one["no_sync"] == pytest.approx([0.45])
+    assert scaling_report.step_timing(tmp_path / "n", accum=1, warmup=0)["no_sync"] == [None, None]
+    with pytest.raises(ValueError, match="no micro-batches after the 5 warm-up steps"):
+        scaling_report.step_timing(tmp_path / "n", accum=2, warmup=5)
+    # The report prints them under the loss comparison.
+    write_rank_records(tmp_path / "one", [[0.2] * 11])
+    argv = ["x", str(tmp_path / "one"), str(tmp_path / "n"), "--global-batch", "4", "--accum-1", "4"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--accum-n", "2", "--warmup", "1"])
+    assert scaling_report.main() == 0
+    out = capsys.readouterr().out
+    assert "| 2 GPUs | 1 | 0.400 | 0.650 |" in out and "| 1 GPU | 0 | 0.200 | 0.200 |" in out
+    assert "differs by 0.150 s on average" in out
+
+
 @pytest.mark.slow
 def test_scaling_run_on_cpu_accumulation_mode(tmp_path):
     rc, out = run_gpu_script(

@@ -9,11 +9,18 @@ from rank 0) are grouped into optimiser steps: ``--accum-1`` / ``--accum-n`` mic
 per step. A step's loss is the mean of its micro-batch losses (what the accumulated gradient is the
 gradient of) and its end time that of its last micro-batch. Throughput counts the steps after
 ``--warmup`` steps: ``global_batch * steps / seconds``.
+
+Where the step time goes (after the warm-up, from the per-rank records' end times): per rank, the median
+micro-batch without a gradient sync and the median micro-batch that ends a step (backward with the
+all-reduce, then the optimiser step); and, with several ranks and accumulation, how far apart the ranks'
+no-sync work of one step is (mean over steps of slowest minus fastest rank): the faster rank waits about
+that long in the step's all-reduce.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -24,20 +31,27 @@ if str(ROOT) not in sys.path:
 from projects.sa2va.engine.hooks import read_loss_records  # noqa: E402
 
 
+def rank_record_files(work_dir: str | Path) -> list[Path]:
+    """A run's records: ``train_losses.jsonl``, ``train_losses.rank<r>.jsonl`` by rank, or the file given."""
+    work_dir = Path(work_dir)
+    if work_dir.is_file():
+        return [work_dir]
+    if (work_dir / "train_losses.jsonl").exists():
+        return [work_dir / "train_losses.jsonl"]
+    ranks = sorted(work_dir.glob("train_losses.rank*.jsonl"), key=lambda f: int(f.stem.split("rank")[-1]))
+    if not ranks:
+        raise FileNotFoundError(f"{work_dir}: no train_losses.jsonl or train_losses.rank<r>.jsonl")
+    return ranks
+
+
 def run_records(work_dir: str | Path) -> dict[int, dict]:
     """A run's per-iteration records, losses averaged over the ranks (see the module docstring).
 
     ``work_dir`` may also be one records file.
     """
-    work_dir = Path(work_dir)
-    if work_dir.is_file():  # one records file (e.g. a copy kept in docs/gpu_runs)
-        return read_loss_records(work_dir)
-    if (work_dir / "train_losses.jsonl").exists():
-        return read_loss_records(work_dir / "train_losses.jsonl")
-    ranks = sorted(work_dir.glob("train_losses.rank*.jsonl"), key=lambda f: int(f.stem.split("rank")[-1]))
-    if not ranks:
-        raise FileNotFoundError(f"{work_dir}: no train_losses.jsonl or train_losses.rank<r>.jsonl")
-    per_rank = [read_loss_records(f) for f in ranks]
+    per_rank = [read_loss_records(f) for f in rank_record_files(work_dir)]
+    if len(per_rank) == 1:
+        return per_rank[0]
     out = {}
     for it, rec in per_rank[0].items():
         if any(it not in r for r in per_rank):
@@ -72,6 +86,42 @@ def samples_per_s(steps: dict[int, dict], global_batch: int, warmup: int) -> flo
 def mean_data_time(steps: dict[int, dict], warmup: int) -> float:
     late = [s["data_time"] for k, s in steps.items() if k > warmup]
     return sum(late) / max(len(late), 1)
+
+
+def step_timing(work_dir: str | Path, accum: int, warmup: int) -> dict:
+    """Per-rank micro-batch durations of the steps after ``warmup`` (see the module docstring).
+
+    Returns ``{"no_sync": [median s per rank], "sync": [median s per rank], "spread": mean s or None}``;
+    a micro-batch's duration is its end time minus the previous one's, so iteration 1 has none.
+    """
+    per_rank = [read_loss_records(f) for f in rank_record_files(work_dir)]
+    no_sync, sync, work = [], [], []
+    for records in per_rank:
+        its = sorted(records)
+        dur = {i: records[i]["time"] - records[i - 1]["time"] for i in its if i - 1 in records}
+        late = [i for i in dur if (i - 1) // accum + 1 > warmup]
+        if not late:
+            raise ValueError(f"{work_dir}: no micro-batches after the {warmup} warm-up steps")
+        ns = [dur[i] for i in late if i % accum]
+        no_sync.append(statistics.median(ns) if ns else None)
+        sync.append(statistics.median(dur[i] for i in late if i % accum == 0))
+        per_step: dict[int, float] = {}
+        for i in late:
+            if i % accum:
+                per_step[(i - 1) // accum] = per_step.get((i - 1) // accum, 0.0) + dur[i]
+        work.append(per_step)
+    spread = None
+    if len(per_rank) > 1 and accum > 1:
+        steps = sorted(set.intersection(*(set(w) for w in work)))
+        if steps:
+            spread = sum(max(w[k] for w in work) - min(w[k] for w in work) for k in steps) / len(steps)
+    return {"no_sync": no_sync, "sync": sync, "spread": spread}
+
+
+def print_step_timing(label: str, timing: dict) -> None:
+    for r, (ns, sy) in enumerate(zip(timing["no_sync"], timing["sync"])):
+        ns_s = "-" if ns is None else f"{ns:.3f}"
+        print(f"| {label} | {r} | {ns_s} | {sy:.3f} |")
 
 
 def main() -> int:
@@ -122,6 +172,17 @@ def main() -> int:
         f"{sum(diffs) / len(diffs):.5f}; tolerance {tol:.4f} ({a.rel_tol:.0%} of the first loss): "
         f"{'PASS' if ok else 'FAIL'}"
     )
+    print()
+    print("| run | rank | micro-batch without sync (median s) | micro-batch ending a step (median s) |")
+    print("|---|---|---|---|")
+    print_step_timing("1 GPU", step_timing(a.one_gpu, a.accum_1, a.warmup))
+    timing_n = step_timing(a.n_gpu, a.accum_n, a.warmup)
+    print_step_timing(f"{a.gpus} GPUs", timing_n)
+    if timing_n["spread"] is not None:
+        print(
+            f"\n{a.gpus} GPUs: the ranks' no-sync work per step differs by {timing_n['spread']:.3f} s on "
+            "average (slowest - fastest rank): about what the faster rank waits in each step's all-reduce"
+        )
     return 0 if ok else 1
 
 
