@@ -5,7 +5,6 @@ trainable weights must load strictly into the config's model."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -17,16 +16,13 @@ import deepspeed_report  # noqa: E402
 from scaling_report import read_loss_records  # noqa: E402
 
 from tests.procs import run_gpu_script  # noqa: E402
+from tests.records import write_loss_records  # noqa: E402
 
 
 def write_records(path: Path, losses: list[float], dt: float, memory: int | None = None) -> None:
-    path.mkdir(parents=True)
-    with open(path / "train_losses.rank0.jsonl", "w") as f:
-        for i, loss in enumerate(losses, 1):
-            rec = {"iter": i, "loss": loss, "time": 100.0 + i * dt}
-            if memory is not None:
-                rec["max_memory_mib"] = memory + i
-            f.write(json.dumps(rec) + "\n")
+    times = [100.0 + i * dt for i in range(1, len(losses) + 1)]
+    extra = {} if memory is None else {"max_memory_mib": [memory + i for i in range(1, len(losses) + 1)]}
+    write_loss_records(path / "train_losses.rank0.jsonl", losses, times, **extra)
 
 
 def test_report_rows_tolerance_and_a_failed_run(tmp_path, capsys):

@@ -3,7 +3,7 @@ on CPU (tiny model, gloo) in its default mode, where 1 rank accumulates 2 micro-
 
 from __future__ import annotations
 
-import json
+import itertools
 import sys
 from pathlib import Path
 
@@ -14,13 +14,12 @@ sys.path.insert(0, str(ROOT / "tools" / "gpu"))
 import scaling_report  # noqa: E402
 
 from tests.procs import run_gpu_script  # noqa: E402
+from tests.records import write_loss_records  # noqa: E402
 
 
 def write_records(path: Path, losses: list[float], dt: float) -> None:
-    path.mkdir(parents=True)
-    with open(path / "train_losses.jsonl", "w") as f:
-        for i, loss in enumerate(losses, 1):
-            f.write(json.dumps({"iter": i, "loss": loss, "time": 100.0 + i * dt, "data_time": 0.01}) + "\n")
+    times = [100.0 + i * dt for i in range(1, len(losses) + 1)]
+    write_loss_records(path / "train_losses.jsonl", losses, times, data_time=[0.01] * len(losses))
 
 
 def test_report_groups_micro_batches_into_optimiser_steps(tmp_path, capsys, monkeypatch):
@@ -48,27 +47,26 @@ def test_report_groups_micro_batches_into_optimiser_steps(tmp_path, capsys, monk
 
 def write_rank_records(path: Path, durations: list[list[float]]) -> None:
     """Per-rank records whose iteration ``i + 2`` takes ``durations[rank][i]`` seconds."""
-    path.mkdir(parents=True)
     for rank, durs in enumerate(durations):
-        t = [100.0]
-        for d in durs:
-            t.append(t[-1] + d)
-        rows = [{"iter": i, "loss": 1.0, "time": ti, "data_time": 0.0} for i, ti in enumerate(t, 1)]
-        (path / f"train_losses.rank{rank}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        times = list(itertools.accumulate(durs, initial=100.0))
+        n = len(times)
+        write_loss_records(path / f"train_losses.rank{rank}.jsonl", [1.0] * n, times, data_time=[0.0] * n)
 
 
 def test_step_timing_splits_sync_micro_batches_and_measures_the_rank_spread(tmp_path, capsys, monkeypatch):
     # 2 micro-batches per step; iterations 2, 4, 6 end a step (gradient sync), 3 and 5 do not.
     write_rank_records(tmp_path / "n", [[0.4, 0.5, 0.6, 0.4, 0.6], [0.4, 0.3, 0.8, 0.5, 0.5]])
-    timing = scaling_report.step_timing(tmp_path / "n", accum=2, warmup=1)
+    ranks = scaling_report.rank_records(tmp_path / "n")
+    timing = scaling_report.step_timing(ranks, accum=2, warmup=1, source="n")
     assert timing["no_sync"] == pytest.approx([0.45, 0.4])
     assert timing["sync"] == pytest.approx([0.6, 0.65])
     assert timing["spread"] == pytest.approx((0.2 + 0.1) / 2)  # |0.5 - 0.3| in step 2, |0.4 - 0.5| in step 3
-    one = scaling_report.step_timing(tmp_path / "n" / "train_losses.rank0.jsonl", accum=2, warmup=1)
+    one_file = scaling_report.rank_records(tmp_path / "n" / "train_losses.rank0.jsonl")
+    one = scaling_report.step_timing(one_file, accum=2, warmup=1, source="n")
     assert one["spread"] is None and one["no_sync"] == pytest.approx([0.45])
-    assert scaling_report.step_timing(tmp_path / "n", accum=1, warmup=0)["no_sync"] == [None, None]
+    assert scaling_report.step_timing(ranks, accum=1, warmup=0, source="n")["no_sync"] == [None, None]
     with pytest.raises(ValueError, match="no micro-batches after the 5 warm-up steps"):
-        scaling_report.step_timing(tmp_path / "n", accum=2, warmup=5)
+        scaling_report.step_timing(ranks, accum=2, warmup=5, source="n")
     # The report prints them under the loss comparison.
     write_rank_records(tmp_path / "one", [[0.2] * 11])
     argv = ["x", str(tmp_path / "one"), str(tmp_path / "n"), "--global-batch", "4", "--accum-1", "4"]

@@ -61,10 +61,9 @@ def read_events(path: Path) -> list[dict]:
         is_allreduce = e.get("cat") == "kernel" and "AllReduce" in str(e.get("name", ""))
         if is_forward or is_allreduce:
             try:
-                float(e["ts"]), float(e["dur"])
+                keep.append({**e, "ts": float(e["ts"]), "dur": float(e["dur"])})
             except (KeyError, TypeError, ValueError):
                 raise ValueError(f"{path}: event {e.get('name')!r} without a numeric ts/dur") from None
-            keep.append(e)
     if not any(e["name"] == FORWARD for e in keep):
         raise ValueError(f"{path}: no {FORWARD!r} annotation (was the model wrapped in DDP?)")
     return keep
@@ -88,15 +87,15 @@ def per_iteration(events: list[dict]) -> list[dict]:
     rows = []
     for k, fwd in enumerate(forwards):
         end = forwards[k + 1]["ts"] if k + 1 < len(forwards) else float("inf")
-        mine = [e for e in kernels if fwd["ts"] <= e["ts"] < end]
-        buckets = [e["dur"] / 1000 for e in mine if kind(e) == "bucket"]
+        mine = [(kind(e), e["dur"] / 1000) for e in kernels if fwd["ts"] <= e["ts"] < end]
+        buckets = [ms for k, ms in mine if k == "bucket"]
         rows.append(
             {
                 "forward_ms": fwd["dur"] / 1000,
                 "buckets": len(buckets),
                 "bucket_ms": sum(buckets),
                 "longest_ms": max(buckets, default=0.0),
-                "other_ms": sum(e["dur"] / 1000 for e in mine if kind(e) == "other"),
+                "other_ms": sum(ms for k, ms in mine if k == "other"),
             }
         )
     return rows

@@ -31,17 +31,30 @@ if str(ROOT) not in sys.path:
 from projects.sa2va.engine.hooks import read_loss_records  # noqa: E402
 
 
-def rank_record_files(work_dir: str | Path) -> list[Path]:
-    """A run's records: ``train_losses.jsonl``, ``train_losses.rank<r>.jsonl`` by rank, or the file given."""
+def rank_records(work_dir: str | Path) -> list[dict[int, dict]]:
+    """A run's records by rank: ``train_losses.jsonl`` (one entry), ``train_losses.rank<r>.jsonl`` by rank,
+    or the one records file given as ``work_dir``."""
     work_dir = Path(work_dir)
-    if work_dir.is_file():
-        return [work_dir]
+    if work_dir.is_file():  # one records file (e.g. a copy kept in docs/gpu_runs)
+        return [read_loss_records(work_dir)]
     if (work_dir / "train_losses.jsonl").exists():
-        return [work_dir / "train_losses.jsonl"]
+        return [read_loss_records(work_dir / "train_losses.jsonl")]
     ranks = sorted(work_dir.glob("train_losses.rank*.jsonl"), key=lambda f: int(f.stem.split("rank")[-1]))
     if not ranks:
         raise FileNotFoundError(f"{work_dir}: no train_losses.jsonl or train_losses.rank<r>.jsonl")
-    return ranks
+    return [read_loss_records(f) for f in ranks]
+
+
+def mean_over_ranks(per_rank: list[dict[int, dict]], source: str | Path) -> dict[int, dict]:
+    """Per-iteration records with the loss averaged over the ranks (other fields from rank 0)."""
+    if len(per_rank) == 1:
+        return per_rank[0]
+    out = {}
+    for it, rec in per_rank[0].items():
+        if any(it not in r for r in per_rank):
+            raise ValueError(f"{source}: iteration {it} is missing from a rank's records")
+        out[it] = {**rec, "loss": sum(r[it]["loss"] for r in per_rank) / len(per_rank)}
+    return out
 
 
 def run_records(work_dir: str | Path) -> dict[int, dict]:
@@ -49,15 +62,7 @@ def run_records(work_dir: str | Path) -> dict[int, dict]:
 
     ``work_dir`` may also be one records file.
     """
-    per_rank = [read_loss_records(f) for f in rank_record_files(work_dir)]
-    if len(per_rank) == 1:
-        return per_rank[0]
-    out = {}
-    for it, rec in per_rank[0].items():
-        if any(it not in r for r in per_rank):
-            raise ValueError(f"{work_dir}: iteration {it} is missing from a rank's records")
-        out[it] = {**rec, "loss": sum(r[it]["loss"] for r in per_rank) / len(per_rank)}
-    return out
+    return mean_over_ranks(rank_records(work_dir), work_dir)
 
 
 def optimiser_steps(records: dict[int, dict], accum: int, source: str) -> dict[int, dict]:
@@ -88,33 +93,35 @@ def mean_data_time(steps: dict[int, dict], warmup: int) -> float:
     return sum(late) / max(len(late), 1)
 
 
-def step_timing(work_dir: str | Path, accum: int, warmup: int) -> dict:
+def step_timing(per_rank: list[dict[int, dict]], accum: int, warmup: int, source: str | Path) -> dict:
     """Per-rank micro-batch durations of the steps after ``warmup`` (see the module docstring).
 
-    Returns ``{"no_sync": [median s per rank], "sync": [median s per rank], "spread": mean s or None}``;
-    a micro-batch's duration is its end time minus the previous one's, so iteration 1 has none.
+    ``per_rank``: :func:`rank_records` of a run. Returns ``{"no_sync": [median s per rank], "sync": [median s
+    per rank], "spread": mean s or None}``; a micro-batch's duration is its end time minus the previous
+    one's, so iteration 1 has none.
     """
-    per_rank = [read_loss_records(f) for f in rank_record_files(work_dir)]
     no_sync, sync, work = [], [], []
     for records in per_rank:
-        its = sorted(records)
-        dur = {i: records[i]["time"] - records[i - 1]["time"] for i in its if i - 1 in records}
-        late = [i for i in dur if (i - 1) // accum + 1 > warmup]
-        if not late:
-            raise ValueError(f"{work_dir}: no micro-batches after the {warmup} warm-up steps")
-        ns = [dur[i] for i in late if i % accum]
-        no_sync.append(statistics.median(ns) if ns else None)
-        sync.append(statistics.median(dur[i] for i in late if i % accum == 0))
-        per_step: dict[int, float] = {}
-        for i in late:
+        ns, sy, per_step = [], [], {}
+        for i in sorted(records):
+            step = (i - 1) // accum  # 0-based optimiser step of iteration i
+            if i - 1 not in records or step < warmup:
+                continue
+            dur = records[i]["time"] - records[i - 1]["time"]
             if i % accum:
-                per_step[(i - 1) // accum] = per_step.get((i - 1) // accum, 0.0) + dur[i]
+                ns.append(dur)
+                per_step[step] = per_step.get(step, 0.0) + dur
+            else:
+                sy.append(dur)
+        if not sy:
+            raise ValueError(f"{source}: no micro-batches after the {warmup} warm-up steps")
+        no_sync.append(statistics.median(ns) if ns else None)
+        sync.append(statistics.median(sy))
         work.append(per_step)
     spread = None
-    if len(per_rank) > 1 and accum > 1:
-        steps = sorted(set.intersection(*(set(w) for w in work)))
-        if steps:
-            spread = sum(max(w[k] for w in work) - min(w[k] for w in work) for k in steps) / len(steps)
+    steps = set.intersection(*(set(w) for w in work))
+    if len(per_rank) > 1 and steps:
+        spread = sum(max(w[k] for w in work) - min(w[k] for w in work) for k in steps) / len(steps)
     return {"no_sync": no_sync, "sync": sync, "spread": spread}
 
 
@@ -135,8 +142,9 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=10, help="optimiser steps left out of the throughput")
     p.add_argument("--rel-tol", type=float, default=0.02, help="max |loss diff| / first loss to pass")
     a = p.parse_args()
-    s1 = optimiser_steps(run_records(a.one_gpu), a.accum_1, a.one_gpu)
-    sn = optimiser_steps(run_records(a.n_gpu), a.accum_n, a.n_gpu)
+    ranks_1, ranks_n = rank_records(a.one_gpu), rank_records(a.n_gpu)
+    s1 = optimiser_steps(mean_over_ranks(ranks_1, a.one_gpu), a.accum_1, a.one_gpu)
+    sn = optimiser_steps(mean_over_ranks(ranks_n, a.n_gpu), a.accum_n, a.n_gpu)
     common = sorted(set(s1) & set(sn))
     if len(common) < a.warmup + 2:
         print(f"too few common optimiser steps ({len(common)}) to compare", file=sys.stderr)
@@ -175,8 +183,8 @@ def main() -> int:
     print()
     print("| run | rank | micro-batch without sync (median s) | micro-batch ending a step (median s) |")
     print("|---|---|---|---|")
-    print_step_timing("1 GPU", step_timing(a.one_gpu, a.accum_1, a.warmup))
-    timing_n = step_timing(a.n_gpu, a.accum_n, a.warmup)
+    print_step_timing("1 GPU", step_timing(ranks_1, a.accum_1, a.warmup, a.one_gpu))
+    timing_n = step_timing(ranks_n, a.accum_n, a.warmup, a.n_gpu)
     print_step_timing(f"{a.gpus} GPUs", timing_n)
     if timing_n["spread"] is not None:
         print(
