@@ -1,16 +1,32 @@
-"""Convert images + binary mask PNGs (or a COCO instances JSON) into an annotations.json.
+"""Convert images + binary mask files (or a CSV of pairs, or a COCO instances JSON) into an annotations.json.
 
     # one object per image, exact RLE (default)
     python tools/masks_to_annotations.py --images data/x/images --masks data/x/masks \
         --out data/x/annotations.json --text "blood vessel"            # masks: {stem}_mask.png
+    # image and mask names that differ: a named field on both sides
+    python tools/masks_to_annotations.py --images I --masks M --out A.json --text "blood vessel" \
+        --image-pattern "{id}_img.tif" --mask-pattern "{id}_vessels.gif"
     # several objects per image
     python tools/masks_to_annotations.py --images I --masks M --out A.json \
         --mask-pattern "{stem}_artery.png" --text artery --mask-pattern "{stem}_vein.png" --text vein
+    # explicit pairs: a CSV with the columns image,mask[,text] (mask paths relative to --masks,
+    # else to the CSV's folder; several rows for one image are several objects)
+    python tools/masks_to_annotations.py --images I --pairs-csv pairs.csv --text "blood vessel" --out A.json
     # COCO instances JSON (category name -> text; polygons and RLE kept as they are)
     python tools/masks_to_annotations.py --coco instances.json --images I --out A.json
 
+Patterns: ``{name}`` fields (any name; ``{stem}`` is the image file name without extension), ``*``
+for any text; see projects/sa2va/datasets/pairing.py. Unpaired files (an image without a mask, a
+mask without an image, two masks for one image) are listed with the reason and are an error
+(unless --allow-missing; two masks for one image always is).
+
+Suspicious masks (foreground above --max-foreground of the image, or IoU >= 0.8 with the image's
+field of view: grey > 10/255, holes filled) are listed, and nothing is written unless
+--accept-suspicious is given: pointing --masks at a folder of field-of-view masks is refused.
+
 Prints a round-trip report (decoded annotation vs. source mask). Exit status: 0 on success; 1 on a
-conversion error, an invalid result, or an RLE round trip that is not exact (nothing is written).
+conversion error, unpaired files, suspicious masks, an invalid result, or an RLE round trip that is
+not exact (nothing is written).
 """
 
 from __future__ import annotations
@@ -24,8 +40,10 @@ from projects.sa2va.datasets.convert import (
     ConversionError,
     ConversionResult,
     MaskSpec,
+    SuspicionCheck,
     convert_coco,
     convert_mask_folder,
+    convert_pairs_csv,
     format_report,
 )
 
@@ -38,12 +56,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--images", type=Path, help="image folder (image paths are written relative to it)")
     parser.add_argument("--masks", type=Path, help="mask folder (may be the image folder)")
+    parser.add_argument(
+        "--image-pattern",
+        help="image file name pattern with named fields, e.g. '{id}_img.tif' (default: every image file)",
+    )
+    parser.add_argument(
+        "--pairs-csv", type=Path, help="CSV with the columns image,mask[,text] instead of patterns"
+    )
     parser.add_argument("--out", type=Path, required=True, help="annotations.json to write")
     parser.add_argument(
         "--mask-pattern",
         action="append",
         default=[],
-        help=f"mask file name formatted with the image stem (default {DEFAULT_PATTERN!r}); pair with --text",
+        help=f"mask file name pattern, e.g. '{{id}}_vessels.gif' (default {DEFAULT_PATTERN!r}); "
+        "pair with --text",
     )
     parser.add_argument(
         "--text", action="append", default=[], help="text of the object of each --mask-pattern"
@@ -56,7 +82,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threshold", type=int, default=127, help="mask pixels > threshold (0..255) are foreground"
     )
     parser.add_argument(
-        "--allow-missing", action="store_true", help="list images without a mask instead of failing"
+        "--allow-missing",
+        action="store_true",
+        help="list images without a mask and masks without an image instead of failing",
+    )
+    parser.add_argument(
+        "--accept-suspicious",
+        action="store_true",
+        help="write the annotations even if masks look like field-of-view / whole-image masks",
+    )
+    parser.add_argument(
+        "--max-foreground",
+        type=float,
+        default=SuspicionCheck.max_foreground,
+        help="a mask covering more than this fraction of its image is suspicious (default 0.5)",
     )
     parser.add_argument(
         "--skip-empty", action="store_true", help="list all-background masks instead of failing"
@@ -70,6 +109,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(
                 "--coco keeps COCO polygons/RLE as they are: drop --format/--mask-pattern/--text/--masks"
             )
+        if args.pairs_csv or args.image_pattern:
+            parser.error("--coco cannot be combined with --pairs-csv or --image-pattern")
+    elif args.pairs_csv is not None:
+        if args.images is None:
+            parser.error("--pairs-csv needs --images (record image paths are relative to it)")
+        if args.mask_pattern or args.image_pattern:
+            parser.error("--pairs-csv names every pair: drop --mask-pattern/--image-pattern")
+        if len(args.text) > 1:
+            parser.error("with --pairs-csv give at most one --text (the default of rows without text)")
     else:
         if args.images is None or args.masks is None:
             parser.error("--images and --masks are required (or use --coco)")
@@ -88,24 +136,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     fmt = args.format or "rle"
+    common = dict(
+        fmt=fmt,
+        tolerance=args.tolerance,
+        threshold=args.threshold,
+        allow_missing=args.allow_missing,
+        skip_empty=args.skip_empty,
+        suspicion=SuspicionCheck(max_foreground=args.max_foreground),
+    )
     try:
         if args.coco is not None:
             result: ConversionResult = convert_coco(args.coco, per_instance=args.per_instance)
+        elif args.pairs_csv is not None:
+            text = args.text[0] if args.text else None
+            result = convert_pairs_csv(args.pairs_csv, args.images, masks_dir=args.masks, text=text, **common)
         else:
             result = convert_mask_folder(
-                args.images,
-                args.masks,
-                args.specs,
-                fmt=fmt,
-                tolerance=args.tolerance,
-                threshold=args.threshold,
-                allow_missing=args.allow_missing,
-                skip_empty=args.skip_empty,
+                args.images, args.masks, args.specs, image_pattern=args.image_pattern, **common
             )
     except ConversionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(format_report(result, per_image=not args.summary_only))
+    if result.suspicious and not args.accept_suspicious:
+        print(
+            f"error: {len(result.suspicious)} suspicious mask(s), listed above as SUSPICIOUS (first: "
+            f"{result.suspicious[0].mask}); check that --masks is the object masks folder, or pass "
+            "--accept-suspicious to write them anyway; nothing written",
+            file=sys.stderr,
+        )
+        return 1
 
     problems = validate_records(result.records, args.out, args.images, check_images=args.images is not None)
     for problem in problems:
