@@ -17,15 +17,11 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def build_model_from_config(config: str | Path | Config, cfg_options: dict[str, Any] | None = None) -> Any:
-    """Build ``cfg.model`` (a ``Sa2VAModel``) from a config file, with ``--cfg-options``-style overrides."""
-    from xtuner.registry import BUILDER
+    """Build ``cfg.model`` (a ``Sa2VAModel``), seeded as training seeds it, without a checkpoint
+    (:func:`projects.sa2va.engine.builder.build_model`)."""
+    from ..engine.builder import build_model
 
-    cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    model = BUILDER.build(cfg.model)
-    model.eval()
-    return model
+    return build_model(config, None, cfg_options=cfg_options)
 
 
 def convert_to_hf(
@@ -40,12 +36,15 @@ def convert_to_hf(
 ) -> ExportReport | list[str]:
     """Config + trainable checkpoint -> an official HF folder (LoRA merged) or an adapter folder.
 
-    The config's model is built (its ``load_weights`` reads the source HF folder), the trainable
-    checkpoint is loaded strictly (``Sa2VAModel.load_trainable_checkpoint``), then exported.
+    The config's model is built by :func:`projects.sa2va.engine.builder.build_model`: seeded with the
+    seed the run recorded in ``checkpoint`` (else the config's ``randomness.seed``), exactly as the
+    training runner seeds before it builds, so frozen parts that no file holds (random-initialised
+    encoders) equal the trained model's; its ``load_weights`` reads the source HF folder; the
+    trainable checkpoint is loaded strictly; then the model is exported.
     """
-    model = build_model_from_config(config, cfg_options)
-    if checkpoint is not None:
-        model.load_trainable_checkpoint(str(checkpoint))
+    from ..engine.builder import build_model
+
+    model = build_model(config, checkpoint, cfg_options=cfg_options)
     if adapter_only:
         return export_adapter(model, save_path)
     if dtype is not None and dtype not in _DTYPES:

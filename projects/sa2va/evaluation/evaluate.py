@@ -33,15 +33,9 @@ from mmengine.config import Config
 from mmengine.dataset import DefaultSampler
 from mmengine.dist import get_dist_info, is_main_process
 from mmengine.logging import MMLogger
-from mmengine.runner import set_random_seed
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ..checkpoint.safe_load import (
-    check_not_deepspeed_dir,
-    load_checkpoint_file,
-    trainable_state_from_checkpoint,
-)
 from ..datasets.collate import sa2va_collate
 from ..models.builder import build_component
 from .metrics import write_report
@@ -125,37 +119,18 @@ def build_eval_loader(dataset: Any, batch_size: int = 1, num_workers: int = 0) -
 
 
 def build_model(cfg: Config, checkpoint: str | Path, device: torch.device) -> Any:
-    """Build ``cfg.model`` and load ``checkpoint`` (trainable ``.pth`` or exported HF folder).
+    """Build ``cfg.model`` and load ``checkpoint`` (trainable ``.pth`` or exported HF folder), on ``device``.
 
-    The model is built after ``set_random_seed(cfg.randomness.seed)``, as the training runner
-    does, so randomly initialised parts outside the checkpoint match the trained model's.
+    Through :func:`projects.sa2va.engine.builder.build_model`, seeded as the training runner seeds
+    (the checkpoint's recorded seed, else ``cfg.randomness.seed``), so randomly initialised parts
+    outside the checkpoint match the trained model's.
 
     Raises:
         FileNotFoundError: missing checkpoint. KeyError: checkpoint keys that do not match.
     """
-    checkpoint = Path(checkpoint)
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg["pretrained_pth"] = None
-    check_not_deepspeed_dir(checkpoint)
-    if checkpoint.is_dir():
-        try:
-            from ..checkpoint.hf_sa2va import HFSa2VALoader
-        except ImportError as e:  # pragma: no cover - depends on the tree
-            raise ImportError(f"{checkpoint} is a folder, but HF-folder loading is unavailable: {e}") from e
-        model_cfg["load_weights"] = dict(type=HFSa2VALoader, path=str(checkpoint))
-    elif not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} not found")
-    seed = (cfg.get("randomness") or {}).get("seed", 0)
-    set_random_seed(0 if seed is None else seed)
-    model = build_component(model_cfg)
-    if checkpoint.is_file():
-        state = trainable_state_from_checkpoint(load_checkpoint_file(checkpoint))
-        try:
-            model.load_state_dict(state, strict=True)
-        except KeyError as e:
-            raise KeyError(f"{checkpoint}: {e}") from None
-        _logger().info(f"loaded {len(state)} trainable tensors from {checkpoint}")
-    return model.to(device).eval()
+    from ..engine.builder import build_model as build_seeded_model
+
+    return build_seeded_model(cfg, checkpoint).to(device).eval()
 
 
 @torch.no_grad()

@@ -45,7 +45,6 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from PIL import Image
 from transformers import GenerationConfig
-from xtuner.registry import BUILDER
 from xtuner.utils import PROMPT_TEMPLATE
 
 from ..datasets.image_processing import (
@@ -233,7 +232,7 @@ class Sa2VAPredictor:
         *,
         device: str | torch.device = "cpu",
         cfg_options: dict | None = None,
-        seed: int | None = 0,
+        seed: int | None = None,
         threshold: float | None = None,
         threshold_file: str | Path | None = None,
         **kwargs: Any,
@@ -246,32 +245,20 @@ class Sa2VAPredictor:
                 strictly; ``None`` keeps the weights the config loads (e.g. an HF folder).
             device: where the model runs.
             cfg_options: overrides merged into the config (``Config.merge_from_dict``).
-            seed: ``torch.manual_seed`` before building, so that parts the config does not load
-                (random-initialised test models) are reproducible; ``None``: no seeding.
+            seed: the seed to build with; ``None``: the one training built with (the checkpoint's
+                recorded seed, else the config's ``randomness.seed``), so that parts no file holds
+                (random-initialised frozen encoders) equal the trained model's
+                (:func:`~projects.sa2va.engine.builder.build_model`).
             threshold / threshold_file: the default mask threshold, given or read from a JSON file
                 (:func:`load_threshold`); at most one of them; neither: 0.5.
             **kwargs: other :class:`Sa2VAPredictor` arguments. ``template``, ``min_tiles``,
                 ``max_tiles`` and ``use_thumbnail`` default to the config's ``template`` and its
                 validation (else training) dataset, when present.
         """
-        config_path = Path(config_path)
-        if not config_path.is_file():
-            raise FileNotFoundError(f"config file {config_path} not found")
-        if checkpoint is not None and not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"checkpoint file {checkpoint} not found")
-        cfg = Config.fromfile(str(config_path))
-        if cfg_options:
-            cfg.merge_from_dict(cfg_options)
-        if "model" not in cfg:
-            raise KeyError(f"{config_path}: no `model` in the config")
-        if seed is not None:
-            torch.manual_seed(seed)
-        model = BUILDER.build(cfg.model)
-        if not isinstance(model, Sa2VAModel):
-            raise TypeError(f"{config_path}: `model` builds a {type(model).__name__}, not a Sa2VAModel")
-        if checkpoint is not None:
-            model.load_trainable_checkpoint(str(checkpoint))
-            MMLogger.get_current_instance().info(f"Sa2VAPredictor: loaded {checkpoint}")
+        from ..engine.builder import build_model, load_config
+
+        cfg = load_config(config_path, cfg_options)
+        model = build_model(cfg, checkpoint, seed=seed)
         for key, value in _config_defaults(cfg).items():
             kwargs.setdefault(key, value)
         kwargs["threshold"] = _pick_threshold(threshold, threshold_file)
