@@ -1,4 +1,4 @@
-"""Convert images + binary mask files (or a CSV of pairs, or a COCO instances JSON) into an annotations.json.
+r"""Convert images + binary mask files (or a CSV of pairs, or a COCO instances JSON) into an annotations.json.
 
     # one object per image, exact RLE (default)
     python tools/masks_to_annotations.py --images data/x/images --masks data/x/masks \
