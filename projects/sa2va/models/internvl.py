@@ -11,42 +11,21 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+from transformers import GenerationConfig, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
 from ..pixels import model_pixels
 from .builder import build_component
 from .fast_init import default_dtype, torch_init_disabled
 from .internvit import InternVisionConfig, InternVisionModel
+from .mllm import LLMFamily, MLLMAdapter
 from .tokenizer import add_sa2va_tokens
 
 IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
-
-
-@dataclass(frozen=True)
-class LLMFamily:
-    """What differs between LLM families, stated explicitly (never inferred from a path).
-
-    Attributes:
-        name: family name (``qwen2``, ``internlm2``).
-        lora_targets: module names (last path component) of every linear layer of the decoder
-            blocks that gets a LoRA adapter. The LM head is never one of them.
-        embed_module: name of the input-embedding module (trained as a full copy with LoRA).
-        head_module: name of the output-head module (trained as a full copy with LoRA).
-        default_template: chat template name of :data:`xtuner.utils.PROMPT_TEMPLATE`.
-    """
-
-    name: str
-    lora_targets: tuple[str, ...]
-    embed_module: str
-    head_module: str
-    default_template: str
 
 
 def pixel_shuffle(x: torch.Tensor, ps_version: str = "v2") -> torch.Tensor:
@@ -81,7 +60,7 @@ def read_hf_config(path: str | Path) -> dict[str, Any]:
         return json.load(f)
 
 
-class InternVLMLLM(nn.Module):
+class InternVLMLLM(MLLMAdapter):
     """InternVL: InternViT vision encoder + ``mlp1`` projector + a causal LM.
 
     Args:
@@ -98,8 +77,6 @@ class InternVLMLLM(nn.Module):
         torch_dtype: dtype of the built weights (``None``: float32).
         gradient_checkpointing: recompute LLM (and ViT) activations in backward.
     """
-
-    family: ClassVar[LLMFamily]
 
     def __init__(
         self,
@@ -171,57 +148,6 @@ class InternVLMLLM(nn.Module):
         ``post_init``) must set every weight that is not a constant of its constructor.
         """
         raise NotImplementedError
-
-    # --- structure -------------------------------------------------------------------------------
-    @property
-    def hidden_size(self) -> int:
-        return int(self.language_model.config.hidden_size)
-
-    def base_llm(self) -> PreTrainedModel:
-        """The transformers causal LM, with or without the PEFT wrapper around it."""
-        lm = self.language_model
-        return lm.get_base_model() if self.lora_applied else lm
-
-    def resize_token_embeddings(self) -> None:
-        """Grow the LM embeddings and head to ``len(tokenizer)`` (new rows: mean init by transformers).
-
-        Never shrinks: released LMs pad their vocabulary (Qwen2.5: 151936 rows for 151665 tokens).
-        """
-        n = len(self.tokenizer)
-        if self.base_llm().get_input_embeddings().weight.shape[0] < n:
-            self.base_llm().resize_token_embeddings(n, mean_resizing=True)
-
-    def apply_lora(
-        self, *, r: int = 128, alpha: int = 256, dropout: float = 0.05, train_embeddings: bool = True
-    ) -> None:
-        """Wrap the LM with PEFT LoRA on every decoder linear layer (never the head).
-
-        With ``train_embeddings`` the input embeddings and the LM head are trained as full copies
-        (PEFT ``modules_to_save``).
-        """
-        if self.lora_applied:
-            raise RuntimeError("LoRA is already applied")
-        fam = self.family
-        expected = sum(
-            1
-            for name, _ in self.language_model.named_modules()
-            if name.rsplit(".", 1)[-1] in fam.lora_targets
-        )
-        if expected == 0:
-            raise ValueError(f"no module named {fam.lora_targets} in the {fam.name} LM: wrong adapter class?")
-        cfg = LoraConfig(
-            r=r,
-            lora_alpha=alpha,
-            lora_dropout=dropout,
-            bias="none",
-            target_modules=list(fam.lora_targets),
-            modules_to_save=[fam.embed_module, fam.head_module] if train_embeddings else None,
-        )
-        self.language_model = get_peft_model(self.language_model, cfg)
-        self.lora_applied = True
-        got = sum(1 for name, _ in self.language_model.named_modules() if name.endswith(".lora_A"))
-        if got != expected:
-            raise RuntimeError(f"LoRA wrapped {got} modules, expected {expected} ({fam.lora_targets})")
 
     def enable_gradient_checkpointing(self) -> None:
         self.base_llm().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -300,6 +226,7 @@ class InternVLMLLM(nn.Module):
         position_ids: torch.Tensor | None = None,
         vit_tokens: torch.Tensor | None = None,
         image_slots_checked: bool = False,
+        image_grid_thw: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced forward.
 
@@ -310,10 +237,13 @@ class InternVLMLLM(nn.Module):
             position_ids: ``[B, L]`` (default: 0..L-1).
             vit_tokens: precomputed :meth:`encode_vit` output ``[T, N, C_vit]`` (feature cache);
                 replaces ``pixel_values``.
+            image_grid_thw: must be ``None`` (Qwen-VL inputs; InternVL tiles have a fixed grid).
 
         Returns:
             ``(logits [B, L, V], hidden [B, L, H])``, hidden = last layer after the final norm.
         """
+        if image_grid_thw is not None:
+            raise ValueError("image_grid_thw is a Qwen-VL input; InternVL takes fixed-size tiles")
         if vit_tokens is None and pixel_values is not None:
             vit_tokens = self.encode_vit(pixel_values)
         image_tokens = self.project_vit(vit_tokens) if vit_tokens is not None else None
@@ -328,6 +258,36 @@ class InternVLMLLM(nn.Module):
         )
         return out.logits, out.hidden_states[-1]
 
+
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        vit_tokens: torch.Tensor,
+        generation_config: GenerationConfig,
+        image_grid_thw: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Greedy decoding from left-padded prompts (transformers ``generate`` with a KV cache).
+
+        Args:
+            input_ids / attention_mask: ``[B, L]`` left-padded prompts with their ``<IMG_CONTEXT>`` slots.
+            vit_tokens: ``[T, N, C_vit]`` :meth:`encode_vit` output of all tiles, in sample order.
+            generation_config: greedy settings (eos / stop strings / budget).
+            **kwargs: passed to ``generate`` (e.g. ``tokenizer`` for stop strings).
+
+        Returns:
+            ``[B, n]`` the new tokens only (``n <= max_new_tokens``).
+        """
+        if image_grid_thw is not None:
+            raise ValueError("image_grid_thw is a Qwen-VL input; InternVL takes fixed-size tiles")
+        embeds = self.embed(input_ids, self.project_vit(vit_tokens))
+        # With only `inputs_embeds`, transformers returns the new tokens alone.
+        out = self.language_model.generate(
+            inputs_embeds=embeds, attention_mask=attention_mask, generation_config=generation_config, **kwargs
+        )
+        return out.sequences
 
 class Qwen2InternVL(InternVLMLLM):
     """InternVL with a Qwen2 / Qwen2.5 LM (Sa2VA-1B, -4B, InternVL3-based Sa2VA)."""
@@ -347,7 +307,9 @@ class Qwen2InternVL(InternVLMLLM):
         # copies, so they are never tied here (even for Qwen2.5-0.5B, whose base config ties them).
         config.tie_word_embeddings = False
         config.use_cache = False
-        return Qwen2ForCausalLM._from_config(config, attn_implementation="sdpa", torch_dtype=dtype)
+        # transformers >= 4.56 builds in `config.dtype` when no dtype is given: state the build dtype.
+        dtype = dtype if dtype is not None else torch.get_default_dtype()
+        return Qwen2ForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype)
 
 
 class InternLM2InternVL(InternVLMLLM):
@@ -368,4 +330,5 @@ class InternLM2InternVL(InternVLMLLM):
         config = InternLM2Config(**{k: v for k, v in llm_config.items() if k not in drop})
         config.tie_word_embeddings = False
         config.use_cache = False
-        return InternLM2ForCausalLM._from_config(config, torch_dtype=dtype)
+        dtype = dtype if dtype is not None else torch.get_default_dtype()  # not config.dtype (4.57)
+        return InternLM2ForCausalLM._from_config(config, dtype=dtype)

@@ -1,0 +1,108 @@
+"""What every MLLM adapter of Sa2VA shares: the LLM-family description, LoRA on the LLM, embedding resize.
+
+An adapter (``InternVLMLLM`` subclasses in :mod:`.internvl`, ``QwenVLMLLM`` subclasses in :mod:`.qwenvl`)
+holds its vision tower as ``vision_model``, an optional trainable projector as ``mlp1`` and a causal LM
+(a transformers ``PreTrainedModel`` with ``get_input_embeddings`` and an output head) as
+``language_model``; :class:`~.sa2va.Sa2VAModel` assigns parts by these names. It exposes the contract
+``Sa2VAModel`` uses: ``tokenizer``, ``template``, ``img_context_token_id`` (the image-slot token),
+``num_image_token`` / ``vision_rows_per_output`` (image slots per vision-feature row, pixel rows per
+feature row), ``encode_vit`` (frozen part, cacheable), ``forward`` (teacher-forced logits and hidden
+states) and ``generate_ids`` (greedy decoding for the predictor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import PreTrainedModel
+
+__all__ = ["LLMFamily", "MLLMAdapter"]
+
+
+@dataclass(frozen=True)
+class LLMFamily:
+    """What differs between LLM families, stated explicitly (never inferred from a path).
+
+    Attributes:
+        name: family name (``qwen2``, ``internlm2``).
+        lora_targets: module names (last path component) of every linear layer of the decoder
+            blocks that gets a LoRA adapter. The LM head is never one of them.
+        embed_module: name of the input-embedding module (trained as a full copy with LoRA).
+        head_module: name of the output-head module (trained as a full copy with LoRA).
+        default_template: chat template name of :data:`xtuner.utils.PROMPT_TEMPLATE`.
+    """
+
+    name: str
+    lora_targets: tuple[str, ...]
+    embed_module: str
+    head_module: str
+    default_template: str
+
+
+class MLLMAdapter(nn.Module):
+    """Base of the MLLM adapters: LoRA, embedding resize and the LM accessors (see the module docstring).
+
+    Subclasses set ``family`` and build ``tokenizer``, ``vision_model``, ``language_model`` and
+    ``lora_applied = False`` in ``__init__``.
+    """
+
+    family: ClassVar[LLMFamily]
+    #: Pixel rows of ``pixel_values`` per row of :meth:`encode_vit`'s output (InternVL: 1 tile -> 1 row
+    #: of tokens; Qwen-VL: ``merge_size**2`` patches -> 1 token).
+    vision_rows_per_output: int = 1
+    language_model: nn.Module
+
+    # --- structure -------------------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return int(self.language_model.config.hidden_size)
+
+    def base_llm(self) -> PreTrainedModel:
+        """The transformers causal LM, with or without the PEFT wrapper around it."""
+        lm = self.language_model
+        return lm.get_base_model() if self.lora_applied else lm
+
+    def resize_token_embeddings(self) -> None:
+        """Grow the LM embeddings and head to ``len(tokenizer)`` (new rows: mean init by transformers).
+
+        Never shrinks: released LMs pad their vocabulary (Qwen2.5: 151936 rows for 151665 tokens).
+        """
+        n = len(self.tokenizer)
+        if self.base_llm().get_input_embeddings().weight.shape[0] < n:
+            self.base_llm().resize_token_embeddings(n, mean_resizing=True)
+
+    def apply_lora(
+        self, *, r: int = 128, alpha: int = 256, dropout: float = 0.05, train_embeddings: bool = True
+    ) -> None:
+        """Wrap the LM with PEFT LoRA on every decoder linear layer (never the head).
+
+        With ``train_embeddings`` the input embeddings and the LM head are trained as full copies
+        (PEFT ``modules_to_save``).
+        """
+        if self.lora_applied:
+            raise RuntimeError("LoRA is already applied")
+        fam = self.family
+        expected = sum(
+            1
+            for name, _ in self.language_model.named_modules()
+            if name.rsplit(".", 1)[-1] in fam.lora_targets
+        )
+        if expected == 0:
+            raise ValueError(f"no module named {fam.lora_targets} in the {fam.name} LM: wrong adapter class?")
+        cfg = LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            bias="none",
+            target_modules=list(fam.lora_targets),
+            modules_to_save=[fam.embed_module, fam.head_module] if train_embeddings else None,
+        )
+        self.language_model = get_peft_model(self.language_model, cfg)
+        self.lora_applied = True
+        got = sum(1 for name, _ in self.language_model.named_modules() if name.endswith(".lora_A"))
+        if got != expected:
+            raise RuntimeError(f"LoRA wrapped {got} modules, expected {expected} ({fam.lora_targets})")
+
