@@ -258,7 +258,6 @@ class InternVLMLLM(MLLMAdapter):
         )
         return out.logits, out.hidden_states[-1]
 
-
     @torch.no_grad()
     def generate_ids(
         self,
@@ -288,6 +287,7 @@ class InternVLMLLM(MLLMAdapter):
             inputs_embeds=embeds, attention_mask=attention_mask, generation_config=generation_config, **kwargs
         )
         return out.sequences
+
 
 class Qwen2InternVL(InternVLMLLM):
     """InternVL with a Qwen2 / Qwen2.5 LM (Sa2VA-1B, -4B, InternVL3-based Sa2VA)."""

@@ -105,4 +105,3 @@ class MLLMAdapter(nn.Module):
         got = sum(1 for name, _ in self.language_model.named_modules() if name.endswith(".lora_A"))
         if got != expected:
             raise RuntimeError(f"LoRA wrapped {got} modules, expected {expected} ({fam.lora_targets})")
-

@@ -55,7 +55,14 @@ VISION_START_TOKEN = "<|vision_start|>"
 VISION_END_TOKEN = "<|vision_end|>"
 
 #: ``config.json`` entries that are not arguments of the Qwen-VL config class.
-_NOT_CONFIG_ARGS = ("architectures", "auto_map", "_name_or_path", "model_type", "template", "transformers_version")
+_NOT_CONFIG_ARGS = (
+    "architectures",
+    "auto_map",
+    "_name_or_path",
+    "model_type",
+    "template",
+    "transformers_version",
+)
 
 
 class QwenVLCausalLM(PreTrainedModel):
@@ -238,7 +245,9 @@ class QwenVLMLLM(MLLMAdapter):
         return next(self.vision_model.parameters()).dtype
 
     # --- forward ---------------------------------------------------------------------------------
-    def encode_vit(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_vit(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Frozen part: the whole vision tower (merger and DeepStack mergers included).
 
         Args:
@@ -253,7 +262,9 @@ class QwenVLMLLM(MLLMAdapter):
         if image_grid_thw is None:
             raise ValueError("Qwen-VL vision needs image_grid_thw")
         weight = next(self.vision_model.parameters())
-        out = self.vision_model(pixel_values.to(weight.device, weight.dtype), grid_thw=image_grid_thw.to(weight.device))
+        out = self.vision_model(
+            pixel_values.to(weight.device, weight.dtype), grid_thw=image_grid_thw.to(weight.device)
+        )
         if isinstance(out, tuple):  # Qwen3-VL: (embeds, [deepstack features])
             embeds, deep = out
             return torch.cat([embeds, *deep], dim=-1)
@@ -272,7 +283,7 @@ class QwenVLMLLM(MLLMAdapter):
         """Teacher-forced forward.
 
         Args:
-            input_ids: ``[B, L]``; each image is ``<|vision_start|>`` + ``<|image_pad|>`` * n + ``<|vision_end|>``.
+            input_ids: ``[B, L]``; an image is ``<|vision_start|>`` ``<|image_pad|>`` * n ``<|vision_end|>``.
             attention_mask: ``[B, L]`` 1 for real tokens.
             pixel_values: ``[P, C*T*p*p]`` patches (see :meth:`encode_vit`).
             position_ids: ``[3, B, L]``; default: the model class's ``get_rope_index``.
@@ -308,9 +319,12 @@ class QwenVLMLLM(MLLMAdapter):
         )
 
     def rope_index(
-        self, input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None, attention_mask: torch.Tensor | None
+        self,
+        input_ids: torch.Tensor,
+        image_grid_thw: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """``[3, B, L]`` M-RoPE position ids by transformers' ``get_rope_index`` (it reads only ``config``)."""
+        """``[3, B, L]`` M-RoPE position ids from transformers' ``get_rope_index`` (reads only ``config``)."""
         grid = image_grid_thw.to(input_ids.device) if image_grid_thw is not None else None
         positions, _ = self.rope_model_class.get_rope_index(
             self, input_ids=input_ids, image_grid_thw=grid, attention_mask=attention_mask
