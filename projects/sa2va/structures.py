@@ -17,10 +17,13 @@ class Sa2VABatch:
             ``<img><IMG_CONTEXT>*(256*tiles)</img>``).
         attention_mask: ``[B, L]`` long, 1 for real tokens.
         labels: ``[B, L]`` long, ``-100`` everywhere except the assistant answers and their end token.
-        pixel_values: ``[T, 3, S, S]`` InternViT tiles of all samples, in sample order (``S`` = 448
-            for the released models): uint8 pixels (normalised on the device by
+        pixel_values: the vision inputs of all samples, in sample order. InternVL: ``[T, 3, S, S]``
+            tiles (``S`` = 448 for the released models), uint8 pixels (normalised on the device by
             :func:`~projects.sa2va.pixels.model_pixels` in the encoders) or float32, ImageNet-normalised.
-        num_tiles: ``[B]`` tiles per sample (``sum == T``).
+            Qwen-VL: ``[P, C*t*p*p]`` float32 normalised patches (the Qwen-VL image processor's rows).
+        num_tiles: ``[B]`` rows of ``pixel_values`` per sample (InternVL tiles, Qwen-VL patches).
+        image_grid_thw: Qwen-VL only: ``[B, 3]`` long ``(t, h, w)`` patch grid of each sample's image
+            (``num_tiles[i] == t * h * w``); ``None`` for InternVL.
         g_pixel_values: ``[B, 3, G, G]`` SAM2 input (``G`` = 1024): uint8 pixels or float32,
             ImageNet-normalised (as ``pixel_values``).
         masks: per sample ``[n_i, H_i, W_i]`` uint8 ground-truth masks at the original image size,
@@ -49,6 +52,7 @@ class Sa2VABatch:
     sam2_fpn: list[torch.Tensor] | None = None
     input_digests: list[tuple[str | None, str]] | None = None
     seg_counts: list[int] | None = None
+    image_grid_thw: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

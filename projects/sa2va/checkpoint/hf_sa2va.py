@@ -373,8 +373,8 @@ def plan_shards(sizes: list[int], max_shard_bytes: int) -> list[list[int]]:
 
 
 def _build_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype the model was built in: that of its frozen ViT patch embedding (never upcast)."""
-    return model.mllm.vision_model.embeddings.patch_embedding.weight.dtype
+    """The dtype the model was built in: that of its frozen vision tower (never upcast)."""
+    return model.mllm.build_dtype
 
 
 def official_config(model: nn.Module, source: dict[str, Any] | None, dtype: torch.dtype) -> dict[str, Any]:

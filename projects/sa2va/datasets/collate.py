@@ -15,7 +15,8 @@ def sa2va_collate(samples: list[dict[str, Any]], digests: bool = False) -> dict[
 
     Args:
         samples: items of :class:`RefSegDataset` (``input_ids [L_i]``, ``labels [L_i]``,
-            ``pixel_values [T_i, 3, S, S]``, ``g_pixel_values [3, G, G]``, ``masks [n_i, H_i, W_i]``).
+            ``pixel_values [T_i, 3, S, S]`` or Qwen-VL ``[P_i, D]`` with ``image_grid_thw [1, 3]``,
+            ``g_pixel_values [3, G, G]``, ``masks [n_i, H_i, W_i]``).
         digests: also hash each sample's pixel tensors (``Sa2VABatch.input_digests``, the keys of the
             frozen-feature cache) here, i.e. in the DataLoader workers.
 
@@ -41,6 +42,10 @@ def sa2va_collate(samples: list[dict[str, Any]], digests: bool = False) -> dict[
     has_pix = [s.get("pixel_values") is not None for s in samples]
     if any(has_pix) and not all(has_pix):
         raise ValueError("either every sample of a batch has an image or none has")
+    has_grid = [s.get("image_grid_thw") is not None for s in samples]
+    if any(has_grid) and not all(has_grid):
+        raise ValueError("either every sample of a batch has an image_grid_thw (Qwen-VL) or none has")
+    grid = torch.cat([s["image_grid_thw"] for s in samples]) if all(has_grid) and samples else None
     batch = Sa2VABatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -53,7 +58,10 @@ def sa2va_collate(samples: list[dict[str, Any]], digests: bool = False) -> dict[
         masks=[s["masks"] for s in samples],
         image_ids=[s.get("image_id", str(i)) for i, s in enumerate(samples)],
         texts=[list(s.get("texts", [])) for s in samples],
+        image_grid_thw=grid,
     )
     if digests:
-        batch.input_digests = sample_digests(batch.pixel_values, batch.num_tiles, batch.g_pixel_values)
+        batch.input_digests = sample_digests(
+            batch.pixel_values, batch.num_tiles, batch.g_pixel_values, batch.image_grid_thw
+        )
     return {"data": batch, "data_samples": None}

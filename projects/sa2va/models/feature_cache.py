@@ -67,13 +67,21 @@ def tensor_digest(t: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def sample_digests(pixel_values: torch.Tensor | None, num_tiles: Sequence[int], g_pixel_values: torch.Tensor):
-    """Per sample ``(digest of its InternViT tiles or None, digest of its SAM2 input)``.
+def sample_digests(
+    pixel_values: torch.Tensor | None,
+    num_tiles: Sequence[int],
+    g_pixel_values: torch.Tensor,
+    image_grid_thw: torch.Tensor | None = None,
+):
+    """Per sample ``(digest of its vision input or None, digest of its SAM2 input)``.
 
     Args:
-        pixel_values: ``[T, 3, S, S]`` tiles of all samples (``None`` for text-only batches).
-        num_tiles: ``[B]`` tiles per sample.
+        pixel_values: ``[T, 3, S, S]`` tiles (or Qwen-VL ``[P, D]`` patches) of all samples (``None`` for
+            text-only batches).
+        num_tiles: ``[B]`` rows of ``pixel_values`` per sample.
         g_pixel_values: ``[B, 3, G, G]``.
+        image_grid_thw: Qwen-VL ``[B, 3]`` patch grids, hashed with the patches (the same patch rows
+            under another grid are another input).
     """
     out: list[tuple[str | None, str]] = []
     start = 0
@@ -81,6 +89,8 @@ def sample_digests(pixel_values: torch.Tensor | None, num_tiles: Sequence[int], 
         vit = None
         if pixel_values is not None and n > 0:
             vit = tensor_digest(pixel_values[start : start + n])
+            if image_grid_thw is not None:
+                vit = hashlib.sha256(f"{vit}|{image_grid_thw[i].tolist()}".encode()).hexdigest()
         start += n
         out.append((vit, tensor_digest(g_pixel_values[i])))
     return out
@@ -360,7 +370,9 @@ class FrozenFeatureCache:
                     "(set `collate_fn=dict(type=sa2va_collate, digests=True)` to do it in the workers)"
                 )
                 self._warned_no_digests = True
-            digests = sample_digests(batch.pixel_values, batch.num_tiles, batch.g_pixel_values)
+            digests = sample_digests(
+                batch.pixel_values, batch.num_tiles, batch.g_pixel_values, batch.image_grid_thw
+            )
         if len(digests) != batch.batch_size:
             raise ValueError(f"batch has {len(digests)} input digests for {batch.batch_size} samples")
 
@@ -372,14 +384,19 @@ class FrozenFeatureCache:
             with_tiles = [i for i, n in enumerate(batch.num_tiles) if n > 0]
             starts = [sum(batch.num_tiles[:i]) for i in range(batch.batch_size)]
 
+            per_out = model.mllm.vision_rows_per_output
+
             def run_vit(todo: list[int]) -> list[list[torch.Tensor]]:
                 rows = [with_tiles[j] for j in todo]
                 pix = torch.cat(
                     [batch.pixel_values[starts[i] : starts[i] + batch.num_tiles[i]] for i in rows]
                 )
+                grid = {}
+                if batch.image_grid_thw is not None:
+                    grid = {"image_grid_thw": batch.image_grid_thw[rows]}
                 with torch.no_grad():
-                    out = model.mllm.encode_vit(pix.to(device, non_blocking=True))
-                return [[t] for t in out.split([batch.num_tiles[i] for i in rows])]
+                    out = model.mllm.encode_vit(pix.to(device, non_blocking=True), **grid)
+                return [[t] for t in out.split([batch.num_tiles[i] // per_out for i in rows])]
 
             keys = [self._key("vit", fp, ctx, digests[i][0]) for i in with_tiles]
             vit_tokens = torch.cat([e[0] for e in self._cached(keys, device, run_vit)])

@@ -149,6 +149,11 @@ class InternVLMLLM(MLLMAdapter):
         """
         raise NotImplementedError
 
+    @property
+    def build_dtype(self) -> torch.dtype:
+        """The dtype the model was built in: that of its frozen ViT patch embedding (never upcast)."""
+        return self.vision_model.embeddings.patch_embedding.weight.dtype
+
     def enable_gradient_checkpointing(self) -> None:
         self.base_llm().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.base_llm().config.use_cache = False

@@ -22,7 +22,7 @@ from ..structures import Sa2VABatch
 from .builder import build_component
 from .fast_init import no_weight_init
 from .feature_cache import FrozenFeatureCache, build_feature_cache
-from .internvl import InternVLMLLM
+from .mllm import MLLMAdapter
 from .losses import MaskLoss
 from .sam2_grounding import SAM2GroundingEncoder, SAM2ImageFeatures, upsample_logits
 
@@ -80,6 +80,7 @@ class Sa2VADataPreprocessor(BaseDataPreprocessor):
     seg_token_idx: int | None = None
     img_context_token_id: int | None = None
     num_image_token: int = 0
+    vision_rows_per_output: int = 1
     keep_pixels_on_host: bool = False
 
     def forward(self, data: dict, training: bool = False) -> dict:
@@ -91,11 +92,13 @@ class Sa2VADataPreprocessor(BaseDataPreprocessor):
             counts = (batch.input_ids == self.seg_token_idx).sum(dim=1).tolist()
             check_seg_counts(batch, counts)
             slots = (batch.input_ids == self.img_context_token_id).sum(dim=1).tolist()
+            per_out = self.vision_rows_per_output
             for i, (n, t) in enumerate(zip(slots, batch.num_tiles)):
-                if n != t * self.num_image_token:
+                if t % per_out or n != t // per_out * self.num_image_token:
                     sid = batch.image_ids[i] if i < len(batch.image_ids) else i
                     raise ValueError(
-                        f"sample {sid!r}: {n} <IMG_CONTEXT> tokens for {t} tiles x {self.num_image_token}"
+                        f"sample {sid!r}: {n} image-slot tokens for {t} vision input rows "
+                        f"({per_out} row(s) -> {self.num_image_token} token(s))"
                     )
             batch = replace(batch, seg_counts=counts)
         keep = ("pixel_values", "g_pixel_values") if self.keep_pixels_on_host else ()
@@ -143,7 +146,8 @@ class Sa2VAModel(BaseModel):
     """Sa2VA: InternVL MLLM + SAM2, trained through the teacher-forced forward.
 
     Args:
-        mllm: an :class:`InternVLMLLM` (or its config dict), e.g. ``Qwen2InternVL``.
+        mllm: an MLLM adapter (:class:`~.mllm.MLLMAdapter`, or its config dict), e.g. ``Qwen2InternVL``
+            or ``Qwen3VLSa2VA``.
         grounding_encoder: a :class:`SAM2GroundingEncoder` (or its config dict).
         loss_mask: a :class:`MaskLoss` (or its config dict): BCE + Dice weights, resolution mode.
         trainable: part -> ``'frozen' | 'full' | 'lora'`` (``'lora'`` only for ``llm``); missing
@@ -174,7 +178,7 @@ class Sa2VAModel(BaseModel):
     def __init__(
         self,
         *,
-        mllm: InternVLMLLM | dict,
+        mllm: MLLMAdapter | dict,
         grounding_encoder: SAM2GroundingEncoder | dict,
         loss_mask: MaskLoss | dict | None = None,
         trainable: dict[str, str] | None = None,
@@ -209,7 +213,7 @@ class Sa2VAModel(BaseModel):
         device = resolve_init_device(init_device)
         with torch.device(device) if device is not None else contextlib.nullcontext():
             with no_weight_init(skip_init):
-                self.mllm: InternVLMLLM = build_component(mllm)
+                self.mllm: MLLMAdapter = build_component(mllm)
                 self.grounding_encoder: SAM2GroundingEncoder = build_component(grounding_encoder)
                 hidden = self.mllm.hidden_size
                 self.text_hidden_fcs = nn.Sequential(
@@ -246,6 +250,7 @@ class Sa2VAModel(BaseModel):
             self.data_preprocessor.seg_token_idx = self.seg_token_idx
             self.data_preprocessor.img_context_token_id = self.mllm.img_context_token_id
             self.data_preprocessor.num_image_token = self.mllm.num_image_token
+            self.data_preprocessor.vision_rows_per_output = self.mllm.vision_rows_per_output
             self.data_preprocessor.keep_pixels_on_host = self.feature_cache is not None
         self.log_trainable()
 
@@ -362,8 +367,9 @@ class Sa2VAModel(BaseModel):
         device = self.text_hidden_fcs[0].weight.device
         vit_tokens = batch.vit_tokens
         if vit_tokens is None and batch.pixel_values is not None:
+            grid = {} if batch.image_grid_thw is None else {"image_grid_thw": batch.image_grid_thw}
             with self._maybe_no_grad("vision_model"):
-                vit_tokens = self.mllm.encode_vit(batch.pixel_values.to(device, non_blocking=True))
+                vit_tokens = self.mllm.encode_vit(batch.pixel_values.to(device, non_blocking=True), **grid)
         if batch.sam2_fpn is not None:
             feats = SAM2ImageFeatures(list(batch.sam2_fpn))
         else:
@@ -437,6 +443,7 @@ class Sa2VAModel(BaseModel):
             attention_mask=batch.attention_mask,
             vit_tokens=vit_tokens,
             image_slots_checked=batch.seg_counts is not None,  # set after the host-side checks
+            image_grid_thw=batch.image_grid_thw,
         )
         pos, counts = self.seg_positions(batch.input_ids, batch.seg_counts)
         seg_embeds = self.text_hidden_fcs(hidden.flatten(0, 1).index_select(0, pos))
