@@ -26,17 +26,8 @@ from pycocotools import mask as coco_mask
 
 from .annotations import decode_object_mask, encode_mask_rle, mask_to_polygons
 from .fov import AUTO_FOV_THRESHOLD, auto_fov, mask_iou
+from .image_io import read_image_array
 from .pairing import NamePattern, PartnerIndex, PatternError, describe_fields, image_fields
-
-try:  # the shared reader (EXIF orientation, 16-bit scaling) when this tree has it
-    from .image_io import read_image
-except ImportError:  # pragma: no cover - depends on the tree
-
-    def read_image(path: str | Path) -> np.ndarray:
-        """uint8 ``[H, W, 3]`` RGB pixels of ``path`` (PIL)."""
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -59,8 +50,6 @@ __all__ = [
     "mask_to_parts",
     "read_binary_mask",
     "read_pairs_csv",
-    "resize_image",
-    "resize_mask",
 ]
 
 logger = logging.getLogger(__name__)
@@ -209,21 +198,6 @@ def read_binary_mask(path: str | Path, threshold: int = 127) -> np.ndarray:
     return gray > threshold
 
 
-def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize ``[H, W, C]`` uint8 to ``[height, width, C]`` with area interpolation (for shrinking)."""
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-
-
-def resize_mask(mask: np.ndarray, height: int, width: int, threshold: float = 0.5) -> np.ndarray:
-    """Resize a bool ``[H, W]`` mask: area interpolation of the 0/1 values, then ``>= threshold``.
-
-    Returns:
-        bool ``[height, width]``.
-    """
-    soft = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
-    return soft >= threshold
-
-
 def count_components(mask: np.ndarray) -> int:
     """Number of 8-connected foreground components of a bool ``[H, W]`` mask."""
     n, _ = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
@@ -299,10 +273,10 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    """uint8 ``[H, W]`` or ``[H, W, 3]`` pixels of an image (for the suspicious-mask check)."""
+    """uint8 ``[H, W, 3]`` pixels of an image (the shared reader's, for the suspicious-mask check)."""
     try:
-        return read_image(path)
-    except (OSError, ValueError) as err:
+        return read_image_array(path)
+    except OSError as err:
         raise ConversionError(f"cannot read image {path}: {err}") from err
 
 

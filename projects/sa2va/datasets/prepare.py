@@ -1,7 +1,8 @@
 """Bring images and masks to a training size, into a new folder, with a round-trip report.
 
-Images: area interpolation when shrinking (``cv2.INTER_AREA``), bilinear when enlarging; written
-in their own format (JPEG at a chosen quality) under the same file name. Masks: read as binary
+Images: read by the toolkit's one reader (:mod:`.image_io`: upright, 8-bit RGB), area
+interpolation when shrinking (``cv2.INTER_AREA``), bilinear when enlarging; written as 8-bit RGB in
+their own format (JPEG at a chosen quality) under the same file name. Masks: read as binary
 (:func:`~.convert.read_binary_mask`), resized by area interpolation of their 0/1 values, then
 ``>= 0.5``; written 0/255 under the same file name (PNG as 1-bit), read back and checked.
 
@@ -23,14 +24,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .convert import IMAGE_EXTENSIONS, ConversionError, read_binary_mask
-
-try:  # the shared reader (EXIF orientation, 16-bit scaling) when this tree has it
-    from .image_io import read_image as _shared_read_image
-except ImportError:  # pragma: no cover - depends on the tree
-    _shared_read_image = None
+from .image_io import read_image_array
 
 __all__ = [
     "FileReport",
@@ -42,6 +39,7 @@ __all__ = [
     "read_pixels",
     "resize_image_array",
     "resize_mask_array",
+    "summarize",
     "target_shape",
     "write_report",
 ]
@@ -124,28 +122,16 @@ def mask_round_trip(original: np.ndarray, resized: np.ndarray) -> float:
 
 
 def read_pixels(path: str | Path) -> np.ndarray:
-    """uint8 pixels of an image, upright: ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB).
-
-    Uses the shared reader ``image_io.read_image`` when the tree has it; otherwise PIL with the
-    EXIF orientation applied, 16-bit grey scaled to 0..255, other modes converted to RGB.
+    """uint8 ``[H, W, 3]`` RGB pixels of an image, upright (the toolkit's one reader,
+    :func:`~.image_io.read_image_array`: EXIF orientation applied, 16-bit scaled to 8-bit).
 
     Raises:
         PrepareError: the file cannot be read.
     """
     try:
-        if _shared_read_image is not None:
-            return np.asarray(_shared_read_image(path))
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                arr = np.asarray(im, dtype=np.float64)
-                scale = 257.0 if arr.max() > 255 else 1.0
-                return np.clip(np.round(arr / scale), 0, 255).astype(np.uint8)
-            if im.mode == "L":
-                return np.asarray(im)
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as err:
-        raise PrepareError(f"cannot read image {path}: {err}") from err
+        return read_image_array(path)
+    except OSError as err:
+        raise PrepareError(str(err)) from err
 
 
 @dataclass(frozen=True)
