@@ -30,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .key_tables import HF_KEY_TABLE, LM_PREFIX, PEFT_LM_PREFIX, KeyTable, UnknownKeyError, peft_role
+from .key_tables import LM_PREFIX, PEFT_LM_PREFIX, KeyTable, UnknownKeyError, hf_key_table, peft_role
 
 __all__ = [
     "ADAPTER_TRAINED_FILE",
@@ -136,7 +136,7 @@ def load_hf_sa2va_weights(
     model: nn.Module,
     path: str | Path,
     *,
-    key_table: KeyTable = HF_KEY_TABLE,
+    key_table: KeyTable | None = None,
     ignore_checkpoint_keys: tuple[str, ...] = DEFAULT_IGNORED_CHECKPOINT_KEYS,
     allow_missing: tuple[str, ...] = (),
 ) -> LoadReport:
@@ -146,7 +146,7 @@ def load_hf_sa2va_weights(
         model: the model whose parameters/buffers receive the weights (any device/dtype; values are
             cast by ``copy_``).
         path: the HF folder.
-        key_table: checkpoint <-> model names.
+        key_table: checkpoint <-> model names (default: the adapter's, :func:`~.key_tables.hf_key_table`).
         ignore_checkpoint_keys: regexes of checkpoint keys that may be present and are skipped.
         allow_missing: regexes of model keys that may be absent from the checkpoint (besides the
             :data:`EXTENSION_PREFIXES` tensors, which an official folder cannot hold; a warning lists them).
@@ -158,6 +158,7 @@ def load_hf_sa2va_weights(
     path = Path(path)
     if getattr(getattr(model, "mllm", None), "lora_applied", False):
         raise RuntimeError("load the HF weights before LoRA is applied (Sa2VAModel load_weights does)")
+    key_table = key_table or hf_key_table(model.mllm)
     targets = _model_tensors(model)
     files = hf_weight_files(path)
     ignore = [re.compile(p) for p in ignore_checkpoint_keys]
@@ -382,6 +383,8 @@ def official_config(model: nn.Module, source: dict[str, Any] | None, dtype: torc
     template updated, or one written in the official schema when there is no source folder."""
     mllm = model.mllm
     vocab = int(mllm.base_llm().get_input_embeddings().weight.shape[0])
+    if mllm.checkpoint_layout == "qwen_vl":
+        return _qwenvl_official_config(mllm, source, dtype, vocab)
     if source is not None:
         cfg = json.loads(json.dumps(source))
         cfg["llm_config"]["vocab_size"] = vocab
@@ -420,6 +423,65 @@ def official_config(model: nn.Module, source: dict[str, Any] | None, dtype: torc
     }
 
 
+def _qwenvl_official_config(
+    mllm: nn.Module, source: dict[str, Any] | None, dtype: torch.dtype, vocab: int
+) -> dict[str, Any]:
+    """``config.json`` of a Qwen-VL family export (``Sa2VAChatConfigQwen``: a Qwen-VL config + ``template``).
+
+    The source's, with ``text_config.vocab_size`` = the LM's rows, untied embeddings and the template; or
+    the adapter's Qwen-VL config in that schema when there is no source folder.
+    """
+    if source is not None:
+        cfg = json.loads(json.dumps(source))
+    else:
+        cfg = mllm.config.to_dict()
+        cfg.update(
+            architectures=[mllm.official_architecture],
+            auto_map={
+                "AutoConfig": "configuration_sa2va_chat.Sa2VAChatConfigQwen",
+                "AutoModel": "modeling_sa2va_qwen.Sa2VAChatModelQwen",
+                "AutoModelForCausalLM": "modeling_sa2va_qwen.Sa2VAChatModelQwen",
+            },
+            model_type="sa2va_chat",
+        )
+        cfg["torch_dtype"] = _DTYPE_NAMES.get(dtype, str(dtype))
+    cfg["text_config"]["vocab_size"] = vocab
+    cfg["text_config"]["tie_word_embeddings"] = False
+    cfg["tie_word_embeddings"] = False
+    cfg["template"] = mllm.template
+    return cfg
+
+
+def _write_processor_files(mllm: nn.Module, source_dir: Path | None, save_dir: Path) -> list[str]:
+    """Copy the source's image-processor / chat-template files; a source-less Qwen-VL export gets a
+    ``preprocessor_config.json`` from the adapter's vision config and family defaults."""
+    names = (
+        "preprocessor_config.json",
+        "video_preprocessor_config.json",
+        "chat_template.jinja",
+        "chat_template.json",
+    )
+    copied = []
+    if source_dir is not None:
+        for name in names:
+            if (source_dir / name).is_file():
+                shutil.copy2(source_dir / name, save_dir / name)
+                copied.append(name)
+    if mllm.checkpoint_layout == "qwen_vl" and "preprocessor_config.json" not in copied:
+        from transformers import Qwen2VLImageProcessorFast
+
+        vision = mllm.config.vision_config
+        Qwen2VLImageProcessorFast(
+            patch_size=vision.patch_size,
+            merge_size=vision.spatial_merge_size,
+            temporal_patch_size=vision.temporal_patch_size,
+            image_mean=list(mllm.image_mean),
+            image_std=list(mllm.image_std),
+        ).save_pretrained(str(save_dir))
+        copied.append("preprocessor_config.json")
+    return copied
+
+
 @dataclass
 class ExportReport:
     """Files written by an export."""
@@ -438,7 +500,7 @@ def export_hf_folder(
     source_dir: str | Path | None = None,
     max_shard_size: int | str = "5GB",
     dtype: torch.dtype | None = None,
-    key_table: KeyTable = HF_KEY_TABLE,
+    key_table: KeyTable | None = None,
 ) -> ExportReport:
     """Write ``model`` (LoRA merged) as an official Sa2VA HF folder.
 
@@ -464,6 +526,7 @@ def export_hf_folder(
     if source_dir is not None and source_dir.resolve() == save_dir.resolve():
         raise ValueError(f"save_dir {save_dir} is the source folder; refusing to overwrite it")
     dtype = dtype or _build_dtype(model)
+    key_table = key_table or hf_key_table(model.mllm)
     save_dir.mkdir(parents=True, exist_ok=True)
 
     entries = merged_model_tensors(model)
@@ -501,7 +564,7 @@ def export_hf_folder(
     cfg = official_config(model, source_cfg, dtype)
     (save_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     model.mllm.tokenizer.save_pretrained(str(save_dir))
-    copied: list[str] = []
+    copied: list[str] = _write_processor_files(model.mllm, source_dir, save_dir)
     if source_dir is not None:
         for src in sorted(source_dir.glob("*.py")) + sorted(source_dir.glob("generation_config.json")):
             shutil.copy2(src, save_dir / src.name)
@@ -525,7 +588,7 @@ def _trained_outside_lm(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, p
 
 
-def export_adapter(model: nn.Module, save_dir: str | Path, key_table: KeyTable = HF_KEY_TABLE) -> list[str]:
+def export_adapter(model: nn.Module, save_dir: str | Path, key_table: KeyTable | None = None) -> list[str]:
     """Write the LoRA adapter in PEFT format plus the other trained tensors.
 
     Files: ``adapter_model.safetensors`` + ``adapter_config.json`` (``PeftModel.from_pretrained`` onto the
@@ -534,6 +597,7 @@ def export_adapter(model: nn.Module, save_dir: str | Path, key_table: KeyTable =
     ``text_hidden_fcs``..., official names; :data:`EXTENSION_PREFIXES` tensors under model names) and the
     tokenizer. Returns the file names written.
     """
+    key_table = key_table or hf_key_table(model.mllm)
     save_dir = Path(save_dir)
     if save_dir.exists() and any(save_dir.iterdir()):
         raise FileExistsError(f"{save_dir} exists and is not empty")
@@ -552,14 +616,13 @@ def export_adapter(model: nn.Module, save_dir: str | Path, key_table: KeyTable =
     return sorted(p.name for p in save_dir.iterdir())
 
 
-def load_adapter_export(
-    model: nn.Module, adapter_dir: str | Path, key_table: KeyTable = HF_KEY_TABLE
-) -> None:
+def load_adapter_export(model: nn.Module, adapter_dir: str | Path, key_table: KeyTable | None = None) -> None:
     """Apply an :func:`export_adapter` folder to a ``Sa2VAModel`` built from the base folder without LoRA.
 
     The LM is wrapped with ``PeftModel.from_pretrained`` (inference mode) and every tensor of
     :data:`ADAPTER_TRAINED_FILE` is copied in; an unknown or wrongly shaped tensor is an error.
     """
+    key_table = key_table or hf_key_table(model.mllm)
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)

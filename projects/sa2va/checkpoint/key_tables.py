@@ -13,11 +13,14 @@ from dataclasses import dataclass
 
 __all__ = [
     "HF_KEY_TABLE",
+    "HF_KEY_TABLES",
     "LM_PREFIX",
     "PEFT_LM_PREFIX",
+    "QWENVL_HF_KEY_TABLE",
     "REFERENCE_PTH_TABLE",
     "KeyTable",
     "UnknownKeyError",
+    "hf_key_table",
     "peft_role",
     "plain_name",
 ]
@@ -91,6 +94,36 @@ HF_KEY_TABLE = KeyTable(
     ),
     leaf_renames=_SAM2_GAMMA,
 )
+
+#: The official Sa2VA Qwen-VL folder (``Sa2VAChatModelQwen``): the whole transformers
+#: ``Qwen2_5_VLForConditionalGeneration`` / ``Qwen3VLForConditionalGeneration`` under ``model.`` (its own
+#: ``model.visual`` / ``model.language_model`` / ``lm_head``); SAM2 and the projector as in InternVL folders.
+QWENVL_HF_KEY_TABLE = KeyTable(
+    name="official Sa2VA Qwen-VL HF",
+    prefixes=(
+        ("model.model.visual.", "mllm.vision_model."),
+        ("model.model.language_model.", "mllm.language_model.model."),
+        ("model.lm_head.", "mllm.language_model.lm_head."),
+        ("grounding_encoder.sam2_model.", "grounding_encoder.sam2_model."),
+        ("text_hidden_fcs.", "text_hidden_fcs."),
+    ),
+    leaf_renames=_SAM2_GAMMA,
+)
+
+#: ``checkpoint_layout`` of an MLLM adapter class -> the key table of its official HF folders.
+HF_KEY_TABLES: dict[str, KeyTable] = {"internvl": HF_KEY_TABLE, "qwen_vl": QWENVL_HF_KEY_TABLE}
+
+
+def hf_key_table(mllm: object) -> KeyTable:
+    """The official-folder key table of an MLLM adapter (by its declared ``checkpoint_layout``)."""
+    layout = getattr(mllm, "checkpoint_layout", None)
+    if layout not in HF_KEY_TABLES:
+        raise ValueError(
+            f"{type(mllm).__name__}: checkpoint_layout {layout!r} has no key table "
+            f"(known: {sorted(HF_KEY_TABLES)})"
+        )
+    return HF_KEY_TABLES[layout]
+
 
 #: The reference (bytedance/Sa2VA) training model's ``state_dict``: ``mllm.model.`` is its InternVL chat
 #: model; SAM2 keeps ``gamma``. PEFT infixes (LoRA, modules_to_save) are resolved by :func:`plain_name`.

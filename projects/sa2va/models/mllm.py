@@ -50,6 +50,8 @@ class MLLMAdapter(nn.Module):
     """
 
     family: ClassVar[LLMFamily]
+    #: Layout of the official HF folders of this family (``checkpoint.key_tables.HF_KEY_TABLES``).
+    checkpoint_layout: ClassVar[str] = "internvl"
     #: Pixel rows of ``pixel_values`` per row of :meth:`encode_vit`'s output (InternVL: 1 tile -> 1 row
     #: of tokens; Qwen-VL: ``merge_size**2`` patches -> 1 token).
     vision_rows_per_output: int = 1

@@ -172,7 +172,11 @@ class QwenVLMLLM(MLLMAdapter):
     config_class: ClassVar[type[PretrainedConfig]]
     hf_model_class: ClassVar[type[PreTrainedModel]]  # *ForConditionalGeneration
     rope_model_class: ClassVar[type]  # the class whose get_rope_index is used
+    checkpoint_layout = "qwen_vl"
     official_architecture: ClassVar[str] = "Sa2VAChatModelQwen"
+    #: Processor defaults of the family's ``preprocessor_config.json`` (written by a source-less export).
+    image_mean: ClassVar[tuple[float, float, float]]
+    image_std: ClassVar[tuple[float, float, float]]
     #: Whether the official ``[SEG]`` feature (``hidden_states[-1]`` of the transformers model) is the last
     #: decoder layer's output before the final norm (Qwen3-VL) or after it (Qwen2.5-VL).
     seg_hidden_pre_norm: ClassVar[bool]
@@ -382,6 +386,8 @@ class Qwen2_5_VLSa2VA(QwenVLMLLM):  # noqa: N801 (the transformers family name)
     hf_model_class = Qwen2_5_VLForConditionalGeneration
     rope_model_class = Qwen2_5_VLModel
     seg_hidden_pre_norm = False
+    image_mean = (0.48145466, 0.4578275, 0.40821073)
+    image_std = (0.26862954, 0.26130258, 0.27577711)
 
 
 class Qwen3VLSa2VA(QwenVLMLLM):
@@ -398,3 +404,5 @@ class Qwen3VLSa2VA(QwenVLMLLM):
     hf_model_class = Qwen3VLForConditionalGeneration
     rope_model_class = Qwen3VLModel
     seg_hidden_pre_norm = True
+    image_mean = (0.5, 0.5, 0.5)
+    image_std = (0.5, 0.5, 0.5)

@@ -22,8 +22,8 @@ from ..structures import Sa2VABatch
 from .builder import build_component
 from .fast_init import no_weight_init
 from .feature_cache import FrozenFeatureCache, build_feature_cache
-from .mllm import MLLMAdapter
 from .losses import MaskLoss
+from .mllm import MLLMAdapter
 from .sam2_grounding import SAM2GroundingEncoder, SAM2ImageFeatures, upsample_logits
 
 SEG_TOKEN = "[SEG]"
