@@ -1,5 +1,9 @@
 """List every problem of an annotation file (schema, masks, images), then a summary line.
 
+Every image is decoded completely (truncated and corrupt files are found); image paths outside
+``--images`` (absolute, or ``..`` above it) and texts holding reserved markers (``[SEG]``,
+``<image>``, ``<|im_start|>``, ...) are problems.
+
     python tools/check_dataset.py data/chase_db1/annotations.json --images data/chase_db1/images
 
 Exit status 0 when the file is valid, 1 on any problem.
@@ -23,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-images", action="store_true", help="do not open the images (schema checks only)"
     )
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept absolute image paths and paths with '..' above the image folder (refused by default)",
+    )
     args = parser.parse_args(argv)
     if args.images is None and not args.skip_images:
         parser.error("--images is required (or --skip-images for schema-only checks)")
@@ -34,7 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.ann_file}: 0 records, 0 objects, 1 problem")
         return 1
     problems = validate_records(
-        records, args.ann_file, args.images, check_images=not args.skip_images, decode_images=True
+        records,
+        args.ann_file,
+        args.images,
+        check_images=not args.skip_images,
+        decode_images=True,
+        allow_outside_root=args.allow_outside_root,
+        progress=True,
     )
     for problem in problems:
         print(problem)

@@ -9,8 +9,9 @@ Writes per image ``<stem>_mask{k}.png`` (0/255), ``<stem>_prob{k}.png`` (probabi
 ``<stem>_overlay.png``, and ``predictions.json`` for the run (see ``projects/sa2va/inference/io.py``).
 ``--hf`` builds from an official-layout Hugging Face folder (e.g. from ``tools/convert_to_hf.py``);
 ``--config`` then optionally names the model config to point at it, and ``--checkpoint`` a trainable
-checkpoint to load on top. Every image is checked to be readable before the model is built; a bad
-one stops the run.
+checkpoint to load on top. Every image is decoded completely before the model is built (a truncated or
+corrupt one stops the run), and a prompt holding reserved markers (``[SEG]``, ``<image>``,
+``<|im_start|>``, ...) is refused.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from projects.sa2va.datasets.reserved_text import check_user_text
     from projects.sa2va.inference.io import (
         check_images_readable,
         list_images,
@@ -60,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     try:
+        check_user_text(args.prompt, "--prompt")
         paths = list_images(args.images)
-        check_images_readable(paths)
+        check_images_readable(paths)  # decodes every image: a truncated one stops the run here
     except (OSError, ValueError) as e:
         print(f"predict.py: {e}", file=sys.stderr)
         return 2

@@ -111,10 +111,22 @@ def test_predict_a_sample_and_an_upload_agree(demo_server) -> None:
         (predict_path(sample="../SOURCE.md"), b"", {}, 400, "unknown sample '../SOURCE.md'"),
         (predict_path(prompt="  "), "SMALL", {}, 400, "the prompt is empty"),
         (predict_path(sample="Image_01L.jpg"), "SMALL", {}, 400, "either an uploaded file or a sample"),
+        (predict_path(prompt="Segment [SEG] <|im_end|>"), "SMALL", {}, 400, "contains [SEG], <|im_end|>"),
         ("/api/nothing", b"", {}, 404, "no such page: POST /api/nothing"),
         ("/", None, {"Host": "attacker.example:80"}, 403, "Host 'attacker.example:80' refused"),
     ],
-    ids=["text", "too-large", "truncated", "empty", "traversal", "no-prompt", "both", "404", "host"],
+    ids=[
+        "text",
+        "too-large",
+        "truncated",
+        "empty",
+        "traversal",
+        "no-prompt",
+        "both",
+        "reserved",
+        "404",
+        "host",
+    ],
 )
 def test_refused_requests(demo_server, path, body, headers, status, message) -> None:
     payloads = {

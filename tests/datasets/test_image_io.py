@@ -13,6 +13,7 @@ from projects.sa2va.datasets.image_io import (
     ImageReadError,
     read_image,
     read_image_array,
+    read_image_size,
     to_rgb,
 )
 
@@ -56,6 +57,7 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     Image.fromarray(stored).save(path, quality=100, exif=exif)
     got = read_image_array(path)
     assert got.shape == (32, 16, 3)  # upright: the width became the height
+    assert read_image_size(path) == (16, 32)  # (width, height) from the header, as read
     with Image.open(path) as im:
         raw = np.asarray(im.convert("RGB"))  # as stored, orientation ignored
     np.testing.assert_array_equal(got, np.rot90(raw, k=-1))  # exactly the stored pixels, turned

@@ -78,3 +78,19 @@ def test_predict_tool_names_an_unreadable_image(tmp_path: Path) -> None:
     missing = tmp_path / "nope.jpg"
     res = _run("--config", str(TINY_MODEL_CFG), "--images", str(missing), "--out-dir", str(tmp_path / "o"))
     assert res.returncode != 0 and str(missing) in res.stderr
+
+
+def test_predict_tool_decodes_every_image_and_refuses_reserved_prompts(tmp_path: Path) -> None:
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes((IMAGES / "Image_02L.jpg").read_bytes()[:3000])  # header intact, pixels cut
+    res = _run(
+        "--config", str(TINY_MODEL_CFG), "--images", str(IMAGES / "Image_01L.jpg"), str(cut),
+        "--out-dir", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert res.returncode == 2 and str(cut) in res.stderr, res.stderr
+    assert not (tmp_path / "out").exists()
+    res = _run(
+        "--config", str(TINY_MODEL_CFG), "--images", str(IMAGES / "Image_01L.jpg"),
+        "--prompt", "<image> Please segment [SEG]", "--out-dir", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert res.returncode == 2 and "--prompt" in res.stderr and "[SEG]" in res.stderr, res.stderr

@@ -41,6 +41,8 @@ import numpy as np
 from mmengine.logging import MMLogger
 from PIL import Image, UnidentifiedImageError
 
+from ..datasets.image_io import to_rgb
+from ..datasets.reserved_text import ReservedTextError, check_user_text
 from ..inference.io import IMAGE_EXTENSIONS, MASK_COLORS  # overlays as tools/predict.py's
 from .page import APP_JS, PAGE_HTML
 
@@ -200,7 +202,8 @@ class DemoApp:
                         f"{source}: image of {w}x{h} = {w * h} pixels is larger than the limit of "
                         f"{self.max_pixels} pixels (--max-pixels)"
                     )
-                rgb = np.asarray(im.convert("RGB"))
+                im.load()  # the whole image: a truncated upload fails here
+                rgb = np.asarray(to_rgb(im, source))  # the toolkit's one rule (datasets/image_io.py)
         except BadRequestError:
             raise
         except UnidentifiedImageError:
@@ -219,7 +222,10 @@ class DemoApp:
             )
         if len(prompt) > MAX_PROMPT_CHARS:
             raise BadRequestError(f"the prompt has {len(prompt)} characters, more than {MAX_PROMPT_CHARS}")
-        return prompt
+        try:
+            return check_user_text(prompt, "the prompt")
+        except ReservedTextError as e:
+            raise BadRequestError(str(e)) from None
 
     def predict(self, image: np.ndarray, prompt: str) -> dict[str, Any]:
         """Run the model on one ``[H, W, 3]`` uint8 image; the JSON answer of ``POST /api/predict``."""

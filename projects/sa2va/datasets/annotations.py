@@ -24,8 +24,9 @@ Other keys of a record are ignored by this module.
 from __future__ import annotations
 
 import json
-import logging
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,12 @@ from typing import Any
 
 import cv2
 import numpy as np
+from mmengine.logging import MMLogger
 from PIL import Image
 from pycocotools import mask as coco_mask
+
+from .image_io import read_image
+from .reserved_text import find_reserved_markers
 
 __all__ = [
     "AnnotationError",
@@ -52,7 +57,14 @@ __all__ = [
     "write_annotations",
 ]
 
-logger = logging.getLogger(__name__)
+#: Bump when :mod:`.image_io`'s rule changes what it accepts: older cache entries are then ignored.
+DECODE_CACHE_VERSION = 1
+DECODE_CACHE_ENV = "SA2VA_IMAGE_CHECK_CACHE"
+
+
+def _logger() -> MMLogger:
+    return MMLogger.get_current_instance()
+
 
 REQUIRED_KEYS = ("image", "text", "mask")
 CHECK_TOOL = "python tools/check_dataset.py"
@@ -426,11 +438,26 @@ def _check_part(
     return f"a part must be a polygon (list of numbers) or an RLE dict, got {type(part).__name__}", None, None
 
 
+def image_path_problem(image: str) -> str | None:
+    """Why ``image`` (a record's path) leaves the image folder: absolute, or ``..`` above it; else None.
+
+    Checked on the text of the path (``os.path.normpath``), so a symlink inside the folder stays allowed.
+    """
+    if os.path.isabs(image):
+        return f"image path {image!r} is absolute; paths are relative to the image folder"
+    norm = os.path.normpath(image)
+    if norm == ".." or norm.startswith(".." + os.sep) or norm.startswith("../"):
+        return f"image path {image!r} leaves the image folder (it resolves to {norm!r})"
+    return None
+
+
 def validate_record(
     record: Any,
     index: int,
     file: str | Path,
     image_size: tuple[int, int] | None = None,
+    *,
+    allow_outside_root: bool = False,
 ) -> list[Problem]:
     """Check one record against the schema (module docstring); report every problem found.
 
@@ -440,6 +467,8 @@ def validate_record(
         file: the annotation file (for messages).
         image_size: ``(h, w)`` of the image if known: enables RLE size and polygon upper-bound checks
             (coordinates may reach the border inclusive, ``0 <= x <= w``, ``0 <= y <= h``).
+        allow_outside_root: accept absolute image paths and paths with ``..`` above the image folder
+            (refused by default: :func:`image_path_problem`).
 
     Returns:
         the problems, empty if the record is valid.
@@ -458,6 +487,10 @@ def validate_record(
             add(key, f"missing key {key!r} (a record needs 'image', 'text' and 'mask')")
     if "image" in record and (not isinstance(record["image"], str) or not record["image"].strip()):
         add("image", f"image must be a non-empty relative path string, got {record['image']!r}")
+    elif image and not allow_outside_root:
+        outside = image_path_problem(image)
+        if outside:
+            add("image", f"{outside} (allow_outside_root=True / --allow-outside-root accepts it)")
     if "id" in record and not isinstance(record["id"], str):
         add("id", f"id must be a string, got {type(record['id']).__name__}")
 
@@ -474,6 +507,12 @@ def validate_record(
                     add(f"text[{i}]", f"text must be a string, got {type(t).__name__}")
                 elif not t.strip():
                     add(f"text[{i}]", "text is empty")
+                elif markers := find_reserved_markers(t):
+                    add(
+                        f"text[{i}]",
+                        f"text {t!r} contains {', '.join(markers)}, reserved for the prompt the model is "
+                        "given (the image and [SEG] tokens and the chat template's markers)",
+                    )
 
     objects = record.get("mask")
     if "mask" in record:
@@ -520,12 +559,98 @@ def validate_record(
 
 
 def _read_image_size(path: Path, decode: bool) -> tuple[int, int]:
-    """Return ``(h, w)``; with ``decode`` the whole file is decoded (finds truncated files)."""
-    with Image.open(path) as im:
-        if decode:
-            im.load()
-        w, h = im.size
+    """Return ``(h, w)`` of the image as the dataset reads it (upright after EXIF orientation).
+
+    With ``decode`` the whole file goes through :func:`~.image_io.read_image` (finds truncated and
+    corrupt files, and values its rule refuses); else only the header is read.
+    """
+    if decode:
+        w, h = read_image(path).size
+        return h, w
+    from .image_io import read_image_size
+
+    w, h = read_image_size(path)
     return h, w
+
+
+def decode_cache_file() -> Path:
+    """Where decoded-image checks are remembered: ``$SA2VA_IMAGE_CHECK_CACHE``, else
+    ``$XDG_CACHE_HOME/sa2va/image_checks.json`` (``~/.cache`` when unset)."""
+    env = os.environ.get(DECODE_CACHE_ENV)
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sa2va" / "image_checks.json"
+
+
+class DecodeCache:
+    """Images that decoded completely, keyed by (absolute path, byte size, mtime in ns) -> ``(h, w)``.
+
+    Only successes are kept; a file changed since (size or mtime) is decoded again. The cache file is
+    replaced atomically, so concurrent ranks at worst redo work. ``path=None``: remember nothing.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.entries: dict[str, list[int]] = {}
+        self.dirty = False
+        if path is None or not path.is_file():
+            return
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            _logger().warning(f"ignoring the image-check cache {path}: {err}")
+            return
+        if isinstance(data, dict) and data.get("version") == DECODE_CACHE_VERSION:
+            entries = data.get("entries")
+            self.entries = entries if isinstance(entries, dict) else {}
+
+    @staticmethod
+    def key(path: Path) -> tuple[str, int, int]:
+        st = path.stat()
+        return str(path.resolve()), int(st.st_size), int(st.st_mtime_ns)
+
+    def get(self, path: Path) -> tuple[int, int] | None:
+        try:
+            name, size, mtime = self.key(path)
+        except OSError:
+            return None
+        entry = self.entries.get(name)
+        if isinstance(entry, list) and len(entry) == 4 and entry[:2] == [size, mtime]:
+            return int(entry[2]), int(entry[3])
+        return None
+
+    def put(self, path: Path, hw: tuple[int, int]) -> None:
+        if self.path is None:
+            return
+        name, size, mtime = self.key(path)
+        self.entries[name] = [size, mtime, int(hw[0]), int(hw[1])]
+        self.dirty = True
+
+    def save(self) -> None:
+        if self.path is None or not self.dirty:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            body = json.dumps({"version": DECODE_CACHE_VERSION, "entries": self.entries})
+            fd, tmp = tempfile.mkstemp(prefix=".image_checks.", dir=self.path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(body)
+            os.replace(tmp, self.path)
+        except OSError as err:  # a read-only home must not stop training; the check itself was done
+            _logger().warning(f"could not write the image-check cache {self.path}: {err}")
+        self.dirty = False
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    """A tqdm bar (count, rate, ETA) on stderr for rank 0 of a run, or None."""
+    if not enabled or total == 0 or os.environ.get("RANK", "0") != "0":
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency of transformers
+        return None
+    return tqdm(total=total, desc="decoding images", unit="img", leave=False)
 
 
 def validate_records(
@@ -534,7 +659,10 @@ def validate_records(
     image_root: str | Path | None = None,
     check_images: bool = True,
     *,
-    decode_images: bool = False,
+    decode_images: bool = True,
+    allow_outside_root: bool = False,
+    cache: DecodeCache | None = None,
+    progress: bool = False,
 ) -> list[Problem]:
     """Check a whole annotation list and report EVERY problem (nothing is skipped or fixed).
 
@@ -543,7 +671,11 @@ def validate_records(
         file: the annotation file (for messages).
         image_root: folder the ``image`` paths are relative to; None skips image checks.
         check_images: open every image (existence, readability, size for the mask checks).
-        decode_images: decode the full image (finds truncated files; slower) instead of its header.
+        decode_images: decode every image completely with the dataset's reader (finds truncated and
+            corrupt files before training starts); False reads headers only.
+        allow_outside_root: accept image paths outside ``image_root`` (absolute, or ``..`` above it).
+        cache: remembers images that decoded (:class:`DecodeCache`); None decodes every image.
+        progress: show a progress bar while decoding.
 
     Returns:
         problems in record order; file-level problems have ``index=None``.
@@ -560,41 +692,76 @@ def validate_records(
     problems: list[Problem] = []
     sizes: dict[str, tuple[int, int] | Exception] = {}
     seen: dict[str, int] = {}
-    for index, record in enumerate(records):
-        image_size = None
-        image = record.get("image") if isinstance(record, dict) else None
-        if check_images and image_root is not None and isinstance(image, str) and image.strip():
-            if image not in sizes:
-                path = Path(image_root) / image
-                try:
-                    sizes[image] = _read_image_size(path, decode_images)
-                except FileNotFoundError:
-                    sizes[image] = FileNotFoundError(f"image file not found: {path}")
-                except (OSError, ValueError, Image.DecompressionBombError) as err:
-                    sizes[image] = OSError(f"cannot read image {path}: {err}")
-            size = sizes[image]
-            if isinstance(size, Exception):
-                problems.append(Problem(file, index, "image", str(size), image))
-            else:
-                image_size = size
-        problems.extend(validate_record(record, index, file, image_size))
-        if isinstance(record, dict):
-            key = json.dumps(
-                [record.get("image"), record.get("text"), record.get("mask")], sort_keys=True, default=repr
+    images = {
+        r["image"]
+        for r in records
+        if isinstance(r, dict) and isinstance(r.get("image"), str) and r["image"].strip()
+    }
+    bar = _progress(len(images), progress and check_images and decode_images and image_root is not None)
+    try:
+        for index, record in enumerate(records):
+            image_size = None
+            image = record.get("image") if isinstance(record, dict) else None
+            usable = isinstance(image, str) and image.strip()
+            if usable and not allow_outside_root and image_path_problem(image):
+                usable = False  # reported by validate_record; never opened
+            if check_images and image_root is not None and usable:
+                if image not in sizes:
+                    sizes[image] = _checked_size(Path(image_root) / image, decode_images, cache)
+                    if bar is not None:
+                        bar.update(1)
+                size = sizes[image]
+                if isinstance(size, Exception):
+                    problems.append(Problem(file, index, "image", str(size), image))
+                else:
+                    image_size = size
+            problems.extend(
+                validate_record(record, index, file, image_size, allow_outside_root=allow_outside_root)
             )
-            if key in seen:
-                problems.append(
-                    Problem(
-                        file,
-                        index,
-                        None,
-                        f"duplicate of record {seen[key]} (same image, texts and masks)",
-                        image,
-                    )
+            if isinstance(record, dict):
+                key = json.dumps(
+                    [record.get("image"), record.get("text"), record.get("mask")],
+                    sort_keys=True,
+                    default=repr,
                 )
-            else:
-                seen[key] = index
+                if key in seen:
+                    problems.append(
+                        Problem(
+                            file,
+                            index,
+                            None,
+                            f"duplicate of record {seen[key]} (same image, texts and masks)",
+                            image,
+                        )
+                    )
+                else:
+                    seen[key] = index
+    finally:
+        if bar is not None:
+            bar.close()
+        if cache is not None:
+            cache.save()
     return problems
+
+
+def _checked_size(path: Path, decode: bool, cache: DecodeCache | None) -> tuple[int, int] | Exception:
+    """``(h, w)`` of one image, from the cache or by reading it; the error (naming the file) otherwise."""
+    if decode and cache is not None:
+        hit = cache.get(path)
+        if hit is not None:
+            return hit
+    try:
+        hw = _read_image_size(path, decode)
+    except FileNotFoundError:
+        return FileNotFoundError(f"image file not found: {path}")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        if not path.is_file():
+            return FileNotFoundError(f"image file not found: {path}")
+        message = str(err)
+        return OSError(message if str(path) in message else f"cannot read image {path}: {message}")
+    if decode and cache is not None:
+        cache.put(path, hw)
+    return hw
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -621,24 +788,54 @@ def read_annotation_file(ann_file: str | Path) -> Any:
         ) from err
 
 
-def load_annotations(ann_file: str | Path, image_root: str | Path, check_images: bool = True) -> list[dict]:
+def load_annotations(
+    ann_file: str | Path,
+    image_root: str | Path,
+    check_images: bool = True,
+    *,
+    allow_outside_root: bool = False,
+    cache_file: str | Path | bool | None = True,
+) -> list[dict]:
     """Read and validate an annotation file; return its records unchanged (count in == count out).
+
+    With ``check_images`` every image is decoded completely, once, by the reader the dataset uses
+    (a progress bar shows it); images that decoded are remembered in ``cache_file`` by path, size
+    and modification time, so the next start only decodes new or changed files.
+
+    Args:
+        ann_file / image_root: the annotation file and the folder its ``image`` paths are relative to.
+        check_images: decode every image (size checks of the masks need it).
+        allow_outside_root: accept absolute image paths and ``..`` above ``image_root``.
+        cache_file: the decode cache; ``True``: :func:`decode_cache_file`; ``None`` / ``False``: none.
 
     Raises:
         AnnotationError: the FIRST problem found; its message also gives the total number of
             problems and the command that lists them all. Records are never skipped or replaced.
     """
     records = read_annotation_file(ann_file)
-    problems = validate_records(records, ann_file, image_root, check_images)
+    cache = None
+    if check_images and cache_file:
+        cache = DecodeCache(decode_cache_file() if cache_file is True else Path(cache_file))
+    problems = validate_records(
+        records,
+        ann_file,
+        image_root,
+        check_images,
+        allow_outside_root=allow_outside_root,
+        cache=cache,
+        progress=True,
+    )
     if problems:
         first = problems[0]
         command = f"{CHECK_TOOL} {ann_file} --images {image_root}"
+        if allow_outside_root:
+            command += " --allow-outside-root"
         more = f"{len(problems)} problem(s) in total" if len(problems) > 1 else "1 problem in total"
         raise AnnotationError.from_problem(
             first, f"{first.message} [{more}; run `{command}` for the full list]"
         )
     n_objects = sum(len(r["mask"]) for r in records)
-    logger.info("loaded %d records (%d objects) from %s", len(records), n_objects, ann_file)
+    _logger().info(f"loaded {len(records)} records ({n_objects} objects) from {ann_file}")
     return records
 
 

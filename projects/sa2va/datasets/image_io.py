@@ -27,13 +27,24 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "read_image", "read_image_array", "to_rgb"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "oriented_size",
+    "read_image",
+    "read_image_array",
+    "read_image_size",
+    "to_rgb",
+]
 
 #: File extensions PIL can open (lower case, with the dot), e.g. ``.jpg``, ``.png``, ``.tif``, ``.ppm``.
 IMAGE_EXTENSIONS: tuple[str, ...] = tuple(
     sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 )
 
+#: EXIF ``Orientation`` values that turn the image by 90 degrees (width and height swap).
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 0x0112
 _UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _DIRECT_MODES = ("RGB", "L", "1", "RGBA", "RGBX", "LA", "CMYK", "YCbCr", "LAB", "HSV", "RGBa", "La")
 
@@ -100,6 +111,31 @@ def to_rgb(image: Image.Image, source: str = "<image>") -> Image.Image:
         return image.convert("RGB")
     except (ValueError, OSError) as e:
         raise ImageReadError(f"image {source}: PIL mode {mode!r} cannot be converted to RGB: {e}") from e
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of ``image`` once its EXIF orientation is applied (header only, no decoding)."""
+    w, h = image.size
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION)
+    except (OSError, ValueError, SyntaxError):  # unreadable EXIF: exif_transpose ignores it too
+        orientation = None
+    return (h, w) if orientation in _SWAPPING_ORIENTATIONS else (w, h)
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of the image :func:`read_image` returns, from the header (cheap).
+
+    Raises:
+        ImageReadError: the file cannot be opened (message names it).
+    """
+    try:
+        with Image.open(path) as im:
+            return oriented_size(im)
+    except FileNotFoundError:
+        raise ImageReadError(f"image {path} not found") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise ImageReadError(f"cannot read image {path}: {e}") from e
 
 
 def read_image(path: str | Path) -> Image.Image:

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from ..datasets.image_io import IMAGE_EXTENSIONS, read_image_array
 
 if TYPE_CHECKING:  # the predictor pulls in torch / transformers: keep file checks import-light
     from .predictor import Prediction
@@ -32,7 +34,6 @@ __all__ = [
     "write_predictions_json",
 ]
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 PREDICTIONS_FILE = "predictions.json"
 #: Overlay colours of masks 0, 1, 2, ... (cycled).
 MASK_COLORS: tuple[tuple[int, int, int], ...] = (
@@ -61,7 +62,10 @@ def list_images(paths: Sequence[str | Path]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
-                raise ValueError(f"folder {path} holds no image file ({', '.join(IMAGE_EXTENSIONS)})")
+                raise ValueError(
+                    f"folder {path} holds no image file (no file with an extension PIL opens, such as "
+                    ".jpg, .png, .tif, .bmp, .ppm)"
+                )
             out.extend(found)
         elif path.is_file():
             out.append(path)
@@ -76,30 +80,24 @@ def list_images(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as ``[H, W, 3]`` uint8 RGB.
+    """Read an image file as ``[H, W, 3]`` uint8 RGB, by the toolkit's one rule
+    (:mod:`projects.sa2va.datasets.image_io`: EXIF orientation, 16-bit / float scaled, alpha dropped).
 
     Raises:
-        OSError: the file cannot be opened or decoded (the message names it).
+        OSError: the file cannot be opened or decoded, or is truncated (the message names it).
     """
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise OSError(f"cannot read image {path}: {e}") from e
+    return read_image_array(path)
 
 
 def check_images_readable(paths: Sequence[str | Path]) -> None:
-    """Open every file's header (cheap) so that a bad path fails before any model is built.
+    """Decode every file completely (as :func:`read_image` will) so that a truncated or corrupt image
+    fails before any model is built, not after hours of predictions.
 
     Raises:
         OSError: naming the first file that is not a readable image.
     """
     for path in paths:
-        try:
-            with Image.open(path):  # parses the header only
-                pass
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise OSError(f"cannot read image {path}: {e}") from e
+        read_image_array(path)
 
 
 def save_prediction(pred: Prediction, image: np.ndarray, out_dir: str | Path, stem: str) -> dict[str, Any]:

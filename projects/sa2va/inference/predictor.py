@@ -47,6 +47,7 @@ from PIL import Image
 from transformers import GenerationConfig
 from xtuner.utils import PROMPT_TEMPLATE
 
+from ..datasets.image_io import to_rgb
 from ..datasets.image_processing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -133,9 +134,13 @@ def _check_threshold(value: Any, where: str) -> float:
 
 
 def _as_rgb_array(image: ImageLike, index: int) -> np.ndarray:
-    """PIL image (any mode) or ``[H, W, 3]`` uint8 array -> ``[H, W, 3]`` uint8 RGB array."""
+    """PIL image (any mode) or ``[H, W, 3]`` uint8 array -> ``[H, W, 3]`` uint8 RGB array.
+
+    A PIL image goes through the toolkit's one rule (:func:`~projects.sa2va.datasets.image_io.to_rgb`:
+    EXIF orientation, 16-bit / float scaled, alpha dropped), as the training dataset reads files.
+    """
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+        return np.asarray(to_rgb(image, f"images[{index}]"))
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
         raise ValueError(
