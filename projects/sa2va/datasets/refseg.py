@@ -38,7 +38,7 @@ from .image_processing import (
     sam2_pixel_values,
     tile_grids,
 )
-from .prompt import IMAGE_PLACEHOLDER, image_question, instruction_text  # noqa: F401 (re-export)
+from .prompt import IMAGE_PLACEHOLDER, image_question, instruction_text, prefix_ids  # noqa: F401 (re-export)
 from .prompt import encode_with_image as _encode_with_image
 
 QUESTION_TEMPLATES: tuple[str, ...] = (
@@ -111,6 +111,7 @@ class RefSegDataset(Dataset):
         augment: Any = None,
         seed: int = 0,
         check_images: bool = True,
+        image_processor: Any = None,
     ) -> None:
         super().__init__()
         if objects_per_image is not None and objects_per_image < 1:
@@ -154,6 +155,11 @@ class RefSegDataset(Dataset):
         self.pixel_format = pixel_format
         self.max_length = max_length
         self.augment = build_component(augment)
+        # A Qwen-VL family: its image processor replaces the InternVL tiling (tile_size / min_tiles /
+        # max_tiles / use_thumbnail / num_image_token are then unused); one "tile" is one image token.
+        self.image_processor = build_component(image_processor)
+        if self.image_processor is not None:
+            self.num_image_token = 1
         self.seed = seed
         tok = self.tokenizer
         self.img_start_id = tok.convert_tokens_to_ids(IMG_START_TOKEN)
@@ -210,8 +216,9 @@ class RefSegDataset(Dataset):
 
     def encode_with_image(self, text: str, num_tiles: int) -> list[int]:
         """Encode ``text``, replacing the single ``<image>`` by ``<img><IMG_CONTEXT>*n</img>`` ids."""
+        tokens = {} if self.image_processor is None else {"image_tokens": self.image_processor.image_tokens}
         return _encode_with_image(
-            self.tokenizer, text, num_tiles=num_tiles, num_image_token=self.num_image_token
+            self.tokenizer, text, num_tiles=num_tiles, num_image_token=self.num_image_token, **tokens
         )
 
     def build_conversation(
@@ -221,7 +228,9 @@ class RefSegDataset(Dataset):
         return self.conversation(texts, [self.choose_wording(rng) for _ in texts], num_tiles)
 
     def _system_ids(self) -> list[int]:
-        return self.encode(self.template["SYSTEM"].format(system=self.system)) if self.system else []
+        """Ids before the first turn: the tokenizer's BOS (``[]`` for Qwen2), then the system prompt."""
+        system = self.encode(self.template["SYSTEM"].format(system=self.system)) if self.system else []
+        return prefix_ids(self.tokenizer) + system
 
     def _turn_ids(self, text: str, qi: int, ai: int, first: bool, num_tiles: int) -> tuple[list[int], ...]:
         """``(question ids, answer ids, separator ids)`` of one turn."""
@@ -231,6 +240,9 @@ class RefSegDataset(Dataset):
             question = image_question(question)
         q_ids = self.encode_with_image(instruction_text(t, question), num_tiles)
         a_ids = self.encode(self.answer_templates[ai] + t.get("SUFFIX", ""))
+        if not t.get("SUFFIX_AS_EOS", False):  # xtuner: BOS before every later turn, EOS after each answer
+            q_ids = q_ids if first else prefix_ids(self.tokenizer) + q_ids
+            a_ids = [*a_ids, self.tokenizer.eos_token_id]
         return q_ids, a_ids, self.encode(t.get("SEP", ""))
 
     def conversation(
@@ -257,6 +269,8 @@ class RefSegDataset(Dataset):
             except (OSError, ValueError) as e:
                 raise OSError(f"{self.ann_file}: cannot read the size of image {path}: {e}") from e
         width, height = self._image_sizes[name]
+        if self.image_processor is not None:  # Qwen-VL: image tokens of the resized patch grid
+            return self.image_processor.num_tokens(width, height)
         grids = tile_grids(self.min_tiles, self.max_tiles)
         cols, rows = find_closest_grid(width=width, height=height, grids=grids, tile_size=self.tile_size)
         n = cols * rows
@@ -342,6 +356,8 @@ class RefSegDataset(Dataset):
             image = Image.fromarray(arr)
             h, w = arr.shape[:2]
         texts = [rec["text"][i] for i in chosen]
+        if self.image_processor is not None:
+            return self._qwenvl_item(rec_idx, rec, image, masks[chosen], texts, wording)
         tiles = dynamic_tiles(
             image,
             min_num=self.min_tiles,
@@ -364,6 +380,41 @@ class RefSegDataset(Dataset):
                 np.asarray(image), size=self.sam2_image_size, resample=self.sam2_resample, normalize=normalize
             ),
             "masks": torch.from_numpy(masks[chosen].astype(np.uint8)),
+            "image_id": str(rec["image"]),
+            "texts": texts,
+            "pad_token_id": self.pad_token_id,
+        }
+
+    def _qwenvl_item(
+        self,
+        rec_idx: int,
+        rec: dict,
+        image: Image.Image,
+        masks: np.ndarray,
+        texts: list[str],
+        wording: list[tuple[int, int]],
+    ) -> dict[str, Any]:
+        """The item for a Qwen-VL family: ``pixel_values [P, D]`` patches and ``image_grid_thw [1, 3]``."""
+        pixel_values, grid = self.image_processor(image)
+        n_tokens = int(grid.prod()) // self.image_processor.merge_size**2
+        input_ids, labels = self.conversation(texts, wording, n_tokens)
+        if len(input_ids) > self.max_length:
+            raise ValueError(
+                f"{self.ann_file}: record {rec_idx} ({rec['image']}): {len(input_ids)} tokens > "
+                f"max_length={self.max_length}; raise max_length or lower max_pixels/objects_per_image"
+            )
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "pixel_values": pixel_values,
+            "image_grid_thw": grid,
+            "g_pixel_values": sam2_pixel_values(
+                np.asarray(image),
+                size=self.sam2_image_size,
+                resample=self.sam2_resample,
+                normalize=self.pixel_format == "float32",
+            ),
+            "masks": torch.from_numpy(masks.astype(np.uint8)),
             "image_id": str(rec["image"]),
             "texts": texts,
             "pad_token_id": self.pad_token_id,
