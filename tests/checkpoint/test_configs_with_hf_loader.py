@@ -1,4 +1,8 @@
-"""Every config that loads an official HF folder builds when pointed at a tiny folder of that layout."""
+"""Every config that loads an official HF folder builds on a tiny folder of each family it serves.
+
+``sa2va_finetune.py`` (Qwen2 adapter) serves Sa2VA-1B/4B and Sa2VA-InternVL3-2B/8B/14B with only ``path``
+changed; ``sa2va_8b_finetune.py`` (InternLM2 adapter) serves Sa2VA-8B/26B.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import pytest
 import torch
 from mmengine.config import Config
 from xtuner.registry import BUILDER
+from xtuner.utils import PROMPT_TEMPLATE
 
 from projects.sa2va.checkpoint.hf_sa2va import HFSa2VALoader
 from projects.sa2va.models.internvl import InternLM2InternVL
@@ -29,23 +34,34 @@ HF_LEAVES = [p for p in LEAVES if _uses_hf_loader(Config.fromfile(str(p)))]
 @pytest.fixture(scope="module")
 def tiny_folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cfg_hf")
-    return {f: write_official_folder(root / f, f, shards=1) for f in ("qwen2", "internlm2")}
+    return {f: write_official_folder(root / f, f, shards=1) for f in ("qwen2", "internlm2", "internvl3")}
 
 
-def test_the_finetune_leaf_exists_and_uses_the_loader():
-    assert _uses_hf_loader(Config.fromfile(str(CONFIG_DIR / "sa2va_finetune.py")))
+def test_the_finetune_leaves_exist_and_use_the_loader():
+    for name in ("sa2va_finetune.py", "sa2va_8b_finetune.py"):
+        assert _uses_hf_loader(Config.fromfile(str(CONFIG_DIR / name))), name
 
 
-@pytest.mark.parametrize("leaf", HF_LEAVES, ids=lambda p: p.name)
-def test_hf_config_builds_on_a_tiny_folder(leaf, tiny_folders):
+def _family_cases() -> list[tuple[Path, str]]:
+    cases = []
+    for leaf in HF_LEAVES:
+        internlm2 = Config.fromfile(str(leaf)).model.mllm.type is InternLM2InternVL
+        cases += [(leaf, f) for f in (("internlm2",) if internlm2 else ("qwen2", "internvl3"))]
+    return cases
+
+
+@pytest.mark.parametrize(("leaf", "family"), _family_cases(), ids=lambda x: getattr(x, "name", x))
+def test_hf_config_builds_on_a_tiny_folder(leaf, family, tiny_folders):
     cfg = Config.fromfile(str(leaf))
-    family = "internlm2" if cfg.model.mllm.type is InternLM2InternVL else "qwen2"
     folder = str(tiny_folders[family])
     tiny = Config.fromfile(str(TINY_MODEL_CFG))
+    # What a user edits: `path` (three places in the leaf) -> the folder.
+    assert cfg.model.mllm.path == cfg.model.load_weights.path == cfg.model.mllm.tokenizer.path == cfg.path
+    assert cfg.train_dataloader.dataset.tokenizer == cfg.model.mllm.tokenizer
     cfg.merge_from_dict(
         {
             "model.mllm.path": folder,
-            "model.mllm.tokenizer.pretrained_model_name_or_path": folder,
+            "model.mllm.tokenizer.path": folder,
             "model.load_weights.path": folder,
             # The folder holds a tiny SAM2; the architecture comes from the config.
             "model.grounding_encoder.overrides": tiny.tiny_sam2_overrides,
@@ -54,4 +70,6 @@ def test_hf_config_builds_on_a_tiny_folder(leaf, tiny_folders):
     torch.manual_seed(0)
     model = BUILDER.build(cfg.model)
     assert model.mllm.path == folder
+    # The leaf's training template is the folder's (config.json `template`).
+    assert dict(PROMPT_TEMPLATE[model.mllm.template]) == cfg.template.to_dict()
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0

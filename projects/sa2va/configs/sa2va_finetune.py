@@ -1,4 +1,5 @@
-# Fine-tune an official Sa2VA checkpoint (Hugging Face folder) on your annotations.json data.
+# Fine-tune an official Sa2VA checkpoint with a Qwen2 LLM (Hugging Face folder: Sa2VA-1B/4B,
+# Sa2VA-InternVL3-2B/8B/14B) on your annotations.json data; Sa2VA-8B/26B: sa2va_8b_finetune.py.
 #   bash tools/dist.sh train projects/sa2va/configs/sa2va_finetune.py 8
 # Edit: `path` (the downloaded HF folder), `data_root`, epochs/batch/lr below. The recipe: LoRA r=128 on the
 # LLM, frozen ViT and SAM2 encoder, trained mlp1 + SAM2 mask decoder + text_hidden_fcs, AdamW 4e-5, bf16.
@@ -14,7 +15,7 @@ path = "models/Sa2VA-1B"
 data_root = "data/chase_db1"
 pretrained_pth = None  # optional: a trainable-weights .pth to start from
 
-tokenizer.pretrained_model_name_or_path = path
+tokenizer.path = path
 model.mllm.update(path=path, tokenizer=tokenizer)
 model.load_weights.path = path
 model.pretrained_pth = pretrained_pth

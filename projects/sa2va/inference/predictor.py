@@ -57,9 +57,10 @@ from ..datasets.image_processing import (
     internvl_pixel_values,
     sam2_pixel_values,
 )
-from ..datasets.prompt import encode_with_image, image_question, instruction_text
+from ..datasets.prompt import encode_with_image, image_question, instruction_text, prefix_ids
 from ..models.internvl import InternLM2InternVL, InternVLMLLM, Qwen2InternVL, read_hf_config
 from ..models.sa2va import SEG_TOKEN, Sa2VAModel
+from ..models.tokenizer import load_tokenizer
 from ..structures import Sa2VABatch
 
 __all__ = [
@@ -287,9 +288,10 @@ class Sa2VAPredictor:
             folder: the HF folder (``config.json``, safetensors, tokenizer files).
             checkpoint: optional trainable-weights ``.pth`` loaded on top (LoRA etc.).
             model_config: the model config whose ``path`` places are pointed at ``folder``
-                (``model.mllm.path``, ``model.mllm.tokenizer.pretrained_model_name_or_path``,
-                ``model.load_weights.path``); default :data:`HF_MODEL_CONFIG`. The InternVL adapter
-                class is chosen from ``llm_config.architectures`` (:data:`HF_LLM_ADAPTERS`).
+                (``model.mllm.path``, ``model.load_weights.path``; ``model.mllm.tokenizer`` becomes
+                :func:`~projects.sa2va.models.tokenizer.load_tokenizer` of ``folder``, which picks the
+                tokenizer class by family without remote code); default :data:`HF_MODEL_CONFIG`. The
+                InternVL adapter class is chosen from ``llm_config.architectures`` (:data:`HF_LLM_ADAPTERS`).
             device / cfg_options: as :meth:`from_config` (``cfg_options`` win over the above).
             **kwargs: as :meth:`from_config`; the template and tiling default to the folder's
                 ``template``, ``min_dynamic_patch``, ``max_dynamic_patch``, ``use_thumbnail``.
@@ -307,7 +309,7 @@ class Sa2VAPredictor:
         overrides = {
             "model.mllm.type": adapter,
             "model.mllm.path": str(folder),
-            "model.mllm.tokenizer.pretrained_model_name_or_path": str(folder),
+            "model.mllm.tokenizer": dict(_delete_=True, type=load_tokenizer, path=str(folder)),
             "model.load_weights.path": str(folder),
             **(cfg_options or {}),
         }
@@ -357,10 +359,12 @@ class Sa2VAPredictor:
     def build_prompt_ids(self, prompt: str, num_tiles: int) -> list[int]:
         """Token ids of the first user turn, up to where the assistant answer starts.
 
-        ``<image>\\n`` is prepended to ``prompt`` unless it already holds ``<image>``.
+        ``<image>\\n`` is prepended to ``prompt`` unless it already holds ``<image>``. Starts with the
+        tokenizer's BOS where it has one (InternLM2 ``<s>``; none for Qwen2), as the official
+        ``predict_forward`` (``tokenizer.encode(prompt_text)``) and training do.
         """
         text = instruction_text(self.template, image_question(prompt))
-        return encode_with_image(
+        return prefix_ids(self.tokenizer) + encode_with_image(
             self.tokenizer, text, num_tiles=num_tiles, num_image_token=self.num_image_token
         )
 

@@ -103,6 +103,22 @@ _IGNORED_CONFIG_KEYS = frozenset(
         "typical_p",
         "use_bfloat16",
         "use_flash_attn",
+        # Vision-MoE fields of InternVL3's vision_config (with use_moe false): the official remote code
+        # (modeling_intern_vit.py) never reads them.
+        "capacity_factor",
+        "eval_capacity_factor",
+        "laux_allreduce",
+        "moe_coeff_ratio",
+        "moe_intermediate_size",
+        "moe_output_scale",
+        "noisy_gate_policy",
+        "num_experts",
+        "num_routed_experts",
+        "num_shared_experts",
+        "shared_expert_intermediate_size",
+        "use_residual",
+        "use_rts",
+        "use_weighted_residual",
     }
 )
 
@@ -110,6 +126,7 @@ _IGNORED_CONFIG_KEYS = frozenset(
 _FIXED_CONFIG_VALUES: dict[str, tuple[Any, ...]] = {
     "hidden_act": ("gelu",),
     "pruned_heads": ({}, None),
+    "use_moe": (False,),
 }
 
 _NORM_TYPES = ("layer_norm", "rms_norm")

@@ -1,12 +1,14 @@
-"""Sa2VA / InternVL special tokens and a tiny offline Qwen2-style tokenizer for tests.
+"""Sa2VA / InternVL special tokens, the family-aware tokenizer loader and a tiny offline Qwen2 tokenizer.
 
 Token id layout mirrors the official models: an InternVL tokenizer already holds the InternVL tokens
 (``<img>`` ... ``</box>``) right after the LLM's own special tokens, and Sa2VA appends
 ``[SEG] <p> </p> <vp> </vp>`` after them. ``add_sa2va_tokens`` adds whatever is missing in that order.
+``load_tokenizer`` opens the tokenizer of any official folder without remote code.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2TokenizerFast
+
+from .internlm2_tokenizer import INTERNLM2_TOKENIZER_CLASSES, load_internlm2_tokenizer
 
 __all__ = [
     "INTERNVL_TOKENS",
@@ -23,6 +27,8 @@ __all__ = [
     "TINY_VOCAB_SIZE",
     "add_sa2va_tokens",
     "build_tiny_tokenizer",
+    "load_tokenizer",
+    "tiny_corpus",
 ]
 
 SEG_TOKEN = "[SEG]"
@@ -49,6 +55,41 @@ _QWEN2_SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+
+
+def load_tokenizer(path: str | Path, **kwargs) -> PreTrainedTokenizerBase:
+    """The tokenizer of a Hugging Face folder, chosen by its family, never with ``trust_remote_code``.
+
+    ``path/tokenizer_config.json``'s ``tokenizer_class`` decides: ``InternLM2Tokenizer`` (Sa2VA-8B / -26B,
+    remote code upstream) -> :func:`~.internlm2_tokenizer.load_internlm2_tokenizer`; any class transformers
+    has (Qwen2 for Sa2VA-1B / -4B / InternVL3 ...) -> ``AutoTokenizer.from_pretrained(path,
+    trust_remote_code=False)``. ``kwargs`` go to the loader.
+
+    Raises:
+        FileNotFoundError: no ``tokenizer_config.json`` in ``path``.
+        ValueError: a ``tokenizer_class`` that only remote code defines (named with the file).
+    """
+    path = Path(path)
+    cfg_file = path / "tokenizer_config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(
+            f"{cfg_file} not found: `path` must be a Hugging Face folder with a tokenizer"
+        )
+    try:
+        tokenizer_class = json.loads(cfg_file.read_text()).get("tokenizer_class")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+    if tokenizer_class in INTERNLM2_TOKENIZER_CLASSES:
+        return load_internlm2_tokenizer(path, **kwargs)
+    import transformers
+
+    if tokenizer_class is not None and not hasattr(transformers, tokenizer_class):
+        raise ValueError(
+            f"{cfg_file}: tokenizer_class {tokenizer_class!r} is defined only by remote code; supported "
+            f"without it: the classes of transformers {transformers.__version__} and "
+            f"{list(INTERNLM2_TOKENIZER_CLASSES)}"
+        )
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, **kwargs)
 
 
 def _special(token: str) -> AddedToken:
@@ -140,7 +181,7 @@ _GENERAL = (
 )
 
 
-def _corpus() -> Iterator[str]:
+def tiny_corpus() -> Iterator[str]:
     """Small fixed English corpus: chat-formatted segmentation dialogues plus general text."""
     for i, obj in enumerate(_OBJECTS):
         for j, question in enumerate(_QUESTIONS):
@@ -170,7 +211,7 @@ def _train_backend(vocab_size: int) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[],
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(tiny_corpus(), trainer=trainer)
     tok.add_special_tokens([_special(t) for t in QWEN_CHAT_TOKENS])
     return tok
 

@@ -1,6 +1,5 @@
-# Sa2VA with a Qwen2 LLM (Sa2VA-1B / -4B / InternVL3-based) loaded from an official Hugging Face folder.
+# Sa2VA with a Qwen2 LLM (Sa2VA-1B / -4B / InternVL3-2B/8B/14B) loaded from an official Hugging Face folder.
 # Leaf configs set `path` and re-point the three places that use it (tokenizer, mllm, load_weights).
-from transformers import AutoTokenizer
 from xtuner.utils import PROMPT_TEMPLATE
 
 from projects.sa2va.checkpoint.hf_sa2va import HFSa2VALoader
@@ -8,12 +7,11 @@ from projects.sa2va.models.internvl import Qwen2InternVL
 from projects.sa2va.models.losses import MaskLoss
 from projects.sa2va.models.sa2va import Sa2VAModel
 from projects.sa2va.models.sam2_grounding import SAM2GroundingEncoder
+from projects.sa2va.models.tokenizer import load_tokenizer
 
 path = "models/Sa2VA-1B"
 template = PROMPT_TEMPLATE.qwen_chat
-tokenizer = dict(
-    type=AutoTokenizer.from_pretrained, pretrained_model_name_or_path=path, trust_remote_code=False
-)
+tokenizer = dict(type=load_tokenizer, path=path)  # the folder's tokenizer class, never remote code
 
 model = dict(
     type=Sa2VAModel,
