@@ -1,7 +1,8 @@
 """Evaluate a trained Sa2VA checkpoint: Dice / IoU / clDice at 0.5 and at the best threshold, report, plots.
 
     python tools/test.py CONFIG CHECKPOINT --out-dir DIR [--ann-file A --image-root I]
-        [--val-ann-file V [--val-image-root VI]] [--launcher pytorch] [--cfg-options k=v ...]
+        [--val-ann-file V [--val-image-root VI]] [--fov-masks DIR|auto [--fov-pattern P]]
+        [--launcher pytorch] [--cfg-options k=v ...]
     bash tools/dist.sh test CONFIG NGPUS CHECKPOINT --out-dir DIR ...      (one process per GPU)
 
 CHECKPOINT is a trainable-weights ``.pth`` (``work_dirs/<cfg>/iter_N.pth``) or an exported Hugging
@@ -10,6 +11,14 @@ is chosen on ``--val-ann-file`` when given, otherwise on the evaluated set itsel
 which). Writes report.json, per_image.csv, best_threshold.json, pr_curve.png, overlay_grid.png,
 overlays/*.png and, next to a work-dir checkpoint, training_curves.png. See
 projects/sa2va/evaluation/evaluate.py.
+
+Field of view (--fov-masks): the same predictions are also scored with the pixels outside each image's
+field of view left out, as the retinal literature reports. DIR: one mask per image, found by
+--fov-pattern (default "{stem}_mask.*", e.g. 21_training_mask.gif for 21_training.tif; named fields of
+--fov-image-pattern may be used, see projects/sa2va/datasets/pairing.py). auto: the image's grey level
+(ITU-R 601 luma, 0..255) > 10, holes filled. The FOV figures go to OUT/fov/ (report.json,
+per_image.csv, best_threshold.json: the threshold chosen inside the FOV of --val-ann-file, else of the
+evaluated set) and to the "fov" section of OUT/report.json; the whole-image figures are unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from projects.sa2va.evaluation.evaluate import evaluate_checkpoint  # noqa: E402
+from projects.sa2va.evaluation.fov import FovSource  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,13 +51,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--val-ann-file", help="annotations the threshold is chosen on (default: the test set)"
     )
     parser.add_argument("--val-image-root", help="image folder of --val-ann-file (default: --image-root)")
+    parser.add_argument(
+        "--fov-masks", help="score inside the field of view too: a folder of FOV masks, or 'auto'"
+    )
+    parser.add_argument("--fov-pattern", help="FOV mask file name pattern (default '{stem}_mask.*')")
+    parser.add_argument("--fov-image-pattern", help="image name pattern whose fields --fov-pattern uses")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--max-overlays", type=int, default=8, help="per-image overlay PNGs (worst first)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     parser.add_argument("--launcher", choices=["none", "pytorch"], default="none")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="config overrides key=value")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.fov = None
+    if args.fov_masks is not None:
+        try:
+            args.fov = FovSource.parse(args.fov_masks, args.fov_pattern, args.fov_image_pattern)
+        except ValueError as err:
+            parser.error(str(err))
+    elif args.fov_pattern or args.fov_image_pattern:
+        parser.error("--fov-pattern/--fov-image-pattern need --fov-masks DIR")
+    return args
 
 
 @record
@@ -71,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         max_overlays=args.max_overlays,
         amp=not args.fp32,
         cfg_options=args.cfg_options,
+        fov=args.fov,
     )
     return 0
 

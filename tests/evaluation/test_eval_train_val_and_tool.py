@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from mmengine.optim import CosineAnnealingLR, LinearLR
+from PIL import Image
 
 from projects.sa2va.engine.time_budget import TimeBudgetHook
 from projects.sa2va.evaluation.plots import load_scalars
@@ -152,3 +153,53 @@ def test_time_budget_hook_shortens_the_run_and_its_cosine():
     assert 6 <= loop._max_iters <= 9  # 3 done + ~0.5 s / 0.1 s
     assert cos.end == loop._max_iters and cos.T_max == loop._max_iters - 5
     assert warm.end == 5  # schedulers that end elsewhere are untouched
+
+
+def test_tool_scores_inside_the_field_of_view(trained, tmp_path):
+    """--fov-masks: whole-image figures unchanged, FOV figures in fov/ and the report's "fov" section;
+    an all-ones FOV folder gives the whole-image figures back."""
+    best = next(trained.work_dir.glob("best_val_dice_best_iter_*.pth"))
+    base = [str(DEMO), str(best), "--ann-file", trained.val_ann, "--val-ann-file", trained.train_ann,
+            "--max-overlays", "0"]  # fmt: skip
+    assert load_tool("test").main([*base, "--out-dir", str(tmp_path / "plain")]) == 0
+    assert load_tool("test").main([*base, "--out-dir", str(tmp_path / "auto"), "--fov-masks", "auto"]) == 0
+    plain = json.loads((tmp_path / "plain/report.json").read_text())
+    auto = json.loads((tmp_path / "auto/report.json").read_text())
+    for key in ("at_0.5", "at_best", "best_threshold", "n_queries"):
+        assert auto[key] == plain[key]
+    fov = auto["fov"]
+    assert fov["source"].startswith("auto: image grey level > 10") and 0.68 < fov["fov_fraction"] < 0.71
+    assert fov["threshold_chosen_on"] == f"validation set {trained.train_ann}, inside the FOV"
+    assert fov["at_0.5"]["n_queries"] == 2 and fov["at_0.5"]["dice"] >= plain["at_0.5"]["dice"] - 1e-9
+    fov_report = json.loads((tmp_path / "auto/fov/report.json").read_text())
+    assert (
+        fov_report["scored"] == "inside the field of view"
+        and fov_report["at_best"]["dice"] == fov["at_best"]["dice"]
+    )
+    thr = json.loads((tmp_path / "auto/fov/best_threshold.json").read_text())
+    assert thr["threshold"] == pytest.approx(fov["threshold"])
+    assert len((tmp_path / "auto/fov/per_image.csv").read_text().splitlines()) == 3
+
+    ones = tmp_path / "ones"
+    ones.mkdir()
+    for name in ("Image_11L", "Image_12R", "Image_01L", "Image_01R"):
+        Image.new("L", (512, 512), 255).save(ones / f"{name}_fov.png")
+    argv = [
+        *base,
+        "--out-dir",
+        str(tmp_path / "ones_eval"),
+        "--fov-masks",
+        str(ones),
+        "--fov-pattern",
+        "{stem}_fov.png",
+    ]
+    assert load_tool("test").main(argv) == 0
+    fov = json.loads((tmp_path / "ones_eval/report.json").read_text())["fov"]
+    assert fov["fov_fraction"] == 1.0
+    for key in ("dice", "iou", "cl_dice", "precision", "recall"):
+        assert fov["at_0.5"][key] == pytest.approx(plain["at_0.5"][key], abs=1e-12)
+        assert fov["at_best"][key] == pytest.approx(plain["at_best"][key], abs=1e-12)
+    (ones / "Image_12R_fov.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"Image_12R.jpg \(expected .*Image_12R_fov.png\)"):
+        load_tool("test").main([*argv[:-4], "--out-dir", str(tmp_path / "x"), "--fov-masks", str(ones),
+                                "--fov-pattern", "{stem}_fov.png"])  # fmt: skip

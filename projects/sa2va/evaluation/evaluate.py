@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 
 from ..datasets.collate import sa2va_collate
 from ..models.builder import build_component
+from .fov import FovSource, score_fov, write_fov_outputs
 from .metrics import write_report
 from .plots import ERROR_COLORS, error_map, overlay, overlay_grid, plot_curves, plot_pr_curve
 from .seg_metric import SegMetric
@@ -164,6 +165,7 @@ class EvalResult:
     chosen_on: str
     val_metrics: dict[str, float] | None = None
     files: list[Path] = field(default_factory=list)
+    fov_metrics: dict[str, Any] | None = None  # rank 0, with ``fov``: the report's "fov" section
 
 
 def find_scalars(checkpoint: str | Path) -> Path | None:
@@ -298,11 +300,15 @@ def evaluate_checkpoint(
     max_overlays: int = 8,
     amp: bool = True,
     cfg_options: dict | None = None,
+    fov: FovSource | None = None,
 ) -> EvalResult:
     """Evaluate ``checkpoint`` on ``ann_file`` (default: the config's test/val set); see the module doc.
 
     The threshold is chosen on ``val_ann_file`` when given, else on the evaluated set itself
-    (optimistic; the report says so).
+    (optimistic; the report says so). With ``fov`` the same predictions are also scored inside
+    the field of view (:mod:`.fov`; threshold chosen inside the FOV of the validation set, else
+    of the evaluated set), written to ``out_dir/fov/`` and to the ``"fov"`` section of
+    ``report.json``; the whole-image figures are unchanged.
     """
     cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
     if cfg_options:
@@ -321,6 +327,8 @@ def evaluate_checkpoint(
         val_metrics = run_metric(model, loader, val_metric, len(val_set), amp)
         threshold = float(val_metrics["val/best_threshold"])
         chosen_on = f"validation set {val_ann_file} (mean Dice over its queries)"
+        if fov is not None and is_main_process():
+            val_fov = score_fov(val_metric.last_evaluator, fov, val_set.image_root, cl_dice=False)
     else:
         chosen_on = "the evaluated (test) set itself: no --val-ann-file given, so Dice at it is optimistic"
 
@@ -352,4 +360,14 @@ def evaluate_checkpoint(
             max_overlays=max_overlays,
             scalars=find_scalars(checkpoint) if Path(checkpoint).is_file() else None,
         )
+        if fov is not None:
+            fov_result = score_fov(
+                metric.last_evaluator,
+                fov,
+                test_set.image_root,
+                threshold=val_fov.threshold if val_ann_file is not None else None,
+                chosen_on=f"validation set {val_ann_file}, inside the FOV" if val_ann_file else "",
+            )
+            result.files += write_fov_outputs(fov_result, fov, out_dir)
+            result.fov_metrics = json.loads((Path(out_dir) / "report.json").read_text())["fov"]
     return result

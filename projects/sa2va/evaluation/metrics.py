@@ -284,13 +284,18 @@ class SegEvaluator:
     def _bin_dtype(self) -> np.dtype:
         return np.dtype(np.uint8) if self.thresholds.size < 256 else np.dtype(np.uint16)
 
-    def add(self, prob: Any, gt: Any, key: str) -> None:
+    def add(self, prob: Any, gt: Any, key: str, valid: Any = None) -> None:
         """Add one query.
 
         Args:
             prob: ``[H, W]`` float foreground probabilities in ``[0, 1]`` (numpy or torch).
             gt: ``[H, W]`` bool ground truth at the same resolution.
             key: unique query name, e.g. ``"img_01.jpg|blood vessel"``.
+            valid: optional bool ``[H, W]``: the pixels that are scored (e.g. the field of view).
+                Pixels outside it count for nothing: they are set to background in both the
+                prediction and the ground truth (so clDice is that of ``pred & valid`` and
+                ``gt & valid``) and left out of the pixel count ``H * W`` (so of TN). ``None``
+                scores every pixel.
 
         Raises:
             ValueError: on shape mismatch, values outside ``[0, 1]`` / NaN, or a duplicate key.
@@ -299,6 +304,11 @@ class SegEvaluator:
         gt_b = as_bool_mask(gt, f"gt of query {key!r}")
         if prob_arr.shape != gt_b.shape:
             raise ValueError(f"query {key!r}: prob shape {prob_arr.shape} differs from gt shape {gt_b.shape}")
+        valid_b = None if valid is None else as_bool_mask(valid, f"valid mask of query {key!r}")
+        if valid_b is not None and valid_b.shape != gt_b.shape:
+            raise ValueError(
+                f"query {key!r}: valid mask shape {valid_b.shape} differs from gt shape {gt_b.shape}"
+            )
         if not np.isfinite(prob_arr).all():
             raise ValueError(
                 f"query {key!r}: probabilities hold {np.count_nonzero(~np.isfinite(prob_arr))} NaN/inf"
@@ -308,10 +318,18 @@ class SegEvaluator:
                 f"query {key!r}: probabilities must be in [0, 1], "
                 f"got range [{prob_arr.min()}, {prob_arr.max()}]"
             )
-        key = str(key)
+        bins = np.searchsorted(self.thresholds, prob_arr, side="left").astype(self._bin_dtype)
+        self._add_bins(bins, gt_b, str(key), valid_b)
+
+    def _add_bins(self, bins: np.ndarray, gt_b: np.ndarray, key: str, valid: np.ndarray | None) -> None:
+        """Add a query from its bin map ``[H, W]`` and bool ground truth ``[H, W]`` (see :meth:`add`)."""
         if key in self._key_lookup:
             raise ValueError(f"duplicate query key {key!r}")
-        bins = np.searchsorted(self.thresholds, prob_arr, side="left").astype(self._bin_dtype)
+        n_pix = int(gt_b.size)
+        if valid is not None:
+            bins = np.where(valid, bins, 0).astype(self._bin_dtype)  # bin 0: background at every grid value
+            gt_b = gt_b & valid
+            n_pix = int(np.count_nonzero(valid))
         n_grid = self.thresholds.size
         tp = _positives_above(np.bincount(bins[gt_b], minlength=n_grid + 1))
         fp = _positives_above(np.bincount(bins[~gt_b], minlength=n_grid + 1))
@@ -320,7 +338,7 @@ class SegEvaluator:
         self._tp.append(tp)
         self._fp.append(fp)
         self._n_gt.append(int(np.count_nonzero(gt_b)))
-        self._n_pix.append(int(gt_b.size))
+        self._n_pix.append(n_pix)
         self._shapes.append((int(gt_b.shape[0]), int(gt_b.shape[1])))
         self._bins.append(zlib.compress(np.ascontiguousarray(bins).tobytes(), 1))
         self._gt.append(zlib.compress(np.packbits(gt_b).tobytes(), 1))
@@ -432,6 +450,36 @@ class SegEvaluator:
         gt_bits = np.frombuffer(zlib.decompress(self._gt[index]), dtype=np.uint8)
         gt = np.unpackbits(gt_bits, count=height * width).astype(bool).reshape(height, width)
         return bins.reshape(height, width) > k, gt
+
+    def shape(self, index: int) -> tuple[int, int]:
+        """``(H, W)`` of query ``index``."""
+        return self._shapes[index]
+
+    def restricted(self, valid: Sequence[Any | None]) -> SegEvaluator:
+        """A new evaluator of the same queries scored only inside ``valid[i]`` (see :meth:`add`).
+
+        Args:
+            valid: one bool ``[H_i, W_i]`` mask (or ``None``: every pixel) per query, in order.
+
+        Raises:
+            ValueError: wrong number of masks, or a mask of another shape than its query.
+        """
+        if len(valid) != len(self):
+            raise ValueError(
+                f"restricted() needs one valid mask per query: {len(valid)} for {len(self)} queries"
+            )
+        out = SegEvaluator(self.thresholds)
+        for i, key in enumerate(self.keys):
+            height, width = self._shapes[i]
+            bins = np.frombuffer(zlib.decompress(self._bins[i]), dtype=self._bin_dtype).reshape(height, width)
+            _, gt = self.masks(i, float(self.thresholds[0]))
+            mask = None if valid[i] is None else as_bool_mask(valid[i], f"valid mask of query {key!r}")
+            if mask is not None and mask.shape != gt.shape:
+                raise ValueError(
+                    f"query {key!r}: valid mask shape {mask.shape} differs from gt shape {gt.shape}"
+                )
+            out._add_bins(bins, gt, key, mask)
+        return out
 
     def _cl_dice_at(self, index: int, k: int) -> float:
         cached = self._cl_cache.get((index, k))
