@@ -96,16 +96,18 @@ def _special(token: str) -> AddedToken:
     return AddedToken(token, special=True, normalized=False, lstrip=False, rstrip=False, single_word=False)
 
 
-def add_sa2va_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
-    """Add the missing InternVL tokens, then the missing Sa2VA tokens, as special tokens.
+def add_sa2va_tokens(tokenizer: PreTrainedTokenizerBase, *, internvl_tokens: bool = True) -> int:
+    """Add the missing InternVL tokens (if ``internvl_tokens``), then the missing Sa2VA tokens, as specials.
 
     Tokens are ``AddedToken(t, special=True, normalized=False)`` (no stripping), registered as
     ``additional_special_tokens`` (existing ones kept). Returns the number of new ids; resize the LLM
-    embeddings to ``len(tokenizer)`` afterwards.
+    embeddings to ``len(tokenizer)`` afterwards. The Qwen-VL families use their own vision tokens and
+    add only :data:`SPECIAL_TOKENS` (``internvl_tokens=False``).
     """
     existing = set(tokenizer.get_vocab())
     registered = {str(t) for t in tokenizer.additional_special_tokens}
-    missing = [t for t in INTERNVL_TOKENS + SPECIAL_TOKENS if t not in existing or t not in registered]
+    wanted = (INTERNVL_TOKENS if internvl_tokens else []) + SPECIAL_TOKENS
+    missing = [t for t in wanted if t not in existing or t not in registered]
     if not missing:
         return 0
     return tokenizer.add_special_tokens(
