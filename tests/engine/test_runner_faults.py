@@ -99,6 +99,16 @@ def test_nonfinite_losses_skip_updates_then_stop_with_checkpoint(tmp_path):
     for k, v in ckpt["state_dict"].items():
         assert torch.equal(v, after_first_update[k]), f"{k} changed by a skipped update"
     assert torch.equal(snapshots[3][k], after_first_update[k])
+    # The stop message never advises resuming from the weights that diverged.
+    saved = str(tmp_path / "iter_4.pth")
+    alone = runner._nonfinite_message(saved, None)
+    assert (
+        "do not resume from them" in alone
+        and "--resume auto" not in alone
+        and "no earlier checkpoint" in alone
+    )
+    earlier = runner._nonfinite_message(saved, str(tmp_path / "iter_2.pth"))
+    assert f"--resume {tmp_path / 'iter_2.pth'}" in earlier and "largest trained |weight|" in earlier
 
 
 def test_oom_on_first_iteration_names_batch_size(tmp_path, monkeypatch):

@@ -45,7 +45,7 @@ def test_atomic_write_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
 def test_find_resumable_checkpoint_tolerates_cut_pointer_and_partial_files(tmp_path):
     assert st.find_resumable_checkpoint(tmp_path) is None
     for n in (2, 10):
-        (tmp_path / f"iter_{n}.pth").write_bytes(b"x")
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / f"iter_{n}.pth")  # intact files
     (tmp_path / ".iter_12.pth.partial-123").write_bytes(b"half")  # a save killed mid-write
     (tmp_path / "last_checkpoint").write_text("")  # a pointer cut by a kill
     assert st.find_resumable_checkpoint(tmp_path) == str(tmp_path / "iter_10.pth")

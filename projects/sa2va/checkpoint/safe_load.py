@@ -8,6 +8,9 @@ allow-listed here, explicitly.
 
 from __future__ import annotations
 
+import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +54,27 @@ def check_not_deepspeed_dir(path: str | Path) -> None:
         )
 
 
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file is damaged (cut short, not a PyTorch file, bad archive); message names it."""
+
+
+class RefusedCheckpointError(RuntimeError):
+    """A checkpoint holds objects outside the weights-only allow-list; message names file and objects."""
+
+
+def _refused_objects(message: str) -> list[str]:
+    """The ``GLOBAL module.name`` entries PyTorch's weights-only unpickler names in its message."""
+    return sorted(set(re.findall(r"GLOBAL ([\w.]+)", message)))
+
+
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a ``.pth`` written by mmengine (or a bare state dict) with ``weights_only=True``.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        RuntimeError: the file holds objects outside the allow-list (message names the file).
+        CorruptCheckpointError: the file is cut short or not a PyTorch checkpoint.
+        RefusedCheckpointError: the file holds objects outside the allow-list (named; such a file
+            is not loaded at all, since unpickling arbitrary objects can run code).
     """
     path = Path(path)
     check_not_deepspeed_dir(path)
@@ -65,11 +83,44 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
     with torch.serialization.safe_globals(mmengine_safe_globals()):
         try:
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:  # torch raises UnpicklingError/RuntimeError variants
-            raise RuntimeError(f"{path}: refused by the weights_only loader: {e}") from e
+        except pickle.UnpicklingError as e:
+            text = str(e)
+            names = _refused_objects(text)
+            if names:  # a well-formed pickle naming a class the allow-list does not hold
+                raise RefusedCheckpointError(
+                    f"{path}: holds objects outside the weights-only allow-list ({', '.join(names)}); "
+                    "it was not loaded. "
+                    "Checkpoints written by this toolkit hold only tensors and the allow-listed mmengine "
+                    "classes: was this file written by another program?"
+                ) from None
+            # PyTorch's text around the unpickler's own error advises weights_only=False: keep only the error.
+            detail = (
+                text.split("Unpickler error:")[-1].strip().splitlines()[0][:200]
+                if "Unpickler error:" in text
+                else ""
+            )
+            raise CorruptCheckpointError(
+                f"{path}: damaged or incomplete checkpoint (not a readable PyTorch file"
+                f"{': ' + detail if detail else ''}); use an earlier checkpoint"
+            ) from None
+        except Exception as e:  # torch raises RuntimeError / EOFError / KeyError / ... for damaged files
+            first = str(e).split(". ")[0].splitlines()[0][:200] if str(e) else ""
+            raise CorruptCheckpointError(
+                f"{path}: damaged or incomplete checkpoint ({path.stat().st_size} bytes; "
+                f"{type(e).__name__}: {first}); use an earlier checkpoint"
+            ) from None
     if not isinstance(ckpt, dict):
         raise RuntimeError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     return ckpt
+
+
+def checkpoint_is_intact(path: str | Path) -> bool:
+    """Whether ``path`` is a complete PyTorch zip archive (every member's CRC checked; nothing unpickled)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError, EOFError):
+        return False
 
 
 def trainable_state_from_checkpoint(ckpt: dict) -> dict[str, torch.Tensor]:

@@ -7,11 +7,13 @@
   not through mmengine's non-strict loader.
 * Crash-safe checkpoints: written to a temporary file in the same directory and renamed
   (``os.replace``); the ``last_checkpoint`` pointer too. ``--resume auto`` falls back to the newest
-  complete ``iter_N.pth`` when the pointer is missing, cut or stale.
+  intact ``iter_N.pth`` when the pointer is missing, cut or stale or names a damaged file (warning);
+  partial files of a killed save are removed at start.
 * Exact resume: each rank's random state is saved with the checkpoint and restored by
   :class:`~projects.sa2va.engine.loops.Sa2VATrainLoop` at the matching point.
 * :class:`~projects.sa2va.engine.optim.NonFiniteLossError` (too many NaN/inf losses in a row) saves a
-  checkpoint before it propagates.
+  checkpoint (the weights of the last update with a finite loss) before it propagates; the message
+  names the previous checkpoint to resume from instead.
 * :class:`~projects.sa2va.engine.hooks.GlobalBatchLoggerHook` and
   :class:`~projects.sa2va.engine.hooks.LossRecorderHook` are registered unless the config has them.
 """
@@ -40,6 +42,7 @@ from .state import (
     capture_rng_state,
     decode_message_hub,
     find_resumable_checkpoint,
+    remove_stale_partials,
     restore_rng_state,
 )
 
@@ -114,6 +117,8 @@ class Sa2VARunner(Runner):
         """
         if self._has_loaded:
             return
+        if is_main_process():
+            remove_stale_partials(self.work_dir)
         if self._resume and self._load_from is None:
             choice = [find_resumable_checkpoint(self.work_dir) if is_main_process() else None]
             broadcast_object_list(choice)
@@ -208,12 +213,28 @@ class Sa2VARunner(Runner):
         except NonFiniteLossError:
             step = self.iter + 1  # the failing iteration was consumed (its update skipped)
             filename = f"iter_{step}.pth"
+            earlier = find_resumable_checkpoint(self.work_dir) if is_main_process() else None
             self.save_checkpoint(
                 self.work_dir, filename, meta=dict(epoch=self.epoch, iter=step), by_epoch=False
             )
             if is_main_process():
-                self.logger.error(
-                    f"stopped on non-finite losses; saved {os.path.join(self.work_dir, filename)} "
-                    "(resume with --resume auto after changing the config)"
-                )
+                self.logger.error(self._nonfinite_message(os.path.join(self.work_dir, filename), earlier))
             raise
+
+    def _nonfinite_message(self, saved: str, earlier: str | None) -> str:
+        """What the non-finite stop saved and where to go on from: never the diverged weights."""
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        largest = max(
+            (float(p.detach().abs().max()) for p in model.parameters() if p.requires_grad), default=0.0
+        )
+        text = (
+            f"stopped on non-finite losses. {saved} holds the weights of the last update with a finite loss "
+            f"(the non-finite iterations' updates were skipped; largest trained |weight| = {largest:.3g}); "
+            "they led to non-finite losses, so do not resume from them: "
+        )
+        if earlier is not None:
+            return text + (
+                f"the previous checkpoint is {earlier}; resume from it with `--resume {earlier}` after "
+                "lowering the learning rate (or changing what diverged)"
+            )
+        return text + "no earlier checkpoint exists; restart from scratch with a lower learning rate"

@@ -107,24 +107,78 @@ def checkpoint_step(path: str | Path) -> int | None:
 def find_resumable_checkpoint(work_dir: str | Path) -> str | None:
     """The checkpoint that ``--resume auto`` should load from ``work_dir``, or None for a fresh start.
 
-    The ``last_checkpoint`` pointer wins when it names an existing file. Otherwise (no pointer, an empty
-    or cut pointer, or one naming a deleted file) the ``iter_N.pth`` / ``epoch_N.pth`` with the largest N
-    is used: with :func:`atomic_write_bytes` every file at such a name is complete. Temporary files of
-    an interrupted save (``.iter_N.pth.tmp-*``) are never candidates.
+    The ``last_checkpoint`` pointer wins when it names an intact file. Otherwise (no pointer, an empty
+    or cut pointer, one naming a deleted file, or a damaged newest file) the newest intact
+    ``iter_N.pth`` / ``epoch_N.pth`` is used, with a warning naming each file passed over. Intact: a
+    complete zip archive whose members' CRCs check (:func:`checkpoint_is_intact`, nothing unpickled).
+    Temporary files of an interrupted save (``.iter_N.pth.partial-*``, ``.*.tmp-*``) are never candidates.
     """
+    from ..checkpoint.safe_load import checkpoint_is_intact
+
     logger = MMLogger.get_current_instance()
     work_dir = Path(work_dir)
     pointer = work_dir / POINTER_NAME
     if pointer.is_file():
         target = pointer.read_text(encoding="utf-8", errors="replace").strip()
         if target and Path(target).is_file():
-            return target
-        logger.warning(f"{pointer} names {target!r}, which is not a file; looking for iter_*/epoch_* files")
+            if checkpoint_is_intact(target):
+                return target
+            logger.warning(
+                f"{pointer} names {target}, which is damaged or incomplete; looking for an older one"
+            )
+        else:
+            logger.warning(
+                f"{pointer} names {target!r}, which is not a file; looking for iter_*/epoch_* files"
+            )
     candidates = sorted(
-        (p for p in work_dir.glob("*.pth") if checkpoint_step(p) is not None),
+        (p for p in work_dir.glob("*.pth") if checkpoint_step(p) is not None and p.is_file()),
         key=lambda p: (checkpoint_step(p), p.stat().st_mtime),
     )
-    return str(candidates[-1]) if candidates else None
+    for path in reversed(candidates):
+        if checkpoint_is_intact(path):
+            return str(path)
+        logger.warning(f"--resume auto: {path} is damaged or incomplete; falling back to an older checkpoint")
+    return None
+
+
+#: Temporary file of a checkpoint save in progress (``Sa2VARunner.save_checkpoint``): ``.NAME.partial-PID``.
+_PARTIAL_NAME = re.compile(r"^\..+\.(partial)-(\d+)$")
+
+
+def remove_stale_partials(work_dir: str | Path) -> list[Path]:
+    """Delete temporary files of saves that were killed (their writing process is gone); returns them.
+
+    A file whose process id is still alive (e.g. another run saving into the same folder) is kept.
+    """
+    removed: list[Path] = []
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        return removed
+    for path in work_dir.iterdir():
+        m = _PARTIAL_NAME.match(path.name)
+        if not m or not path.is_file():
+            continue
+        pid = int(m.group(2))
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    if removed:
+        MMLogger.get_current_instance().warning(
+            f"removed {len(removed)} partial file(s) of interrupted saves in {work_dir}: "
+            f"{', '.join(p.name for p in removed)}"
+        )
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 _HB_TAG = "__history_buffer__"
