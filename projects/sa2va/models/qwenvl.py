@@ -54,6 +54,13 @@ IMAGE_PAD_TOKEN = "<|image_pad|>"
 VISION_START_TOKEN = "<|vision_start|>"
 VISION_END_TOKEN = "<|vision_end|>"
 
+#: Qwen-VL config fields naming vision token ids -> the token.
+_VISION_TOKEN_FIELDS = {
+    "image_token_id": IMAGE_PAD_TOKEN,
+    "video_token_id": "<|video_pad|>",
+    "vision_start_token_id": VISION_START_TOKEN,
+    "vision_end_token_id": VISION_END_TOKEN,
+}
 #: ``config.json`` entries that are not arguments of the Qwen-VL config class.
 _NOT_CONFIG_ARGS = (
     "architectures",
@@ -156,8 +163,8 @@ class QwenVLMLLM(MLLMAdapter):
     Args:
         tokenizer: tokenizer object or config dict (a Qwen2 tokenizer holding ``<|image_pad|>``,
             ``<|vision_start|>``, ``<|vision_end|>``); Sa2VA's tokens are added if missing.
-        config: the Sa2VA Qwen-VL ``config.json`` as a dict (``text_config``, ``vision_config``, token ids);
-            default: read from ``path``.
+        config: the Sa2VA Qwen-VL ``config.json`` as a dict (``text_config``, ``vision_config``, token ids;
+            absent token ids are taken from the tokenizer); default: read from ``path``.
         path: a Sa2VA Qwen-VL Hugging Face folder (weights are loaded by the caller).
         torch_dtype: dtype of the built weights (``None``: float32).
         gradient_checkpointing: recompute decoder (and vision) activations in backward.
@@ -200,19 +207,26 @@ class QwenVLMLLM(MLLMAdapter):
         self.path = path
         self.template = cfg.get("template") or self.family.default_template
         dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
+        self.tokenizer = build_component(tokenizer)
+        add_sa2va_tokens(self.tokenizer, internvl_tokens=False)
+        # Random-weight configs may leave the vision token ids out: they are the tokenizer's then.
+        for field, token in _VISION_TOKEN_FIELDS.items():
+            if field not in cfg:
+                cfg[field] = self.tokenizer.convert_tokens_to_ids(token)
         self.config = self.config_class(**{k: v for k, v in cfg.items() if k not in _NOT_CONFIG_ARGS})
         # Sa2VA trains embed_tokens and lm_head as separate copies: never tied (the base models tie them).
         self.config.tie_word_embeddings = False
         self.config.text_config.tie_word_embeddings = False
         self.config.use_cache = False
 
-        self.tokenizer = build_component(tokenizer)
-        add_sa2va_tokens(self.tokenizer, internvl_tokens=False)
         self.img_context_token_id = self._token_id(IMAGE_PAD_TOKEN, self.config.image_token_id)
         self._token_id(VISION_START_TOKEN, self.config.vision_start_token_id)
         self._token_id(VISION_END_TOKEN, self.config.vision_end_token_id)
 
-        full = self.hf_model_class._from_config(self.config, attn_implementation="sdpa", torch_dtype=dtype)
+        # dtype stated explicitly: transformers 4.57 builds in config.json's `torch_dtype` when given None.
+        full = self.hf_model_class._from_config(
+            self.config, attn_implementation="sdpa", dtype=dtype or torch.float32
+        )
         self.vision_model = full.model.visual
         self.language_model = QwenVLCausalLM(
             self.config.text_config,
@@ -359,9 +373,14 @@ class QwenVLMLLM(MLLMAdapter):
         ids, mask = input_ids, attention_mask
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         new: list[torch.Tensor] = []
+        # Vision tokens are never generated (a generated <|image_pad|> would have no image features).
+        banned = [self.config.image_token_id, self.config.video_token_id]
+        banned += [self.config.vision_start_token_id, self.config.vision_end_token_id]
         for _ in range(int(generation_config.max_new_tokens)):
             logits, _ = self(ids, attention_mask=mask, vit_tokens=vit_tokens, image_grid_thw=image_grid_thw)
-            nxt = logits[:, -1].argmax(dim=-1)
+            last = logits[:, -1].clone()
+            last[:, banned] = float("-inf")
+            nxt = last.argmax(dim=-1)
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             new.append(nxt)
             done |= torch.isin(nxt, torch.tensor(sorted(stop), device=nxt.device, dtype=nxt.dtype))

@@ -1,0 +1,15 @@
+# Sa2VA-Qwen2_5-VL (3B / 7B) loaded from an official Hugging Face folder: as model_sa2va_qwen3vl.py with
+# transformers' Qwen2.5-VL classes.
+from mmengine.config import read_base
+
+from projects.sa2va.models.qwenvl import Qwen2_5_VLSa2VA
+
+with read_base():
+    from .model_sa2va_qwen3vl import *
+
+path = "models/Sa2VA-Qwen2_5-VL-3B"
+tokenizer.path = path
+image_processor.path = path
+model.mllm.update(type=Qwen2_5_VLSa2VA, path=path, tokenizer=tokenizer)
+model.load_weights.path = path
+dataset_inputs = dict(tokenizer=tokenizer, template=template, image_processor=image_processor)

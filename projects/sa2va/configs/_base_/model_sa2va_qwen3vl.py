@@ -1,0 +1,20 @@
+# Sa2VA-Qwen3-VL (2B / 4B) loaded from an official Hugging Face folder: transformers' Qwen3-VL vision tower and
+# text decoder, the Qwen2-family parts and recipe otherwise. The whole vision tower (merger included) is frozen
+# and LoRA goes on the text decoder, as in the official Qwen-VL recipe. Images go through the folder's
+# Qwen-VL image processor (preprocessor_config.json) at Sa2VA's pixel budget. Leaf configs set `path` and
+# re-point the places that use it (tokenizer, image_processor, mllm, load_weights).
+from mmengine.config import read_base
+
+from projects.sa2va.datasets.qwenvl_processing import QwenVLImageProcessor
+from projects.sa2va.models.qwenvl import Qwen3VLSa2VA
+
+with read_base():
+    from .model_sa2va_qwen2 import *
+
+path = "models/Sa2VA-Qwen3-VL-4B"
+tokenizer.path = path
+image_processor = dict(type=QwenVLImageProcessor, path=path)
+model.mllm = dict(type=Qwen3VLSa2VA, path=path, tokenizer=tokenizer, torch_dtype="bfloat16")
+model.load_weights.path = path
+# The dataset fields that follow this model: `train_dataloader.dataset.update(dataset_inputs)`.
+dataset_inputs = dict(tokenizer=tokenizer, template=template, image_processor=image_processor)

@@ -1,0 +1,26 @@
+# Fine-tune Sa2VA-Qwen3-VL-4B (or -2B: change `path`) on your annotations.json data.
+#   bash tools/dist.sh train projects/sa2va/configs/sa2va_qwen3vl_4b_finetune.py 8
+# The official Qwen-VL recipe: LoRA r=128 on the text decoder with embed_tokens / lm_head copies, frozen
+# vision tower and SAM2 encoder, trained SAM2 mask decoder + text_hidden_fcs, AdamW 4e-5, bf16.
+from mmengine.config import read_base
+
+with read_base():
+    from ._base_.dataset_refseg import *
+    from ._base_.default_runtime import *
+    from ._base_.model_sa2va_qwen3vl import *
+    from ._base_.schedule_reference import *
+
+path = "models/Sa2VA-Qwen3-VL-4B"
+data_root = "data/chase_db1"
+
+tokenizer.path = path
+image_processor.path = path
+model.mllm.update(path=path, tokenizer=tokenizer)
+model.load_weights.path = path
+dataset_inputs = dict(tokenizer=tokenizer, template=template, image_processor=image_processor)
+train_dataloader.dataset.update(
+    ann_file=data_root + "/annotations_train.json",
+    image_root=data_root + "/images",
+    repeats=10,
+    **dataset_inputs,
+)

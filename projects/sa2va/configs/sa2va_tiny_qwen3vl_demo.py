@@ -1,0 +1,11 @@
+# CPU demo of the Qwen3-VL family: a tiny random-weight Sa2VA-Qwen3-VL fine-tuned on the bundled sample.
+#   python tools/train.py projects/sa2va/configs/sa2va_tiny_qwen3vl_demo.py
+from mmengine.config import read_base
+
+with read_base():
+    from .sa2va_tiny_demo import *
+    from ._base_.model_tiny_qwen3vl import *
+
+work_dir = "work_dirs/sa2va_tiny_qwen3vl_demo"
+train_dataloader.dataset.update(dataset_inputs)
+val_dataloader.dataset.update(dataset_inputs)
