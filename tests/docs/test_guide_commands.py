@@ -27,7 +27,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs/finetune.md"
 BLOCK = re.compile(r"(?:<!-- guide-test: (?P<id>[\w-]+) -->\n)?```bash\n(?P<body>.*?)```", re.DOTALL)
-RUN = ("convert", "check", "split", "train-cpu", "watch", "evaluate", "predict", "export")
+RUN = (
+    "convert",
+    "check",
+    "split",
+    "train-cpu",
+    "watch",
+    "evaluate",
+    "predict",
+    "export",
+    "own-layout",
+    "own-prepare",
+    "own-convert",
+    "own-split",
+    "own-evaluate",
+)
 CHECKED = ("setup", "make-demo", "train-gpu", "demo-app")
 #: Training on 1 epoch (11 iterations) with a validation at 6 and at the end, instead of 10 epochs.
 SHORTER = {"train-cpu": " train_cfg.max_epochs=1 train_cfg.val_interval=6"}
@@ -41,6 +55,13 @@ EXPECT = {
     "evaluate": r"at 0.5; Dice [0-9.]+ / IoU [0-9.]+ / clDice [0-9.]+ at [0-9.]+ \(best on this set\)",
     "predict": r"wrote 2 prediction\(s\) to work_dirs/my_vessels_tiny/predictions \(predictions.json\)",
     "export": r"Exported \d+ tensors .* to work_dirs/my_vessels_tiny/hf",
+    "own-layout": r"wrote data/retina_raw: 28 images \(8 in test.txt\)",
+    "own-prepare": r"images: 28 -> 512x512\nmasks: 56, round-trip Dice mean 0.99\d+ min",
+    "own-convert": r"overall: 28 records, 28 objects, 0 px differ .* EXACT",
+    "own-split": r"val: 8 records, 8 images -> data/retina/test.json\n(.*\n)*"
+    r"train: 16 records, 16 images, 8 groups -> data/retina/train.json",
+    "own-evaluate": r"inside the FOV \(masks data/retina/fov/\{stem\}_mask.\*; 6\d.\d % of the pixels\) "
+    r"over 8 queries: Dice .* \(fixed\)",
 }
 
 
@@ -112,6 +133,13 @@ def test_the_guide_runs_end_to_end(workdir: Path) -> None:
     assert pred["threshold"] == threshold  # predict used the evaluated threshold
     assert (work / "hf/config.json").is_file() and (work / "training_curves.png").is_file()
     assert (workdir / "data/my_vessels/train.json").is_file()  # written in the scratch copy
+    retina = json.loads((work / "eval_retina/report.json").read_text())
+    assert retina["n_queries"] == 8 and retina["fov"]["at_0.5"]["n_queries"] == 8
+    assert retina["fov"]["threshold_chosen_on"] == "validation set data/retina/val.json, inside the FOV"
+    assert (work / "eval_retina/fov/best_threshold.json").is_file()
+    val_children = {r["image"][:2] for r in json.loads((workdir / "data/retina/val.json").read_text())}
+    train_children = {r["image"][:2] for r in json.loads((workdir / "data/retina/train.json").read_text())}
+    assert len(val_children) == 2 and not val_children & train_children  # both eyes on one side
 
 
 def _make_dry_run(target: str) -> str:

@@ -183,11 +183,16 @@ def score_fov(
     )
     o5, ob = result.at_05["overall"], result.at_best["overall"]
     MMLogger.get_current_instance().info(
-        f"inside the FOV ({source.describe()}; {100 * fraction:.1f} % of the pixels): "
-        f"Dice {o5['dice']:.4f} / IoU {o5['iou']:.4f} / clDice {o5['cl_dice']:.4f} at 0.5; "
-        f"Dice {ob['dice']:.4f} / IoU {ob['iou']:.4f} / clDice {ob['cl_dice']:.4f} at {chosen:.2f}"
+        f"inside the FOV ({source.describe()}; {100 * fraction:.1f} % of the pixels) over "
+        f"{len(fov_ev)} queries: {_figures(o5, cl_dice)} at 0.5; {_figures(ob, cl_dice)} at {chosen:.2f} "
+        f"({'fixed' if threshold is not None else 'best on this set'})"
     )
     return result
+
+
+def _figures(overall: dict[str, Any], cl_dice: bool) -> str:
+    text = f"Dice {overall['dice']:.4f} / IoU {overall['iou']:.4f}"
+    return text + (f" / clDice {overall['cl_dice']:.4f}" if cl_dice else "")
 
 
 def write_fov_outputs(result: FovResult, source: FovSource, out_dir: str | Path) -> list[Path]:
