@@ -58,7 +58,10 @@ from ..datasets.image_processing import (
     sam2_pixel_values,
 )
 from ..datasets.prompt import encode_with_image, image_question, instruction_text, prefix_ids
+from ..datasets.qwenvl_processing import QwenVLImageProcessor
+from ..models.builder import build_component
 from ..models.internvl import InternLM2InternVL, InternVLMLLM, Qwen2InternVL, read_hf_config
+from ..models.qwenvl import Qwen2_5_VLSa2VA, Qwen3VLSa2VA, QwenVLMLLM
 from ..models.sa2va import SEG_TOKEN, Sa2VAModel
 from ..models.tokenizer import load_tokenizer
 from ..structures import Sa2VABatch
@@ -83,6 +86,13 @@ HF_MODEL_CONFIG = Path(__file__).resolve().parents[1] / "configs/_base_/model_sa
 HF_LLM_ADAPTERS: dict[str, type[InternVLMLLM]] = {
     "Qwen2ForCausalLM": Qwen2InternVL,
     "InternLM2ForCausalLM": InternLM2InternVL,
+}
+#: Model config used by :meth:`Sa2VAPredictor.from_hf` for the Qwen-VL families.
+HF_QWENVL_MODEL_CONFIG = Path(__file__).resolve().parents[1] / "configs/_base_/model_sa2va_qwen3vl.py"
+#: ``text_config.model_type`` of a Sa2VA Qwen-VL folder -> the Qwen-VL adapter class.
+HF_QWENVL_ADAPTERS: dict[str, type[QwenVLMLLM]] = {
+    "qwen3_vl_text": Qwen3VLSa2VA,
+    "qwen2_5_vl_text": Qwen2_5_VLSa2VA,
 }
 
 
@@ -153,12 +163,14 @@ def _as_rgb_array(image: ImageLike, index: int) -> np.ndarray:
 
 @dataclass
 class _Prepared:
-    """One preprocessed image: ViT tiles ``[T, 3, S, S]``, SAM2 input ``[3, G, G]``, prompt ids."""
+    """One preprocessed image: vision input (ViT tiles ``[T, 3, S, S]`` or Qwen-VL patches ``[P, D]`` with
+    ``image_grid_thw [1, 3]``), SAM2 input ``[3, G, G]``, prompt ids."""
 
     pixel_values: torch.Tensor
     g_pixel_values: torch.Tensor
     prompt_ids: list[int]
     size: tuple[int, int]  # (H, W) of the original image
+    image_grid_thw: torch.Tensor | None = None
 
 
 class Sa2VAPredictor:
@@ -169,6 +181,8 @@ class Sa2VAPredictor:
         template: xtuner chat template dict, or its name in ``PROMPT_TEMPLATE``; ``None``: the model's
             (``model.mllm.template``, from the HF ``config.json`` or the LLM family).
         min_tiles / max_tiles / use_thumbnail: InternVL dynamic tiling (official: 1 / 12 / True).
+        image_processor: the Qwen-VL families' image processor (:class:`QwenVLImageProcessor` or its
+            config dict); required for a Qwen-VL model, refused for an InternVL one.
         threshold: default mask threshold (0.5 as the official code, or a tuned one).
         official_normalisation: SAM2 input normalised with the bf16-rounded ImageNet constants as the
             official predictor (True) or with the exact constants as training (False).
@@ -186,6 +200,7 @@ class Sa2VAPredictor:
         min_tiles: int = 1,
         max_tiles: int = 12,
         use_thumbnail: bool = True,
+        image_processor: Any = None,
         threshold: float = 0.5,
         official_normalisation: bool = True,
         device: str | torch.device | None = None,
@@ -210,7 +225,14 @@ class Sa2VAPredictor:
         if autocast is None:
             autocast = bool(low)
         self.autocast_dtype: torch.dtype | None = (low.pop() if low else torch.bfloat16) if autocast else None
-        self.tile_size = int(model.mllm.vision_config.image_size)
+        self.image_processor = build_component(image_processor)
+        qwen_vl = isinstance(model.mllm, QwenVLMLLM)
+        if qwen_vl and self.image_processor is None:
+            raise ValueError(f"{type(model.mllm).__name__} needs an image_processor (QwenVLImageProcessor)")
+        if not qwen_vl and self.image_processor is not None:
+            raise ValueError(f"{type(model.mllm).__name__} takes InternVL tiles, not an image_processor")
+        vision_config = getattr(model.mllm, "vision_config", None)
+        self.tile_size = int(vision_config.image_size) if not qwen_vl else 0
         self.num_image_token = int(model.mllm.num_image_token)
         self.sam2_size = int(model.grounding_encoder.image_size)
         self.seg_token_id = int(model.seg_token_idx)
@@ -298,6 +320,10 @@ class Sa2VAPredictor:
         """
         folder = Path(folder)
         hf = read_hf_config(folder)
+        if "text_config" in hf and "vision_config" in hf:
+            return cls._from_qwenvl_folder(
+                folder, hf, checkpoint, model_config, device, cfg_options, **kwargs
+            )
         archs = (hf.get("llm_config") or {}).get("architectures") or []
         adapters = [HF_LLM_ADAPTERS[a] for a in archs if a in HF_LLM_ADAPTERS]
         if not adapters:
@@ -323,6 +349,39 @@ class Sa2VAPredictor:
                 kwargs.setdefault(key, hf[hf_key])
         return cls.from_config(
             model_config or HF_MODEL_CONFIG, checkpoint, device=device, cfg_options=overrides, **kwargs
+        )
+
+    @classmethod
+    def _from_qwenvl_folder(
+        cls,
+        folder: Path,
+        hf: dict,
+        checkpoint: str | Path | None,
+        model_config: str | Path | None,
+        device: str | torch.device,
+        cfg_options: dict | None,
+        **kwargs: Any,
+    ) -> Sa2VAPredictor:
+        """:meth:`from_hf` for a Sa2VA Qwen-VL folder: adapter by ``text_config.model_type``, the folder's
+        tokenizer and image processor (``preprocessor_config.json``) at Sa2VA's pixel budget."""
+        text_type = (hf.get("text_config") or {}).get("model_type")
+        if text_type not in HF_QWENVL_ADAPTERS:
+            raise ValueError(
+                f"{folder / 'config.json'}: text_config.model_type = {text_type!r}; supported Qwen-VL "
+                f"families: {sorted(HF_QWENVL_ADAPTERS)}"
+            )
+        adapter = HF_QWENVL_ADAPTERS[text_type]
+        overrides = {
+            "model.mllm.type": adapter,
+            "model.mllm.path": str(folder),
+            "model.mllm.tokenizer": dict(_delete_=True, type=load_tokenizer, path=str(folder)),
+            "model.load_weights.path": str(folder),
+            **(cfg_options or {}),
+        }
+        kwargs.setdefault("template", hf.get("template") or adapter.family.default_template)
+        kwargs.setdefault("image_processor", QwenVLImageProcessor(path=folder))
+        return cls.from_config(
+            model_config or HF_QWENVL_MODEL_CONFIG, checkpoint, device=device, cfg_options=overrides, **kwargs
         )
 
     def _resolve_template(self, template: dict | str | None) -> dict:
@@ -364,14 +423,34 @@ class Sa2VAPredictor:
         ``predict_forward`` (``tokenizer.encode(prompt_text)``) and training do.
         """
         text = instruction_text(self.template, image_question(prompt))
+        tokens = {} if self.image_processor is None else {"image_tokens": self.image_processor.image_tokens}
         return prefix_ids(self.tokenizer) + encode_with_image(
-            self.tokenizer, text, num_tiles=num_tiles, num_image_token=self.num_image_token
+            self.tokenizer, text, num_tiles=num_tiles, num_image_token=self.num_image_token, **tokens
         )
 
     def preprocess(self, image: ImageLike, prompt: str, index: int = 0) -> _Prepared:
         """Tiles, SAM2 input and prompt ids of one image (see the module docstring)."""
         arr = _as_rgb_array(image, index)
         pil = Image.fromarray(arr)
+        mean, std = (
+            (SAM2_INFER_MEAN, SAM2_INFER_STD)
+            if self.official_normalisation
+            else (IMAGENET_MEAN, IMAGENET_STD)
+        )
+        g_pixel_values = sam2_pixel_values(
+            arr, size=self.sam2_size, mean=mean, std=std, resample="pil_bicubic"
+        )
+        size = (int(arr.shape[0]), int(arr.shape[1]))
+        if self.image_processor is not None:  # Qwen-VL: patches + grid; one "tile" per image token
+            patches, grid = self.image_processor(pil)
+            n_tokens = int(grid.prod()) // self.image_processor.merge_size**2
+            return _Prepared(
+                pixel_values=patches,
+                g_pixel_values=g_pixel_values,
+                prompt_ids=self.build_prompt_ids(prompt, n_tokens),
+                size=size,
+                image_grid_thw=grid,
+            )
         tiles = dynamic_tiles(
             pil,
             min_num=self.min_tiles,
@@ -396,7 +475,12 @@ class Sa2VAPredictor:
     # --- generation ------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(
-        self, prompt_ids: Sequence[Sequence[int]], vit_tokens: torch.Tensor, *, max_new_tokens: int = 64
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        vit_tokens: torch.Tensor,
+        *,
+        max_new_tokens: int = 64,
+        image_grid_thw: torch.Tensor | None = None,
     ) -> list[list[int]]:
         """Greedy decoding for a batch of prompts (left-padded), each with its image.
 
@@ -405,6 +489,7 @@ class Sa2VAPredictor:
             vit_tokens: ``[T, N, C_vit]`` ViT outputs (:meth:`InternVLMLLM.encode_vit`) of all tiles
                 of the batch, in sample order.
             max_new_tokens: generation budget per sample.
+            image_grid_thw: Qwen-VL ``[B, 3]`` patch grids (``None`` for InternVL).
 
         Returns:
             per sample the generated ids, cut after the first stop token (included).
@@ -430,15 +515,14 @@ class Sa2VAPredictor:
             use_cache=True,
             stop_strings=self.stop_strings or None,
             return_dict_in_generate=True,
+            # The image-slot token is never generated (it would have no image features).
+            suppress_tokens=[int(mllm.img_context_token_id)],
         )
         extra = {"tokenizer": self.tokenizer} if self.stop_strings else {}
-        # With only `inputs_embeds`, transformers returns the new tokens alone: [B, <= max_new_tokens].
+        grid = {} if image_grid_thw is None else {"image_grid_thw": image_grid_thw.to(self.device)}
         with self._autocast():
-            embeds = mllm.embed(input_ids, mllm.project_vit(vit_tokens))
-            out = mllm.language_model.generate(
-                inputs_embeds=embeds, attention_mask=attention_mask, generation_config=gen_cfg, **extra
-            )
-        return [self._cut_at_stop(row.tolist()) for row in out.sequences]
+            new = mllm.generate_ids(input_ids, attention_mask, vit_tokens, gen_cfg, **grid, **extra)
+        return [self._cut_at_stop(row.tolist()) for row in new]
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -501,14 +585,22 @@ class Sa2VAPredictor:
         prepared = [self.preprocess(im, p, i) for i, (im, p) in enumerate(zip(images, prompts))]
         model = self.model
         pixel_values = torch.cat([p.pixel_values for p in prepared]).to(self.device)
+        grid = None
+        if self.image_processor is not None:
+            grid = torch.cat([p.image_grid_thw for p in prepared]).to(self.device)
         with self._autocast():
-            vit_tokens = model.mllm.encode_vit(pixel_values)
+            vit_tokens = model.mllm.encode_vit(
+                pixel_values, **({} if grid is None else {"image_grid_thw": grid})
+            )
             generated = self.generate(
-                [p.prompt_ids for p in prepared], vit_tokens, max_new_tokens=max_new_tokens
+                [p.prompt_ids for p in prepared],
+                vit_tokens,
+                max_new_tokens=max_new_tokens,
+                image_grid_thw=grid,
             )
             # Teacher-forced forward of the training model over prompt + answer (right-padded, as in
             # training).
-            batch = self._teacher_forced_batch(prepared, generated, vit_tokens)
+            batch = self._teacher_forced_batch(prepared, generated, vit_tokens, grid)
             out = model.forward_tensors(batch)
         counts = out["seg_counts"]
         for i, (c, ids) in enumerate(zip(counts, generated)):
@@ -537,7 +629,11 @@ class Sa2VAPredictor:
         return results
 
     def _teacher_forced_batch(
-        self, prepared: list[_Prepared], generated: list[list[int]], vit_tokens: torch.Tensor
+        self,
+        prepared: list[_Prepared],
+        generated: list[list[int]],
+        vit_tokens: torch.Tensor,
+        image_grid_thw: torch.Tensor | None = None,
     ) -> Sa2VABatch:
         """A :class:`Sa2VABatch` of prompt + generated ids (right-padded), with the cached ViT tokens."""
         seqs = [p.prompt_ids + g for p, g in zip(prepared, generated)]
@@ -560,6 +656,7 @@ class Sa2VAPredictor:
             masks=[torch.zeros((0, *p.size), dtype=torch.uint8) for p in prepared],
             image_ids=[str(i) for i in range(b)],
             vit_tokens=vit_tokens,
+            image_grid_thw=image_grid_thw,
         )
 
 
@@ -579,7 +676,7 @@ def _config_defaults(cfg: Config) -> dict[str, Any]:
         out["template"] = dict(template)
     for loader in ("val_dataloader", "test_dataloader", "train_dataloader"):
         dataset = (cfg.get(loader) or {}).get("dataset") or {}
-        keys = ("min_tiles", "max_tiles", "use_thumbnail")
+        keys = ("min_tiles", "max_tiles", "use_thumbnail", "image_processor")
         found = {k: dataset[k] for k in keys if dataset.get(k) is not None}
         if found:
             out.update(found)
