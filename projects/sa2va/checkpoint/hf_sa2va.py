@@ -452,6 +452,11 @@ def _qwenvl_official_config(
     return cfg
 
 
+def config_auto_map_files(cfg: dict[str, Any]) -> list[str]:
+    """The remote-code files a ``config.json``'s ``auto_map`` names (``configuration_sa2va_chat.py``, ...)."""
+    return sorted({f"{v.split('.')[0]}.py" for v in (cfg.get("auto_map") or {}).values()})
+
+
 def _write_processor_files(mllm: nn.Module, source_dir: Path | None, save_dir: Path) -> list[str]:
     """Copy the source's image-processor / chat-template files; a source-less Qwen-VL export gets a
     ``preprocessor_config.json`` from the adapter's vision config and family defaults."""
@@ -574,7 +579,7 @@ def export_hf_folder(
     else:
         _logger().warning(
             f"{save_dir}: no source HF folder, so no remote-code *.py files were copied; add the official "
-            "configuration_sa2va_chat.py / modeling_sa2va_chat.py (and their imports) before "
+            f"ones of {config_auto_map_files(cfg)} (and their imports) before "
             "AutoModel.from_pretrained(..., trust_remote_code=True)"
         )
     _logger().info(f"Exported {len(entries)} tensors ({sum(sizes) / 1e9:.2f} GB, {n} shard(s)) to {save_dir}")
