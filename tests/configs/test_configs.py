@@ -58,10 +58,12 @@ def shrink_to_tiny(cfg: Config) -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["sa2va_tiny_demo", "sa2va_1b_random"])
+@pytest.mark.parametrize(
+    "name", ["sa2va_tiny_demo", "sa2va_1b_random", "sa2va_tiny_qwen3vl_demo", "sa2va_tiny_qwen2_5vl_demo"]
+)
 def test_config_builds_and_takes_a_training_step(name):
     cfg = Config.fromfile(str(CONFIG_DIR / f"{name}.py"))
-    if name != "sa2va_tiny_demo":
+    if name == "sa2va_1b_random":
         shrink_to_tiny(cfg)
     torch.manual_seed(0)
     model = BUILDER.build(cfg.model)
