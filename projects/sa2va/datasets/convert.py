@@ -26,7 +26,7 @@ from pycocotools import mask as coco_mask
 
 from .annotations import decode_object_mask, encode_mask_rle, mask_to_polygons
 from .fov import AUTO_FOV_THRESHOLD, auto_fov, mask_iou
-from .image_io import read_image_array
+from .image_io import read_image_array, read_image_size
 from .pairing import NamePattern, PartnerIndex, PatternError, describe_fields, image_fields
 
 __all__ = [
@@ -264,11 +264,11 @@ def list_images(images_dir: str | Path, exclude_names: Sequence[str] = ()) -> li
 
 
 def _image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of the image as the toolkit reads it (EXIF orientation applied)."""
     try:
-        with Image.open(path) as im:
-            w, h = im.size
+        w, h = read_image_size(path)
     except OSError as err:
-        raise ConversionError(f"cannot read image {path}: {err}") from err
+        raise ConversionError(str(err)) from err
     return h, w
 
 
