@@ -137,7 +137,7 @@ class RefSegDataset(Dataset):
         if not self.records:
             raise ValueError(f"{ann_file}: no records")
         self.tokenizer = build_component(tokenizer)
-        add_sa2va_tokens(self.tokenizer)
+        add_sa2va_tokens(self.tokenizer, internvl_tokens=image_processor is None)  # Qwen-VL: its own
         self.template = dict(template)
         self.objects_per_image = objects_per_image
         self.repeats = repeats
