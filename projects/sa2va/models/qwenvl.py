@@ -54,6 +54,13 @@ IMAGE_PAD_TOKEN = "<|image_pad|>"
 VISION_START_TOKEN = "<|vision_start|>"
 VISION_END_TOKEN = "<|vision_end|>"
 
+#: What the Qwen-VL families share: LoRA on every text-decoder linear layer, the official module names.
+_QWEN_VL_FAMILY = dict(
+    lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    embed_module="embed_tokens",
+    head_module="lm_head",
+    default_template="qwen_chat",
+)
 #: Qwen-VL config fields naming vision token ids -> the token.
 _VISION_TOKEN_FIELDS = {
     "image_token_id": IMAGE_PAD_TOKEN,
@@ -368,7 +375,8 @@ class QwenVLMLLM(MLLMAdapter):
             ``[B, n]`` the new tokens (rows that stopped early are padded with ``pad_token_id``).
         """
         stop = generation_config.eos_token_id
-        stop = set([stop] if isinstance(stop, int) else (stop or []))
+        stop = sorted(set([stop] if isinstance(stop, int) else (stop or [])))
+        stop_ids = torch.tensor(stop, device=input_ids.device, dtype=input_ids.dtype)
         pad = generation_config.pad_token_id if generation_config.pad_token_id is not None else 0
         ids, mask = input_ids, attention_mask
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
@@ -383,7 +391,7 @@ class QwenVLMLLM(MLLMAdapter):
             nxt = last.argmax(dim=-1)
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             new.append(nxt)
-            done |= torch.isin(nxt, torch.tensor(sorted(stop), device=nxt.device, dtype=nxt.dtype))
+            done |= torch.isin(nxt, stop_ids)
             ids = torch.cat([ids, nxt[:, None]], dim=1)
             mask = torch.cat([mask, (~done | (nxt != pad))[:, None].to(mask.dtype)], dim=1)
             if bool(done.all()):
@@ -394,13 +402,7 @@ class QwenVLMLLM(MLLMAdapter):
 class Qwen2_5_VLSa2VA(QwenVLMLLM):  # noqa: N801 (the transformers family name)
     """Sa2VA-Qwen2_5-VL-3B / -7B: transformers ``Qwen2_5_VLForConditionalGeneration`` parts."""
 
-    family = LLMFamily(
-        name="qwen2_5_vl",
-        lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        embed_module="embed_tokens",
-        head_module="lm_head",
-        default_template="qwen_chat",
-    )
+    family = LLMFamily(name="qwen2_5_vl", **_QWEN_VL_FAMILY)
     config_class = Qwen2_5_VLConfig
     hf_model_class = Qwen2_5_VLForConditionalGeneration
     rope_model_class = Qwen2_5_VLModel
@@ -412,13 +414,7 @@ class Qwen2_5_VLSa2VA(QwenVLMLLM):  # noqa: N801 (the transformers family name)
 class Qwen3VLSa2VA(QwenVLMLLM):
     """Sa2VA-Qwen3-VL-2B / -4B: transformers ``Qwen3VLForConditionalGeneration`` parts (DeepStack)."""
 
-    family = LLMFamily(
-        name="qwen3_vl",
-        lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        embed_module="embed_tokens",
-        head_module="lm_head",
-        default_template="qwen_chat",
-    )
+    family = LLMFamily(name="qwen3_vl", **_QWEN_VL_FAMILY)
     config_class = Qwen3VLConfig
     hf_model_class = Qwen3VLForConditionalGeneration
     rope_model_class = Qwen3VLModel
