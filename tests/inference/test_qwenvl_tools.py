@@ -64,3 +64,15 @@ def test_test_tool_on_a_qwen3vl_model(checkpoint: Path, tmp_path: Path) -> None:
     assert report["n_queries"] == 8  # the 8 test images of the bundled sample
     for key in ("at_0.5", "at_best"):
         assert np.isfinite(report[key]["dice"]), key
+
+
+def test_demo_app_answers_with_a_qwen3vl_model(checkpoint: Path) -> None:
+    """The demo's predictor and request handling (as tools/demo_app.py builds them), without HTTP."""
+    from projects.sa2va.app.server import DemoApp
+    from projects.sa2va.inference.predictor import Sa2VAPredictor
+
+    app = DemoApp(Sa2VAPredictor.from_config(CFG, checkpoint), samples_dir=IMAGE.parent, max_new_tokens=4)
+    image = app.decode_image(app.sample_bytes(IMAGE.name), IMAGE.name)
+    answer = app.predict(image, app.check_prompt("Please segment the blood vessel."))
+    assert (answer["width"], answer["height"]) == (512, 512)
+    assert len(answer["probs"]) == answer["text"].count("[SEG]")
