@@ -495,7 +495,7 @@ class Sa2VAModel(BaseModel):
                 out["features"], dummy, idx, images=batch.g_pixel_values
             )["masks"]
             zero = logits.sum() * 0.0
-            losses.update({"loss_mask": zero, "loss_dice": zero})
+            losses.update(dict.fromkeys(self.loss_mask.loss_names, zero))
         return losses
 
     @torch.no_grad()
