@@ -84,6 +84,8 @@ class RefSegDataset(Dataset):
         augment: optional :class:`~projects.sa2va.datasets.augment.SegAugment` (or config dict).
         seed: base seed of every random choice.
         check_images: open every image at start-up to validate sizes (see ``load_annotations``).
+        allow_outside_root: accept image paths outside ``image_root`` (absolute, or ``..`` above it);
+            refused by record index otherwise (see ``load_annotations``).
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class RefSegDataset(Dataset):
         seed: int = 0,
         check_images: bool = True,
         image_processor: Any = None,
+        allow_outside_root: bool = False,
     ) -> None:
         super().__init__()
         if objects_per_image is not None and objects_per_image < 1:
@@ -133,7 +136,9 @@ class RefSegDataset(Dataset):
             )
         self.ann_file = str(ann_file)
         self.image_root = Path(image_root)
-        self.records = load_annotations(ann_file, image_root, check_images=check_images)
+        self.records = load_annotations(
+            ann_file, image_root, check_images=check_images, allow_outside_root=allow_outside_root
+        )
         if not self.records:
             raise ValueError(f"{ann_file}: no records")
         self.tokenizer = build_component(tokenizer)
