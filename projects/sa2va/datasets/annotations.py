@@ -18,6 +18,17 @@ All parts of one object are OR-ed (union, never summed). Polygons alone cannot r
 (a hole contour OR-ed with its outer contour is simply filled), which is why RLE parts exist:
 an RLE part is exact, pixel for pixel. Files holding only polygons (the reference schema) stay valid.
 
+Optional ``"turns"``: which objects are asked for together. A turn is one question and its answer; by
+default every object is its own turn (one question, an answer with one ``[SEG]``). With ::
+
+    "text": ["optic disc", "blood vessel", "fovea"], "mask": [m0, m1, m2],
+    "turns": [[0, 1], [2]]
+
+objects 0 and 1 are asked for in one question ("Please segment the optic disc and blood vessel.") whose
+answer holds two ``[SEG]`` tokens, mask 0 for the first and mask 1 for the second, and object 2 in a
+second turn. ``turns`` is a list of non-empty lists of object indices that uses every object exactly
+once (no object is left out silently, none is asked for twice); :func:`record_turns` reads it.
+
 Other keys of a record are ignored by this module.
 """
 
@@ -52,6 +63,7 @@ __all__ = [
     "load_annotations",
     "mask_to_polygons",
     "read_annotation_file",
+    "record_turns",
     "validate_record",
     "validate_records",
     "write_annotations",
@@ -438,6 +450,64 @@ def _check_part(
     return f"a part must be a polygon (list of numbers) or an RLE dict, got {type(part).__name__}", None, None
 
 
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _turns_problems(turns: Any, n_objects: int | None) -> list[str]:
+    """Why a record's ``turns`` value is invalid (module docstring); empty when it is valid.
+
+    Args:
+        turns: the value of the record's ``"turns"`` key.
+        n_objects: the record's object count, or None when its ``mask`` / ``text`` lists are broken
+            (then only the shape of ``turns`` is checked).
+    """
+    if not isinstance(turns, list) or not turns:
+        shown = repr(turns)[:200]
+        return [f"turns must be a non-empty list of lists of object indices, e.g. [[0, 1], [2]], got {shown}"]
+    problems: list[str] = []
+    seen: dict[int, int] = {}
+    for t, turn in enumerate(turns):
+        if not isinstance(turn, list) or not turn:
+            problems.append(f"turn {t} must be a non-empty list of object indices, got {turn!r}")
+            continue
+        for value in turn:
+            if not _is_index(value):
+                problems.append(f"turn {t}: object index {value!r} is not an integer")
+            elif n_objects is not None and not 0 <= value < n_objects:
+                problems.append(
+                    f"turn {t}: object index {value} is out of range (the record has {n_objects} objects, "
+                    f"indices 0..{n_objects - 1})"
+                )
+            elif value in seen:
+                where = "twice in this turn" if seen[value] == t else f"in turn {seen[value]} and turn {t}"
+                problems.append(
+                    f"object {value} is asked for {where}: every object belongs to exactly one turn"
+                )
+            else:
+                seen[value] = t
+    if n_objects is not None and not problems:
+        left = [i for i in range(n_objects) if i not in seen]
+        if left:
+            problems.append(
+                f"object(s) {left} are in no turn: every object must belong to exactly one turn "
+                "(add them, e.g. as their own turn [i])"
+            )
+    return problems
+
+
+def record_turns(record: dict) -> list[tuple[int, ...]]:
+    """The turns of a (valid) record: its ``"turns"`` as tuples, else one turn per object.
+
+    Returns:
+        object indices per turn, e.g. ``[(0, 1), (2,)]``; ``[(0,), (1,), ...]`` without ``"turns"``.
+    """
+    turns = record.get("turns")
+    if turns is None:
+        return [(i,) for i in range(len(record["mask"]))]
+    return [tuple(int(i) for i in turn) for turn in turns]
+
+
 def image_path_problem(image: str) -> str | None:
     """Why ``image`` (a record's path) leaves the image folder: absolute, or ``..`` above it; else None.
 
@@ -521,6 +591,11 @@ def validate_record(
             objects = None
         elif isinstance(texts, list) and len(texts) != len(objects):
             add("mask", f"{len(texts)} texts but {len(objects)} masks: text[i] must describe mask[i]")
+
+    if "turns" in record:
+        n_objects = len(objects) if isinstance(objects, list) else None
+        for message in _turns_problems(record["turns"], n_objects):
+            add("turns", message)
 
     first_rle: tuple[str, tuple[int, int]] | None = None
     for i, obj in enumerate(objects or []):
@@ -720,7 +795,7 @@ def validate_records(
             )
             if isinstance(record, dict):
                 key = json.dumps(
-                    [record.get("image"), record.get("text"), record.get("mask")],
+                    [record.get("image"), record.get("text"), record.get("mask"), record.get("turns")],
                     sort_keys=True,
                     default=repr,
                 )
@@ -730,7 +805,7 @@ def validate_records(
                             file,
                             index,
                             None,
-                            f"duplicate of record {seen[key]} (same image, texts and masks)",
+                            f"duplicate of record {seen[key]} (same image, texts, masks and turns)",
                             image,
                         )
                     )

@@ -1,11 +1,22 @@
 """Referring-segmentation dataset over an ``annotations.json`` (polygons and/or RLE per object).
 
-Each item is one image with exactly ``objects_per_image`` (text, mask) pairs (random subset if the
-record has more, cyclic repeat if fewer; all of them in order when ``None``), written as a
-multi-turn conversation in the LLM's chat template::
+Each item is one image with exactly ``objects_per_image`` turns (random subset if the record has
+more, cyclic repeat if fewer; all of them in order when ``None``), written as a multi-turn
+conversation in the LLM's chat template::
 
     <|im_start|>user\\n<img><IMG_CONTEXT>*256*tiles</img>\\nPlease segment the blood vessel.<|im_end|>\\n
     <|im_start|>assistant\\nSure, [SEG].<|im_end|>\\n<|im_start|>user\\n...
+
+A turn is one object (one ``[SEG]`` in its answer) unless the record's ``"turns"`` asks for several
+objects together (:func:`~.annotations.record_turns`): then the question names them all and the answer
+holds one ``[SEG]`` per object, in the turn's order, e.g. ::
+
+    Please segment the optic disc and blood vessel.
+    Sure, the optic disc is [SEG] and the blood vessel is [SEG].
+
+(the joined answer of the official Sa2VA multi-target data,
+``sa2va_eval/projects/ST/dataset/MUSE_Dataset.py``: ``"{class_name} is [SEG]"`` phrases joined by
+``", "`` and ``" and "``). The item's masks are the objects of its turns in that order, one per ``[SEG]``.
 
 Labels are ``-100`` except the assistant answers and their end token. Randomness (object subset,
 question/answer wording, augmentation) is a pure function of ``(seed, index)``, so a resumed run
@@ -26,7 +37,7 @@ from torch.utils.data import Dataset
 
 from ..models.builder import build_component
 from ..models.tokenizer import add_sa2va_tokens
-from .annotations import decode_record_masks, load_annotations
+from .annotations import decode_record_masks, load_annotations, record_turns
 from .image_io import read_image, read_image_size
 from .image_processing import (
     IMG_CONTEXT_TOKEN,
@@ -55,6 +66,32 @@ ANSWER_TEMPLATES: tuple[str, ...] = (
     "Sure, the segmentation result is [SEG].",
     "[SEG].",
 )
+#: Answers of a turn asking for several objects: ``{objects}`` is the objects' phrases joined by
+#: :func:`join_texts`; each phrase is an :data:`OBJECT_ANSWER_TEMPLATES` entry (one ``[SEG]``).
+MULTI_ANSWER_TEMPLATES: tuple[str, ...] = (
+    "Sure, {objects}.",
+    "{objects}.",
+)
+OBJECT_ANSWER_TEMPLATES: tuple[str, ...] = (
+    "the {text} is [SEG]",
+    "the segmentation result of the {text} is [SEG]",
+    "[SEG]",
+)
+
+#: A turn of a sample: one object index, or a tuple of object indices asked for together.
+TurnObjects = int | tuple[int, ...]
+#: A turn's wording: ``(question, answer)`` template indices; ``(question, multi answer, object
+#: answer)`` for a turn of several objects.
+Wording = tuple[int, ...]
+
+
+def join_texts(texts: list[str] | tuple[str, ...]) -> str:
+    """``["a"]`` -> ``"a"``; ``["a", "b"]`` -> ``"a and b"``; ``["a", "b", "c"]`` -> ``"a, b and c"``."""
+    if not texts:
+        raise ValueError("no texts to join")
+    if len(texts) == 1:
+        return texts[0]
+    return ", ".join(texts[:-1]) + " and " + texts[-1]
 
 
 class RefSegDataset(Dataset):
@@ -65,9 +102,13 @@ class RefSegDataset(Dataset):
         image_root: folder the records' ``image`` paths are relative to.
         tokenizer: tokenizer object or config dict (Sa2VA's special tokens are added if missing).
         template: chat template dict (``xtuner.utils.PROMPT_TEMPLATE.qwen_chat`` etc.).
-        objects_per_image: (text, mask) pairs per sample (5 in the reference); ``None`` = all, in order.
+        objects_per_image: turns per sample (5 in the reference); a turn is one (text, mask) pair, or
+            several objects asked for together (the record's ``"turns"``); ``None`` = all, in order.
         repeats: how many times the records are repeated per epoch.
         question_templates / answer_templates: wordings (``{text}`` placeholder; answer holds ``[SEG]``).
+            A question of several objects gets their texts joined (:func:`join_texts`) as ``{text}``.
+        multi_answer_templates / object_answer_templates: answers of a turn of several objects
+            (``{objects}`` placeholder; per object ``{text}`` and one ``[SEG]``).
         random_templates: pick wordings at random (training) or always the first (evaluation).
         system: optional system prompt.
         tile_size: InternViT input size (448); ``min_tiles`` / ``max_tiles`` / ``use_thumbnail``:
@@ -99,6 +140,8 @@ class RefSegDataset(Dataset):
         repeats: int = 1,
         question_templates: tuple[str, ...] | list[str] = QUESTION_TEMPLATES,
         answer_templates: tuple[str, ...] | list[str] = ANSWER_TEMPLATES,
+        multi_answer_templates: tuple[str, ...] | list[str] = MULTI_ANSWER_TEMPLATES,
+        object_answer_templates: tuple[str, ...] | list[str] = OBJECT_ANSWER_TEMPLATES,
         random_templates: bool = True,
         system: str | None = None,
         tile_size: int = 448,
@@ -127,6 +170,17 @@ class RefSegDataset(Dataset):
         for a in answer_templates:
             if a.count("[SEG]") != 1:
                 raise ValueError(f"answer template {a!r} must contain exactly one [SEG]")
+        if not multi_answer_templates or not object_answer_templates:
+            raise ValueError("multi_answer_templates and object_answer_templates must not be empty")
+        for a in multi_answer_templates:
+            if a.count("{objects}") != 1 or "[SEG]" in a:
+                raise ValueError(
+                    f"multi-object answer template {a!r} must contain {{objects}} once and no [SEG] "
+                    "(each object's phrase brings its [SEG])"
+                )
+        for a in object_answer_templates:
+            if a.count("[SEG]") != 1:
+                raise ValueError(f"object answer template {a!r} must contain exactly one [SEG]")
         if pixel_format not in ("uint8", "float32"):
             raise ValueError(f"pixel_format must be 'uint8' or 'float32', got {pixel_format!r}")
         if pixel_format == "uint8" and sam2_resample != "pil_bicubic":
@@ -148,6 +202,12 @@ class RefSegDataset(Dataset):
         self.repeats = repeats
         self.question_templates = tuple(question_templates)
         self.answer_templates = tuple(answer_templates)
+        self.multi_answer_templates = tuple(multi_answer_templates)
+        self.object_answer_templates = tuple(object_answer_templates)
+        # Per record: its turns, a single-object turn as the plain object index (as without "turns").
+        self.record_turn_objects: list[list[TurnObjects]] = [
+            [t[0] if len(t) == 1 else t for t in record_turns(r)] for r in self.records
+        ]
         self.random_templates = random_templates
         self.system = system
         self.tile_size = tile_size
@@ -176,7 +236,7 @@ class RefSegDataset(Dataset):
         self.pad_token_id = int(pad)
         self._lengths: list[int] | None = None
         self._image_sizes: dict[str, tuple[int, int]] = {}
-        self._turn_lengths: dict[tuple[str, int, int, bool], int] = {}
+        self._turn_lengths: dict[tuple[str | tuple[str, ...], Wording, bool], int] = {}
 
     def __len__(self) -> int:
         return len(self.records) * self.repeats
@@ -186,7 +246,7 @@ class RefSegDataset(Dataset):
         return self.records[index % len(self.records)]
 
     def choose_objects(self, n: int, rng: np.random.Generator) -> list[int]:
-        """Indices of the objects used for one sample (see class docstring)."""
+        """Indices of the turns (objects, for records without ``"turns"``) of one sample (class docstring)."""
         k = self.objects_per_image
         if k is None:
             return list(range(n))
@@ -195,26 +255,42 @@ class RefSegDataset(Dataset):
         start = [int(i) for i in rng.permutation(n)]
         return [start[i % n] for i in range(k)]
 
-    def choose_wording(self, rng: np.random.Generator) -> tuple[int, int]:
-        """``(question, answer)`` template indices of one turn (``(0, 0)`` without random templates)."""
+    def choose_wording(self, rng: np.random.Generator, multi: bool = False) -> Wording:
+        """Template indices of one turn: ``(question, answer)``, or for a turn of several objects
+        (``multi``) ``(question, multi answer, object answer)``; all 0 without random templates."""
         if not self.random_templates:
-            return 0, 0
+            return (0, 0, 0) if multi else (0, 0)
         qi = int(rng.integers(len(self.question_templates)))
-        ai = int(rng.integers(len(self.answer_templates)))
-        return qi, ai
+        if not multi:
+            return qi, int(rng.integers(len(self.answer_templates)))
+        ai = int(rng.integers(len(self.multi_answer_templates)))
+        return qi, ai, int(rng.integers(len(self.object_answer_templates)))
 
-    def sample_plan(self, index: int) -> tuple[list[int], list[tuple[int, int]], np.random.Generator]:
+    def sample_plan(self, index: int) -> tuple[list[TurnObjects], list[Wording], np.random.Generator]:
         """What sample ``index`` is made of, without reading its image.
 
         Returns:
-            ``(objects, wording, rng)``: the record's object indices in turn order, the ``(question,
-            answer)`` template indices per turn, and the sample's generator after these draws (the
-            augmentation draws from it next).
+            ``(objects, wording, rng)``: per turn, the record's object index (a tuple of indices for a
+            turn asking for several objects), the template indices per turn (:meth:`choose_wording`),
+            and the sample's generator after these draws (the augmentation draws from it next).
+            Records without ``"turns"`` draw exactly what they drew before turns existed.
         """
         rng = np.random.default_rng([self.seed, index])
-        objects = self.choose_objects(len(self.record(index)["text"]), rng)
-        wording = [self.choose_wording(rng) for _ in objects]
+        turns = self.record_turn_objects[index % len(self.records)]
+        objects = [turns[i] for i in self.choose_objects(len(turns), rng)]
+        wording = [self.choose_wording(rng, multi=isinstance(o, tuple)) for o in objects]
         return objects, wording, rng
+
+    @staticmethod
+    def turn_texts(record: dict, objects: list[TurnObjects]) -> list[str | tuple[str, ...]]:
+        """Per turn, the object's text, or the tuple of texts of a turn of several objects."""
+        texts = record["text"]
+        return [texts[o] if isinstance(o, int) else tuple(texts[i] for i in o) for o in objects]
+
+    @staticmethod
+    def flat_objects(objects: list[TurnObjects]) -> list[int]:
+        """Object indices in ``[SEG]`` order (one per mask of the sample)."""
+        return [i for o in objects for i in ((o,) if isinstance(o, int) else o)]
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -227,37 +303,59 @@ class RefSegDataset(Dataset):
         )
 
     def build_conversation(
-        self, texts: list[str], num_tiles: int, rng: np.random.Generator
+        self, texts: list[str | tuple[str, ...]], num_tiles: int, rng: np.random.Generator
     ) -> tuple[list[int], list[int]]:
         """Token ids and labels of the whole multi-turn conversation, wording drawn from ``rng``."""
-        return self.conversation(texts, [self.choose_wording(rng) for _ in texts], num_tiles)
+        wording = [self.choose_wording(rng, multi=not isinstance(t, str)) for t in texts]
+        return self.conversation(texts, wording, num_tiles)
 
     def _system_ids(self) -> list[int]:
         """Ids before the first turn: the tokenizer's BOS (``[]`` for Qwen2), then the system prompt."""
         system = self.encode(self.template["SYSTEM"].format(system=self.system)) if self.system else []
         return prefix_ids(self.tokenizer) + system
 
-    def _turn_ids(self, text: str, qi: int, ai: int, first: bool, num_tiles: int) -> tuple[list[int], ...]:
+    def turn_text(self, text: str | tuple[str, ...], wording: Wording) -> tuple[str, str]:
+        """``(question, answer)`` strings of one turn: ``text`` is one object's text, or the texts of a
+        turn of several objects (answer with one ``[SEG]`` per text, in order)."""
+        if isinstance(text, str):
+            qi, ai = wording[:2]
+            return self.question_templates[qi].format(text=text), self.answer_templates[ai]
+        texts = tuple(text)
+        if len(wording) != 3:
+            raise ValueError(f"a turn of several objects {texts} needs a 3-index wording, got {wording}")
+        qi, ai, oi = wording
+        phrases = [self.object_answer_templates[oi].format(text=t) for t in texts]
+        answer = self.multi_answer_templates[ai].format(objects=join_texts(phrases))
+        return self.question_templates[qi].format(text=join_texts(texts)), answer
+
+    def _turn_ids(
+        self, text: str | tuple[str, ...], wording: Wording, first: bool, num_tiles: int
+    ) -> tuple[list[int], ...]:
         """``(question ids, answer ids, separator ids)`` of one turn."""
         t = self.template
-        question = self.question_templates[qi].format(text=text)
+        question, answer = self.turn_text(text, wording)
         if first:
             question = image_question(question)
         q_ids = self.encode_with_image(instruction_text(t, question), num_tiles)
-        a_ids = self.encode(self.answer_templates[ai] + t.get("SUFFIX", ""))
+        a_ids = self.encode(answer + t.get("SUFFIX", ""))
         if not t.get("SUFFIX_AS_EOS", False):  # xtuner: BOS before every later turn, EOS after each answer
             q_ids = q_ids if first else prefix_ids(self.tokenizer) + q_ids
             a_ids = [*a_ids, self.tokenizer.eos_token_id]
         return q_ids, a_ids, self.encode(t.get("SEP", ""))
 
     def conversation(
-        self, texts: list[str], wording: list[tuple[int, int]], num_tiles: int
+        self, texts: list[str | tuple[str, ...]], wording: list[Wording], num_tiles: int
     ) -> tuple[list[int], list[int]]:
-        """Token ids and labels of the conversation with the given ``(question, answer)`` wording per turn."""
+        """Token ids and labels of the conversation with the given wording per turn.
+
+        Args:
+            texts: per turn, the object's text, or a tuple of texts (a turn of several objects).
+            wording: per turn, :meth:`choose_wording`'s template indices.
+        """
         input_ids = self._system_ids()
         labels = [-100] * len(input_ids)
-        for turn, (text, (qi, ai)) in enumerate(zip(texts, wording, strict=True)):
-            q_ids, a_ids, sep_ids = self._turn_ids(text, qi, ai, turn == 0, num_tiles)
+        for turn, (text, words) in enumerate(zip(texts, wording, strict=True)):
+            q_ids, a_ids, sep_ids = self._turn_ids(text, tuple(words), turn == 0, num_tiles)
             input_ids += q_ids + a_ids + sep_ids
             labels += [-100] * len(q_ids) + a_ids + [-100] * len(sep_ids)
         return input_ids, labels
@@ -281,21 +379,21 @@ class RefSegDataset(Dataset):
         n = cols * rows
         return n + 1 if self.use_thumbnail and n > 1 else n
 
-    def _turn_length(self, text: str, qi: int, ai: int, first: bool) -> int:
+    def _turn_length(self, text: str | tuple[str, ...], wording: Wording, first: bool) -> int:
         """Tokens of one turn without the ``<IMG_CONTEXT>`` tokens (cached per wording and text)."""
-        key = (text, qi, ai, first)
+        key = (text, tuple(wording), first)
         if key not in self._turn_lengths:
-            parts = self._turn_ids(text, qi, ai, first, 1)
+            parts = self._turn_ids(text, tuple(wording), first, 1)
             self._turn_lengths[key] = sum(map(len, parts)) - (self.num_image_token if first else 0)
         return self._turn_lengths[key]
 
     def sample_length(self, index: int) -> int:
         """``len(self[index]['input_ids'])``, exactly, without reading the image data or the masks."""
         objects, wording, _ = self.sample_plan(index)
-        texts = self.record(index)["text"]
+        texts = self.turn_texts(self.record(index), objects)
         n = self._system_length + self.num_image_token * self.num_tiles(index)
-        for turn, (obj, (qi, ai)) in enumerate(zip(objects, wording)):
-            n += self._turn_length(texts[obj], qi, ai, turn == 0)
+        for turn, (text, words) in enumerate(zip(texts, wording)):
+            n += self._turn_length(text, words, turn == 0)
         return n
 
     @property
@@ -332,8 +430,12 @@ class RefSegDataset(Dataset):
             return False
         if self.objects_per_image is None:
             return True
-        texts = self.records[r]["text"]
-        return all(len({self._turn_length(t, 0, 0, first) for t in texts}) == 1 for first in (True, False))
+        texts = self.turn_texts(self.records[r], self.record_turn_objects[r])
+        fixed = [(0, 0) if isinstance(t, str) else (0, 0, 0) for t in texts]  # the only wording here
+        return all(
+            len({self._turn_length(t, w, first) for t, w in zip(texts, fixed)}) == 1
+            for first in (True, False)
+        )
 
     def load_image(self, record: dict, index: int) -> Image.Image:
         path = self.image_root / record["image"]
@@ -360,9 +462,11 @@ class RefSegDataset(Dataset):
             arr, masks = self.augment(np.asarray(image), masks, rng)
             image = Image.fromarray(arr)
             h, w = arr.shape[:2]
-        texts = [rec["text"][i] for i in chosen]
+        turn_texts = self.turn_texts(rec, chosen)
+        flat = self.flat_objects(chosen)  # one per [SEG], in answer order
+        texts = [rec["text"][i] for i in flat]
         if self.image_processor is not None:
-            return self._qwenvl_item(rec_idx, rec, image, masks[chosen], texts, wording)
+            return self._qwenvl_item(rec_idx, rec, image, masks[flat], texts, turn_texts, wording)
         tiles = dynamic_tiles(
             image,
             min_num=self.min_tiles,
@@ -370,7 +474,7 @@ class RefSegDataset(Dataset):
             tile_size=self.tile_size,
             use_thumbnail=self.use_thumbnail,
         )
-        input_ids, labels = self.conversation(texts, wording, len(tiles))
+        input_ids, labels = self.conversation(turn_texts, wording, len(tiles))
         if len(input_ids) > self.max_length:
             raise ValueError(
                 f"{self.ann_file}: record {rec_idx} ({rec['image']}): {len(input_ids)} tokens > "
@@ -384,7 +488,7 @@ class RefSegDataset(Dataset):
             "g_pixel_values": sam2_pixel_values(
                 np.asarray(image), size=self.sam2_image_size, resample=self.sam2_resample, normalize=normalize
             ),
-            "masks": torch.from_numpy(masks[chosen].astype(np.uint8)),
+            "masks": torch.from_numpy(masks[flat].astype(np.uint8)),
             "image_id": str(rec["image"]),
             "texts": texts,
             "pad_token_id": self.pad_token_id,
@@ -397,12 +501,15 @@ class RefSegDataset(Dataset):
         image: Image.Image,
         masks: np.ndarray,
         texts: list[str],
-        wording: list[tuple[int, int]],
+        turn_texts: list[str | tuple[str, ...]],
+        wording: list[Wording],
     ) -> dict[str, Any]:
-        """The item for a Qwen-VL family: ``pixel_values [P, D]`` patches and ``image_grid_thw [1, 3]``."""
+        """The item for a Qwen-VL family: ``pixel_values [P, D]`` patches and ``image_grid_thw [1, 3]``.
+
+        ``masks [n, H, W]`` and ``texts`` (n) are one per ``[SEG]``; ``turn_texts`` one per turn."""
         pixel_values, grid = self.image_processor(image)
         n_tokens = int(grid.prod()) // self.image_processor.merge_size**2
-        input_ids, labels = self.conversation(texts, wording, n_tokens)
+        input_ids, labels = self.conversation(turn_texts, wording, n_tokens)
         if len(input_ids) > self.max_length:
             raise ValueError(
                 f"{self.ann_file}: record {rec_idx} ({rec['image']}): {len(input_ids)} tokens > "
