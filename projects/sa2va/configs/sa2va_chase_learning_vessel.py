@@ -1,0 +1,13 @@
+# GPU learning run toward CHASE_DB1 Dice 0.80 (tools/gpu/chase_learning_seeds.sh): the full-resolution recipe
+# (sa2va_chase_learning_full.py: random SAM2 Hiera-T trained from scratch, loss at the ground-truth size, learned
+# upsampler) plus a soft clDice term, which weighs breaks in thin vessels as much as missing thick ones.
+#   bash tools/gpu/chase_learning_seeds.sh                      (3 seeds side by side on one GPU, FOV scoring)
+# For images larger than 512 px set the upsampler scale so that 256 * scale reaches the image size, e.g.
+#   --cfg-options model.grounding_encoder.upsampler.scale=4     (999x960 CHASE_DB1 originals)
+from mmengine.config import read_base
+
+with read_base():
+    from .sa2va_chase_learning_full import *
+
+work_dir = "work_dirs/sa2va_chase_learning_vessel"
+model.loss_mask.update(cldice_weight=0.5, cldice_iters=10)
