@@ -5,7 +5,14 @@ Output layout for an image ``<stem>.<ext>`` with ``n`` masks (``k = 0 .. n-1``, 
 * ``<stem>_mask{k}.png``: 8-bit grey, 255 inside the mask, 0 outside, original image size;
 * ``<stem>_prob{k}.png``: 8-bit grey, ``round(255 * probability)``;
 * ``<stem>_overlay.png``: the image with every mask blended in (one colour per mask);
-* ``predictions.json`` (one per run): generated text, file names and threshold per image.
+* ``predictions.json`` (one per run, written at its end): generated text, file names and threshold
+  per image;
+* ``predictions.jsonl`` and ``run_settings.json`` (see :mod:`.run_records`): one line per image
+  appended as soon as its files are written, and the settings of the run, so that a killed run keeps
+  its work and ``tools/predict.py --skip-existing`` reuses it.
+
+Every PNG is written to a temporary file renamed over the target: a killed run never leaves a
+half-written one under the final name.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..datasets.image_io import IMAGE_EXTENSIONS, read_image_array
+from .run_records import save_image_atomic, write_atomic
 
 if TYPE_CHECKING:  # the predictor pulls in torch / transformers: keep file checks import-light
     from .predictor import Prediction
@@ -27,7 +35,10 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MASK_COLORS",
     "PREDICTIONS_FILE",
+    "PREDICTIONS_RECORDS",
+    "RUN_SETTINGS_FILE",
     "check_images_readable",
+    "entry_files",
     "list_images",
     "read_image",
     "save_prediction",
@@ -35,6 +46,9 @@ __all__ = [
 ]
 
 PREDICTIONS_FILE = "predictions.json"
+#: Base name of the per-image record file ``predictions.jsonl`` (see :class:`.run_records.RunRecords`).
+PREDICTIONS_RECORDS = "predictions"
+RUN_SETTINGS_FILE = "run_settings.json"
 #: Overlay colours of masks 0, 1, 2, ... (cycled).
 MASK_COLORS: tuple[tuple[int, int, int], ...] = (
     (255, 0, 0),
@@ -126,14 +140,14 @@ def save_prediction(pred: Prediction, image: np.ndarray, out_dir: str | Path, st
     blended = image
     for k in range(pred.num_masks):
         mask_name, prob_name = f"{stem}_mask{k}.png", f"{stem}_prob{k}.png"
-        Image.fromarray(pred.masks[k].astype(np.uint8) * 255).save(out / mask_name)
+        save_image_atomic(Image.fromarray(pred.masks[k].astype(np.uint8) * 255), out / mask_name)
         prob8 = np.clip(np.rint(pred.probs[k] * 255.0), 0, 255).astype(np.uint8)
-        Image.fromarray(prob8).save(out / prob_name)
+        save_image_atomic(Image.fromarray(prob8), out / prob_name)
         blended = overlay(blended, pred.masks[k], color=MASK_COLORS[k % len(MASK_COLORS)], alpha=0.5)
         mask_files.append(mask_name)
         prob_files.append(prob_name)
     overlay_name = f"{stem}_overlay.png"
-    Image.fromarray(blended).save(out / overlay_name)
+    save_image_atomic(Image.fromarray(blended), out / overlay_name)
     return {
         "text": pred.text,
         "num_masks": pred.num_masks,
@@ -145,9 +159,13 @@ def save_prediction(pred: Prediction, image: np.ndarray, out_dir: str | Path, st
     }
 
 
+def entry_files(entry: dict[str, Any]) -> list[str]:
+    """The output files of a :func:`save_prediction` entry, relative to its ``out_dir``."""
+    return [*entry["masks"], *entry["probs"], entry["overlay"]]
+
+
 def write_predictions_json(entries: list[dict[str, Any]], out_dir: str | Path, **meta: Any) -> Path:
-    """Write ``predictions.json``: ``{**meta, "images": entries}``; returns its path."""
+    """Write ``predictions.json`` (atomically): ``{**meta, "images": entries}``; returns its path."""
     path = Path(out_dir) / PREDICTIONS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**meta, "images": entries}, indent=2) + "\n")
+    write_atomic(path, (json.dumps({**meta, "images": entries}, indent=2) + "\n").encode())
     return path
