@@ -3,13 +3,17 @@
     python tools/demo_app.py --config CFG --checkpoint work_dirs/CFG/iter_N.pth \\
         [--threshold-file eval/best_threshold.json | --threshold T] [--host 127.0.0.1] [--port 7860]
         [--samples data/chase_db1/images] [--max-pixels 16777216] [--device cpu|cuda] [--max-tiles N]
+        [--timeout 30] [--max-connections 32] [--queue-timeout 120]
 
 Prints ``Sa2VA demo: http://127.0.0.1:PORT/`` once it serves (``--port 0`` picks a free port); Ctrl-C or
 SIGTERM stops it. The model is a config + trainable-weights checkpoint, as for ``tools/predict.py``;
 loading an exported Hugging Face folder directly is not offered (the predictor builds from a config).
 Serves on 127.0.0.1 only unless ``--host`` says otherwise; there is no authentication. Nothing is
 written to disk except what libraries cache, which goes to a temporary folder removed on exit.
-See projects/sa2va/app/server.py.
+Limits: a client has --timeout seconds to send a request and to take the answer, --max-connections
+are served at once (more get 503), the model runs one request at a time and a request waits for it at
+most --queue-timeout seconds (then 503); a POST from another site's page (Origin / Sec-Fetch-Site) gets
+403. See projects/sa2va/app/server.py.
 """
 
 from __future__ import annotations
@@ -52,6 +56,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest accepted width * height")
     p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest accepted upload in MiB")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,  # server.DEFAULT_TIMEOUT_S (not imported: mmengine loads later)
+        help="seconds a client has to send a whole request and to take the answer; an idle or slow "
+        "connection is closed after it (default %(default)g)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=32,  # server.DEFAULT_MAX_CONNECTIONS
+        help="connections served at once, one thread each; more are answered 503 (default %(default)d)",
+    )
+    p.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=120.0,  # server.DEFAULT_QUEUE_TIMEOUT_S
+        help="the model runs one request at a time; seconds a request waits for it before a 503 "
+        "(default %(default)g)",
+    )
     add_predictor_args(p)
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
@@ -60,6 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if args.max_upload_mb <= 0:
         p.error(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    for name in ("timeout", "queue_timeout"):
+        if not getattr(args, name) > 0:  # also refuses nan
+            p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.max_connections < 1:
+        p.error(f"--max-connections must be >= 1, got {args.max_connections}")
     if args.max_new_tokens < 1:
         p.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     return args
@@ -94,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
                 max_new_tokens=args.max_new_tokens,
                 threshold_source=args.threshold_file
                 or ("--threshold" if args.threshold is not None else "0.5"),
+                queue_timeout=args.queue_timeout,
             )
-            server = make_server(app, args.host, args.port)
+            server = make_server(
+                app, args.host, args.port, timeout=args.timeout, max_connections=args.max_connections
+            )
         except (OSError, ValueError, KeyError) as e:
             print(f"demo_app.py: {e}", file=sys.stderr)
             return 2

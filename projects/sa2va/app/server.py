@@ -18,8 +18,34 @@ Endpoints (all same-origin; the page is served with a strict Content-Security-Po
   (the RGB image the model saw, a PNG data URL), ``probs`` (one PNG data URL per generated ``[SEG]``,
   see :func:`encode_probs_png`), ``colors`` (overlay colour per mask), ``threshold`` (the default),
   ``mask_pixels`` (foreground pixels of each mask at the default threshold, computed here from the
-  float32 probabilities), ``seconds``. A bad request gets ``{"error": message}`` with status 400
-  (413 for a body over ``max_upload_bytes``), which the page shows.
+  float32 probabilities), ``seconds``. The query takes only ``prompt``, ``sample`` and ``name``, each
+  at most once, percent-encoded UTF-8; the body is the file itself, not JSON or a form.
+
+Every refusal and failure is answered with ``{"error": message}`` and a status, which the page shows:
+400 for a bad request (the message names the problem: an empty or reserved-marker prompt, a prompt with
+control characters or not in UTF-8, an unknown query parameter, a JSON body, an unreadable image, ...),
+413 for a body over ``max_upload_bytes``, 403 for a refused ``Host`` or ``Origin``, 408 for a request
+not received in time, 503 when busy (below), and 500 for an unexpected error inside the server (its
+traceback goes to the log; the connection is answered, never dropped).
+
+Limits (``tools/demo_app.py`` options in brackets):
+
+* ``timeout`` (``--timeout``, default 30 s): a client must send a whole request (request line,
+  headers and body) within this time, counted from when the server starts waiting for it (an idle
+  keep-alive connection included), and must take the whole answer within this time; otherwise its
+  connection is closed. The deadline is checked by the serving loop about every 0.5 s; each socket
+  read or write also has this timeout.
+* ``max_connections`` (``--max-connections``, default 32): at most this many connections are served
+  at once, one thread each, so the server has at most this many threads besides the serving loop; a
+  connection beyond the limit is answered 503 and closed at once.
+* model calls: one at a time (the predictor is not written for concurrent calls). A request waits for
+  the model at most ``queue_timeout`` (``--queue-timeout``, default 120 s), then gets 503. Waiting
+  requests are bounded by ``max_connections``.
+* cross-origin POSTs: a POST whose ``Origin`` header is not this server's own origin (``http://``
+  plus the request's ``Host``), or whose ``Sec-Fetch-Site`` header is present and neither
+  ``same-origin`` nor ``none``, gets 403, so a page of another site cannot run the model through the
+  visitor's browser. The demo's own page and clients that send neither header (curl, Python) are
+  served.
 
 Nothing is written to disk: uploads are decoded in memory.
 """
@@ -27,15 +53,19 @@ Nothing is written to disk: uploads are decoded in memory.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
+import socket
+import sys
 import threading
 import time
+import unicodedata
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 from mmengine.logging import MMLogger
@@ -47,11 +77,15 @@ from ..inference.io import IMAGE_EXTENSIONS, MASK_COLORS  # overlays as tools/pr
 from .page import APP_JS, PAGE_HTML
 
 __all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MAX_UPLOAD_BYTES",
     "DEFAULT_PROMPT",
+    "DEFAULT_QUEUE_TIMEOUT_S",
+    "DEFAULT_TIMEOUT_S",
     "BadRequestError",
     "DemoApp",
+    "DemoHTTPServer",
     "encode_probs_png",
     "make_server",
 ]
@@ -60,6 +94,11 @@ DEFAULT_PROMPT = "Please segment the blood vessel."
 DEFAULT_MAX_PIXELS = 4096 * 4096
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 MAX_PROMPT_CHARS = 2000
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_CONNECTIONS = 32
+DEFAULT_QUEUE_TIMEOUT_S = 120.0
+QUERY_KEYS = ("prompt", "sample", "name")  # of POST /api/predict
+_PROMPT_CONTROLS_ALLOWED = "\n\r\t"
 _LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "[::1]"}
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self' data: blob:; "
@@ -72,7 +111,8 @@ def _logger() -> MMLogger:
 
 
 class BadRequestError(ValueError):
-    """A request the demo refuses; ``status`` is the HTTP status (400, 404 or 413)."""
+    """A request the demo refuses or cannot serve now; ``status`` is the HTTP status (400, 403, 404,
+    408, 411, 413 or 503)."""
 
     def __init__(self, message: str, status: int = HTTPStatus.BAD_REQUEST) -> None:
         super().__init__(message)
@@ -116,6 +156,8 @@ class DemoApp:
     Args:
         predictor: a :class:`~projects.sa2va.inference.predictor.Sa2VAPredictor` (its ``threshold`` is
             the slider's default). Calls are serialised with a lock: one prediction at a time.
+        queue_timeout: longest wait in seconds for the model while another request uses it; then
+            :meth:`predict` raises a 503 :class:`BadRequestError`.
         samples_dir: folder of images offered as samples (not recursive); ``None``: no samples.
         max_pixels: largest accepted ``width * height`` of an image.
         max_upload_bytes: largest accepted request body.
@@ -134,7 +176,10 @@ class DemoApp:
         prompt: str = DEFAULT_PROMPT,
         max_new_tokens: int = 64,
         threshold_source: str = "default",
+        queue_timeout: float = DEFAULT_QUEUE_TIMEOUT_S,
     ) -> None:
+        if queue_timeout <= 0:
+            raise ValueError(f"queue_timeout must be > 0, got {queue_timeout}")
         if max_pixels < 1:
             raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
         if max_upload_bytes < 1:
@@ -145,6 +190,7 @@ class DemoApp:
         self.prompt = prompt
         self.max_new_tokens = int(max_new_tokens)
         self.threshold_source = threshold_source
+        self.queue_timeout = float(queue_timeout)
         self._lock = threading.Lock()
         self._samples: dict[str, Path] = {}
         if samples_dir is not None:
@@ -214,6 +260,27 @@ class DemoApp:
             raise BadRequestError(f"{source}: image has no pixels ({w}x{h})")
         return np.ascontiguousarray(rgb)
 
+    @staticmethod
+    def parse_query(query: str) -> dict[str, str]:
+        """The query string of ``POST /api/predict`` -> ``{key: value}``.
+
+        Raises:
+            BadRequestError: not percent-encoded UTF-8, a key other than :data:`QUERY_KEYS`, or a key
+                given twice.
+        """
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError as e:
+            raise BadRequestError(f"the query string is not percent-encoded UTF-8 ({e})") from None
+        out: dict[str, str] = {}
+        for key, value in pairs:
+            if key not in QUERY_KEYS:
+                raise BadRequestError(f"unknown query parameter {key!r}; known: {', '.join(QUERY_KEYS)}")
+            if key in out:
+                raise BadRequestError(f"query parameter {key!r} given more than once")
+            out[key] = value
+        return out
+
     def check_prompt(self, prompt: str | None) -> str:
         prompt = (prompt or "").strip()
         if not prompt:
@@ -222,6 +289,11 @@ class DemoApp:
             )
         if len(prompt) > MAX_PROMPT_CHARS:
             raise BadRequestError(f"the prompt has {len(prompt)} characters, more than {MAX_PROMPT_CHARS}")
+        for i, c in enumerate(prompt):
+            if unicodedata.category(c) == "Cc" and c not in _PROMPT_CONTROLS_ALLOWED:
+                raise BadRequestError(
+                    f"the prompt has the control character {c!r} at position {i}; remove it"
+                )
         try:
             return check_user_text(prompt, "the prompt")
         except ReservedTextError as e:
@@ -230,8 +302,16 @@ class DemoApp:
     def predict(self, image: np.ndarray, prompt: str) -> dict[str, Any]:
         """Run the model on one ``[H, W, 3]`` uint8 image; the JSON answer of ``POST /api/predict``."""
         start = time.perf_counter()
-        with self._lock:
+        if not self._lock.acquire(timeout=self.queue_timeout):
+            raise BadRequestError(
+                f"the model is busy with another request; waited {self.queue_timeout:g} s "
+                "(--queue-timeout); try again",
+                HTTPStatus.SERVICE_UNAVAILABLE,
+            )
+        try:
             pred = self.predictor.predict([image], prompt, max_new_tokens=self.max_new_tokens)[0]
+        finally:
+            self._lock.release()
         seconds = time.perf_counter() - start
         h, w = image.shape[:2]
         _logger().info(
@@ -250,21 +330,150 @@ class DemoApp:
         }
 
 
-def _make_handler(app: DemoApp, loopback_only: bool) -> type[BaseHTTPRequestHandler]:
+class DemoHTTPServer(ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` with a connection limit and per-connection deadlines.
+
+    Args:
+        address: ``(host, port)`` to bind.
+        handler: the request handler class (:func:`_make_handler`).
+        max_connections: connections served at once (one thread each); the next one is answered 503.
+        timeout: seconds a connection may take to send a request or take an answer (see
+            :meth:`arm`); the serving loop closes it after that.
+    """
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout}")
+        self.max_connections = int(max_connections)
+        self.io_timeout = float(timeout)  # ``timeout`` is BaseServer's handle_request() timeout
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        self.request_queue_size = max(5, self.max_connections)  # listen backlog: a burst is not delayed
+        self._guard = threading.Lock()
+        self._deadlines: dict[socket.socket, float] = {}
+        self._expired: set[socket.socket] = set()
+        super().__init__(address, handler)
+
+    # --- deadlines: checked by serve_forever() after each poll (every 0.5 s at most) -------------
+    def arm(self, sock: socket.socket) -> None:
+        """Close ``sock`` unless :meth:`disarm` is called within ``timeout`` seconds from now."""
+        with self._guard:
+            self._deadlines[sock] = time.monotonic() + self.io_timeout
+
+    def disarm(self, sock: socket.socket) -> bool:
+        """Stop the deadline of ``sock``; ``True`` if it had already passed (the socket is shut down)."""
+        with self._guard:
+            self._deadlines.pop(sock, None)
+            expired = sock in self._expired
+            self._expired.discard(sock)
+        return expired
+
+    def service_actions(self) -> None:
+        super().service_actions()
+        now = time.monotonic()
+        with self._guard:
+            late = [s for s, t in self._deadlines.items() if t <= now]
+            for s in late:
+                del self._deadlines[s]
+                self._expired.add(s)
+        for s in late:
+            with contextlib.suppress(OSError):
+                peer = s.getpeername()[0]
+                _logger().warning(
+                    f"demo_app: closing the connection from {peer}: no whole request sent or answer "
+                    f"taken within {self.io_timeout:g} s (--timeout)"
+                )
+                s.shutdown(socket.SHUT_RDWR)  # the handler's blocked read or write returns
+
+    # --- connection limit ------------------------------------------------------------------------
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse_busy(request, client_address)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the connection's thread
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse_busy(self, request: socket.socket, client_address: Any) -> None:
+        message = (
+            f"the demo is serving {self.max_connections} connections, its limit (--max-connections); "
+            "try again"
+        )
+        _logger().warning(f"demo_app: 503 to {client_address[0]}: {message}")
+        body = json.dumps({"error": message}).encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            request.settimeout(1.0)  # a few hundred bytes into a fresh socket's buffer: no wait
+            request.sendall(head.encode() + body)
+        self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """An exception that left a connection's handler: a client that went away or timed out is
+        logged at debug level, anything else with its traceback (never printed to stderr)."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            _logger().debug(f"demo_app: connection from {client_address[0]} ended: {error!r}")
+        else:
+            _logger().error(f"demo_app: error on the connection from {client_address[0]}", exc_info=True)
+
+
+def _make_handler(app: DemoApp, loopback_only: bool, io_timeout: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        server: DemoHTTPServer
         server_version = "Sa2VADemo/1"
         protocol_version = "HTTP/1.1"
+        timeout = io_timeout  # of each socket read and write (StreamRequestHandler.setup)
 
         def log_message(self, format: str, *args: Any) -> None:
             _logger().debug("demo_app: " + format % args)
 
+        def handle_one_request(self) -> None:
+            self._answered = False
+            self.server.arm(self.connection)  # the whole request must arrive in time
+            super().handle_one_request()
+
+        def finish(self) -> None:
+            self.server.disarm(self.connection)
+            super().finish()
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """http.server's own refusals (bad request line, headers too long, unknown method) as JSON."""
+            _logger().warning(f"demo_app: {int(code)} {self.requestline!r}: {message}")
+            self.close_connection = True
+            self._json(code, {"error": message or HTTPStatus(code).phrase})
+
         def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self._answered = True
+            self.server.arm(self.connection)  # the whole answer must be taken in time
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Content-Security-Policy", _CSP)
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
 
@@ -279,11 +488,28 @@ def _make_handler(app: DemoApp, loopback_only: bool) -> type[BaseHTTPRequestHand
             if host not in _LOOPBACK_NAMES and f"[{host}]" not in _LOOPBACK_NAMES:
                 raise BadRequestError(f"Host {self.headers.get('Host')!r} refused", HTTPStatus.FORBIDDEN)
 
+        def _check_origin(self) -> None:
+            # Browsers send Origin (and Sec-Fetch-Site) with every POST; a page of another site must
+            # not run the model through its visitor's browser.
+            own = "http://" + (self.headers.get("Host") or "")
+            origin = self.headers.get("Origin")
+            if origin is not None and origin.lower() != own.lower():
+                raise BadRequestError(
+                    f"cross-origin POST refused: Origin {origin!r} is not this server ({own})",
+                    HTTPStatus.FORBIDDEN,
+                )
+            site = self.headers.get("Sec-Fetch-Site")
+            if site is not None and site.lower() not in ("same-origin", "none"):
+                raise BadRequestError(
+                    f"cross-origin POST refused: Sec-Fetch-Site is {site!r}", HTTPStatus.FORBIDDEN
+                )
+
         def _handle(self, method: str) -> None:
             try:
                 self._check_host()
+                if method == "POST":
+                    self._check_origin()
                 url = urlsplit(self.path)
-                query = {k: v[-1] for k, v in parse_qs(url.query).items()}
                 if method == "GET" and url.path == "/":
                     self._send(200, PAGE_HTML.encode(), "text/html; charset=utf-8")
                 elif method == "GET" and url.path == "/app.js":
@@ -291,24 +517,30 @@ def _make_handler(app: DemoApp, loopback_only: bool) -> type[BaseHTTPRequestHand
                 elif method == "GET" and url.path == "/api/config":
                     self._json(200, app.config())
                 elif method == "POST" and url.path == "/api/predict":
-                    self._json(200, self._predict(query))
+                    self._json(200, self._predict(url.query))
                 else:
                     raise BadRequestError(f"no such page: {method} {url.path}", HTTPStatus.NOT_FOUND)
             except BadRequestError as e:
                 _logger().warning(f"demo_app: {e.status} {method} {self.path}: {e}")
                 self.close_connection = True
                 self._json(e.status, {"error": str(e)})
+            except Exception as e:
+                self.close_connection = True
+                if self._answered:  # failed while writing the answer: the client went away or was slow
+                    raise
+                _logger().error(f"demo_app: 500 {method} {self.path}: unexpected error", exc_info=True)
+                self._json(500, {"error": f"internal error ({type(e).__name__}: {e}); see the server log"})
 
         def _read_body(self) -> bytes:
             if self.headers.get("Transfer-Encoding"):
                 raise BadRequestError("chunked uploads are not supported; send a Content-Length", 411)
             length = self.headers.get("Content-Length")
-            if length is None:  # HTTP/1.1: no length and no chunking means no body
-                return b""
-            try:
-                n = int(length)
-            except ValueError:
-                raise BadRequestError(f"bad Content-Length {length!r}") from None
+            n = 0  # HTTP/1.1: no length and no chunking means no body
+            if length is not None:
+                try:
+                    n = int(length)
+                except ValueError:
+                    raise BadRequestError(f"bad Content-Length {length!r}") from None
             if n < 0:
                 raise BadRequestError(f"bad Content-Length {length!r}")
             if n > app.max_upload_bytes:
@@ -316,9 +548,27 @@ def _make_handler(app: DemoApp, loopback_only: bool) -> type[BaseHTTPRequestHand
                     f"upload of {n} bytes is larger than the limit of {app.max_upload_bytes} bytes",
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 )
-            return self.rfile.read(n)
+            try:
+                data = self.rfile.read(n) if n else b""
+            except TimeoutError:
+                data = b""
+            # Past this point the model may run for longer than the timeout: the deadline stops here.
+            if self.server.disarm(self.connection) or len(data) < n:
+                raise BadRequestError(
+                    f"the request was not received within {io_timeout:g} s (--timeout): "
+                    f"{len(data)} of {n} body bytes arrived",
+                    HTTPStatus.REQUEST_TIMEOUT,
+                )
+            return data
 
-        def _predict(self, query: dict[str, str]) -> dict[str, Any]:
+        def _predict(self, query_string: str) -> dict[str, Any]:
+            query = app.parse_query(query_string)
+            ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if ctype == "application/json" or ctype.startswith(("multipart/", "application/x-www-form")):
+                raise BadRequestError(
+                    f"POST /api/predict takes the image file itself as the body and the prompt in the "
+                    f"query (?prompt=...), not {ctype}"
+                )
             body = self._read_body()
             prompt = app.check_prompt(query.get("prompt"))
             sample = query.get("sample")
@@ -339,14 +589,25 @@ def _make_handler(app: DemoApp, loopback_only: bool) -> type[BaseHTTPRequestHand
     return Handler
 
 
-def make_server(app: DemoApp, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+def make_server(
+    app: DemoApp,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+) -> DemoHTTPServer:
     """Bind the demo (port 0: a free port, read it from ``server.server_address``); call
     ``serve_forever()`` on the result. Requests whose ``Host`` is not a loopback name are refused
-    (403) when ``host`` is a loopback address."""
+    (403) when ``host`` is a loopback address. ``timeout`` and ``max_connections``: see
+    :class:`DemoHTTPServer` and the module docstring."""
     loopback_only = host in _LOOPBACK_NAMES or host.startswith("127.")
-    server = ThreadingHTTPServer((host, port), _make_handler(app, loopback_only))
-    server.daemon_threads = True
-    return server
+    return DemoHTTPServer(
+        (host, port),
+        _make_handler(app, loopback_only, float(timeout)),
+        max_connections=max_connections,
+        timeout=timeout,
+    )
 
 
 def server_url(server: ThreadingHTTPServer) -> str:
