@@ -141,13 +141,12 @@ def test_time_budget_hook_shortens_the_run_and_its_cosine():
     logs = []
     logger = SimpleNamespace(info=logs.append, warning=logs.append)
     runner = SimpleNamespace(train_loop=loop, param_schedulers=[warm, cos], logger=logger, iter=0)
-    hook = TimeBudgetHook(seconds=1.0, calibrate_at=3, skip=1, reserve=0.0)
+    now = [0.0]
+    hook = TimeBudgetHook(seconds=1.0, calibrate_at=3, skip=1, reserve=0.0, window=1, clock=lambda: now[0])
     hook.before_train(runner)
-    hook._t0 -= 0.5  # half the budget already used ...
-    for i in range(3):
+    for i, seconds in enumerate((0.5, 0.1, 0.1)):  # half the budget in iteration 1, then 0.1 s/iter
+        now[0] += seconds
         runner.iter = i
-        if i == 1:
-            hook._t_skip -= 0.2  # ... and 0.1 s per iteration measured over iterations 2-3
         hook.after_train_iter(runner, i)
     assert hook.seconds_per_iter == pytest.approx(0.1, abs=0.02)
     assert 6 <= loop._max_iters <= 9  # 3 done + ~0.5 s / 0.1 s
