@@ -14,6 +14,16 @@ r"""Convert images + binary mask files (or a CSV of pairs, or a COCO instances J
     python tools/masks_to_annotations.py --images I --pairs-csv pairs.csv --text "blood vessel" --out A.json
     # COCO instances JSON (category name -> text; polygons and RLE kept as they are)
     python tools/masks_to_annotations.py --coco instances.json --images I --out A.json
+    # instance-ID masks (pixel value = object id, 0 = background; 8/16-bit PNG/TIFF or palette),
+    # texts from an id map: JSON {"1": "optic disc", "2": "blood vessel"} (per file:
+    # {"*": {...}, "0003.png": {...}}) or CSV id,text[,file]
+    python tools/masks_to_annotations.py --images I --masks M --instance-ids --id-texts ids.json \
+        --mask-pattern "{stem}.png" --out A.json
+    # any of the above with every object of an image asked for in one question (one [SEG] each)
+    python tools/masks_to_annotations.py ... --one-question
+
+Instance ids: an id without a text is an error naming the file and the id (--skip-unmapped-ids skips
+and lists them); two ids with one text in an image are an error (--merge-same-text: one object).
 
 Patterns: ``{name}`` fields (any name; ``{stem}`` is the image file name without extension), ``*``
 for any text; see projects/sa2va/datasets/pairing.py. Unpaired files (an image without a mask, a
@@ -46,6 +56,7 @@ from projects.sa2va.datasets.convert import (
     convert_pairs_csv,
     format_report,
 )
+from projects.sa2va.datasets.instance_ids import IdTexts, ask_together, convert_instance_folder
 
 DEFAULT_PATTERN = "{stem}_mask.png"
 
@@ -79,7 +90,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--tolerance", type=float, default=0.0, help="polygon simplification in pixels")
     parser.add_argument(
-        "--threshold", type=int, default=127, help="mask pixels > threshold (0..255) are foreground"
+        "--threshold", type=int, default=None, help="mask pixels > threshold (0..255) are foreground (127)"
+    )
+    parser.add_argument(
+        "--instance-ids",
+        action="store_true",
+        help="masks are instance-ID images (pixel value = object id, 0 = background); needs --id-texts",
+    )
+    parser.add_argument("--id-texts", type=Path, help="id map (.json or .csv) giving each id its text")
+    parser.add_argument(
+        "--skip-unmapped-ids",
+        action="store_true",
+        help="skip ids that have no text and list them (default: an error naming file and id)",
+    )
+    parser.add_argument(
+        "--merge-same-text",
+        action="store_true",
+        help="ids of one image that share a text become one object (default: an error)",
+    )
+    parser.add_argument(
+        "--one-question",
+        action="store_true",
+        help="ask for all objects of an image in one question (answer with one [SEG] per object): "
+        'writes "turns": [[0, ..., n-1]] into records with several objects',
     )
     parser.add_argument(
         "--allow-missing",
@@ -104,6 +137,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per-instance", action="store_true", help="COCO: one object per annotation")
     parser.add_argument("--summary-only", action="store_true", help="print only the overall report line(s)")
     args = parser.parse_args(argv)
+    if (args.id_texts or args.skip_unmapped_ids or args.merge_same_text) and not args.instance_ids:
+        parser.error("--id-texts / --skip-unmapped-ids / --merge-same-text go with --instance-ids")
+    if args.instance_ids:
+        if args.coco is not None or args.pairs_csv is not None:
+            parser.error("--instance-ids reads a mask folder: drop --coco / --pairs-csv")
+        if args.images is None or args.masks is None or args.id_texts is None:
+            parser.error("--instance-ids needs --images, --masks and --id-texts")
+        if args.text:
+            parser.error("--instance-ids takes the texts from --id-texts: drop --text")
+        if len(args.mask_pattern) > 1:
+            parser.error("--instance-ids takes one --mask-pattern (the id mask of each image)")
+        if args.threshold is not None:
+            parser.error("--threshold does not apply to instance-ID masks (every non-zero id is an object)")
+        return args
     if args.coco is not None:
         if args.format is not None or args.mask_pattern or args.text or args.masks:
             parser.error(
@@ -139,21 +186,41 @@ def main(argv: list[str] | None = None) -> int:
     common = dict(
         fmt=fmt,
         tolerance=args.tolerance,
-        threshold=args.threshold,
         allow_missing=args.allow_missing,
         skip_empty=args.skip_empty,
         suspicion=SuspicionCheck(max_foreground=args.max_foreground),
     )
+    threshold = 127 if args.threshold is None else args.threshold
     try:
-        if args.coco is not None:
+        if args.instance_ids:
+            result = convert_instance_folder(
+                args.images,
+                args.masks,
+                IdTexts.from_file(args.id_texts),
+                mask_pattern=(args.mask_pattern or [DEFAULT_PATTERN])[0],
+                image_pattern=args.image_pattern,
+                skip_unmapped=args.skip_unmapped_ids,
+                merge_same_text=args.merge_same_text,
+                **common,
+            )
+        elif args.coco is not None:
             result: ConversionResult = convert_coco(args.coco, per_instance=args.per_instance)
         elif args.pairs_csv is not None:
             text = args.text[0] if args.text else None
-            result = convert_pairs_csv(args.pairs_csv, args.images, masks_dir=args.masks, text=text, **common)
+            result = convert_pairs_csv(
+                args.pairs_csv, args.images, masks_dir=args.masks, text=text, threshold=threshold, **common
+            )
         else:
             result = convert_mask_folder(
-                args.images, args.masks, args.specs, image_pattern=args.image_pattern, **common
+                args.images,
+                args.masks,
+                args.specs,
+                image_pattern=args.image_pattern,
+                threshold=threshold,
+                **common,
             )
+        if args.one_question:
+            result.records = ask_together(result.records)
     except ConversionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -178,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     write_annotations(result.records, args.out)
     n_objects = sum(len(r["mask"]) for r in result.records)
-    print(f"wrote {args.out}: {len(result.records)} records, {n_objects} objects")
+    line = f"wrote {args.out}: {len(result.records)} records, {n_objects} objects"
+    if any("turns" in r for r in result.records):
+        line += f" in {sum(len(r.get('turns', r['mask'])) for r in result.records)} questions"
+    print(line)
     return 0
 
 

@@ -153,6 +153,9 @@ class ConversionResult:
     unmatched_images: list[str] = field(default_factory=list)  # image files not fitting the pattern
     without_objects: list[str] = field(default_factory=list)  # images that got no record
     suspicious: list[Suspicion] = field(default_factory=list)
+    # instance-ID masks: (mask path, id, pixels) of ids without a text, skipped on request
+    unmapped_ids: list[tuple[str, int, int]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # other facts the report must show
 
     @property
     def exact(self) -> bool:
@@ -437,6 +440,40 @@ def convert_mask_folder(
         MissingMaskError: unpaired files (names each image/mask and the expected partner).
         ConversionError: unreadable files, size mismatch, empty mask, ambiguous pairing.
     """
+    plan, result, taken = _pair_mask_folder(images_dir, masks_dir, specs, image_pattern, allow_missing)
+    _build_records(
+        plan,
+        result,
+        fmt=fmt,
+        tolerance=tolerance,
+        threshold=threshold,
+        skip_empty=skip_empty,
+        suspicion=suspicion,
+    )
+    _list_unused(result, Path(masks_dir), taken)
+    logger.info(
+        "converted %d images into %d records (%d objects)",
+        len(plan),
+        len(result.records),
+        len(result.round_trips),
+    )
+    return result
+
+
+def _pair_mask_folder(
+    images_dir: str | Path,
+    masks_dir: str | Path,
+    specs: Sequence[MaskSpec],
+    image_pattern: str | None,
+    allow_missing: bool,
+) -> tuple[list[_Planned], ConversionResult, set[str]]:
+    """Pair the images of ``images_dir`` with their mask files (see :func:`convert_mask_folder`).
+
+    Returns:
+        ``(plan, result, taken)``: one planned record per image (its objects: ``(mask path, spec
+        text)``), the result holding the unpaired files so far, and the file names of the mask folder
+        that are images, masks in use or listed orphans (the rest is :func:`_list_unused`).
+    """
     if not specs:
         raise ValueError("at least one MaskSpec is needed")
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
@@ -516,30 +553,17 @@ def convert_mask_folder(
                 why = f"fits {spec.pattern!r} ({shared}) but no image in {images_dir} has {shared}"
             result.orphans.append((str(masks_dir / name), why))
     _raise_unpaired(result, allow_missing)
-
-    _build_records(
-        plan,
-        result,
-        fmt=fmt,
-        tolerance=tolerance,
-        threshold=threshold,
-        skip_empty=skip_empty,
-        suspicion=suspicion,
-    )
     orphan_names = {Path(o).name for o, _ in result.orphans}
-    taken = image_names | used | exclude | orphan_names
+    return plan, result, image_names | used | exclude | orphan_names
+
+
+def _list_unused(result: ConversionResult, masks_dir: Path, taken: set[str]) -> None:
+    """Image-type files of the mask folder that no pattern took go to ``result.unused``."""
     result.unused = sorted(
         str(p)
         for p in masks_dir.iterdir()
         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and p.name not in taken
     )
-    logger.info(
-        "converted %d images into %d records (%d objects)",
-        len(images),
-        len(result.records),
-        len(result.round_trips),
-    )
-    return result
 
 
 # ------------------------------------------------------------------------------------ pairs CSV
@@ -821,6 +845,9 @@ def format_report(result: ConversionResult, *, per_image: bool = True) -> str:
         lines.append(f"SUSPICIOUS mask {s.mask} for image {s.image} [{s.text}]: {'; '.join(s.reasons)}")
     for mask in result.empty:
         lines.append(f"EMPTY mask skipped: {mask}")
+    for mask, value, pixels in result.unmapped_ids:
+        lines.append(f"UNMAPPED id {value} skipped in {mask} ({pixels} px): no text for it in the id map")
+    lines.extend(result.notes)
     for image in result.without_objects:
         lines.append(f"NO RECORD for image {image} (no mask/annotation)")
     if result.unused:
