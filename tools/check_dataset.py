@@ -6,6 +6,10 @@ Every image is decoded completely (truncated and corrupt files are found); image
 
     python tools/check_dataset.py data/chase_db1/annotations.json --images data/chase_db1/images
 
+The summary gives the objects per record and, when records ask for several objects in one
+question (``"turns"``), the questions and the ``[SEG]`` tokens per answer; the counts are
+validated (``text`` and ``mask`` of equal length, every object in exactly one turn).
+
 Exit status 0 when the file is valid, 1 on any problem.
 """
 
@@ -13,9 +17,39 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 from projects.sa2va.datasets.annotations import AnnotationError, read_annotation_file, validate_records
+
+
+def _histogram(counter: Counter) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counter.items()))
+
+
+def count_lines(records: list, bad: set[int | None]) -> list[str]:
+    """Objects per record and, when records have ``"turns"``, questions and ``[SEG]`` per answer.
+
+    Args:
+        records: the file's records; those that are not dicts with a ``mask`` list are left out.
+        bad: indices of records with problems, left out of the question counts.
+    """
+    usable = [
+        (i, r) for i, r in enumerate(records) if isinstance(r, dict) and isinstance(r.get("mask"), list)
+    ]
+    if not usable:
+        return []
+    lines = [
+        f"objects per record (objects: records): {_histogram(Counter(len(r['mask']) for _, r in usable))}"
+    ]
+    ok = [r for i, r in usable if i not in bad]
+    if any("turns" in r for r in ok):
+        answers = Counter(len(t) for r in ok for t in r.get("turns", [[i] for i in range(len(r["mask"]))]))
+        lines.append(
+            f"{sum('turns' in r for r in ok)} record(s) ask for several objects in one question; "
+            f"{sum(answers.values())} questions, [SEG] per answer ([SEG]: answers): {_histogram(answers)}"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,12 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for problem in problems:
         print(problem)
-    n_records = len(records) if isinstance(records, list) else 0
-    n_objects = sum(
-        len(r["mask"])
-        for r in (records if isinstance(records, list) else [])
-        if isinstance(r, dict) and isinstance(r.get("mask"), list)
-    )
+    listed = records if isinstance(records, list) else []
+    n_records = len(listed)
+    n_objects = sum(len(r["mask"]) for r in listed if isinstance(r, dict) and isinstance(r.get("mask"), list))
+    for line in count_lines(listed, {p.index for p in problems}):
+        print(line)
     print(f"{args.ann_file}: {n_records} records, {n_objects} objects, {len(problems)} problems")
     return 1 if problems else 0
 
