@@ -8,6 +8,13 @@
 Builds each model once (``Sa2VAModel`` with InternViT-300M + Qwen2.5-0.5B / -3B + SAM2 Hiera-L, LoRA
 r=128, bf16 frozen weights and fp32 trainable ones on CUDA), trains it on preprocessed samples of the
 bundled data under each configuration and prints one table (see projects/sa2va/benchmark/harness.py).
+
+A configuration that runs out of memory (CUDA, or the CPU allocator) becomes the row "out of memory at
+batch N on <device name> (<stage>)"; memory is freed and the next configuration runs, so the table is
+always completed (a model that cannot even be built gets "out of memory on <device name> (building
+<model>)" for each of its configurations). Exit
+status: 0 when at least one row has figures, 1 when every row ran out of memory. Any other error stops
+the run with its traceback.
 """
 
 from __future__ import annotations
@@ -65,15 +72,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     t0 = time.time()
     peak = hb.matmul_rate(device)
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    dev_name = hb.device_name(device)
     print(f"[benchmark] {dev_name}: matmul {peak / 1e12:.3g} TFLOP/s ({time.time() - t0:.0f} s)", flush=True)
     results = []
     for name in names:
         shape = hb.model_shape(name)
         t = time.time()
         torch.manual_seed(0)
-        model = hb.build_model(shape, device)
-        samples = hb.load_samples(shape, model.tokenizer, args.data_root, args.num_images, args.workers)
+        model = samples = None
+        try:
+            model = hb.build_model(shape, device)
+            samples = hb.load_samples(shape, model.tokenizer, args.data_root, args.num_images, args.workers)
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not hb.is_out_of_memory(e):
+                raise
+            error = hb.oom_message(device, during=f"building {name}")
+            print(f"[benchmark] {name}: {error}: {str(e).splitlines()[0][:200]}", flush=True)
+            results += [hb.Result(shape.name, cfg, error=error) for cfg in configs]
+            hb.free_memory(device)
+            continue
         print(f"[benchmark] built {name} + {len(samples)} samples in {time.time() - t:.0f} s", flush=True)
         for cfg in configs:
             t = time.time()
@@ -89,20 +106,19 @@ def main(argv: list[str] | None = None) -> int:
                 cache_dir=args.cache_dir,
             )
             results.append(r)
-            print(
-                f"[benchmark] {name}/{cfg.name}: {r.samples_per_s:.2f} samples/s {r.error} "
-                f"({time.time() - t:.0f} s)",
-                flush=True,
-            )
-        del model, samples
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+            figures = r.error or f"{r.samples_per_s:.2f} samples/s"
+            print(f"[benchmark] {name}/{cfg.name}: {figures} ({time.time() - t:.0f} s)", flush=True)
+        model = samples = None
+        hb.free_memory(device)
     print()
     print(hb.format_table(results, peak, dev_name))
     for line in hb.target_lines(results):
         print(line)
+    failed = sum(1 for r in results if r.error)
+    if failed:
+        print(f"[benchmark] {failed} of {len(results)} configuration(s) ran out of memory")
     print(f"[benchmark] total {time.time() - t0:.0f} s")
-    return 1 if any(r.error for r in results) else 0
+    return 1 if results and failed == len(results) else 0
 
 
 if __name__ == "__main__":

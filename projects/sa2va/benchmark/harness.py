@@ -22,6 +22,7 @@ are not timed here.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import statistics
 import time
@@ -233,6 +234,38 @@ def matmul_rate(device: torch.device, size: int | None = None, reps: int = 20) -
 
 
 # --- one configuration -----------------------------------------------------------------------------
+#: Messages of PyTorch's CPU allocator when an allocation fails (a ``RuntimeError``, not an
+#: ``OutOfMemoryError``, in torch 2.14: ``DefaultCPUAllocator: can't allocate memory: ...``).
+_CPU_OOM_MESSAGES = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failed device or host allocation (``torch.OutOfMemoryError`` on CUDA, the CPU
+    allocator's ``RuntimeError``)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _CPU_OOM_MESSAGES)
+
+
+def device_name(device: torch.device) -> str:
+    """The card's name on CUDA (``NVIDIA H100 80GB HBM3``), else the device type (``cpu``)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def free_memory(device: torch.device) -> None:
+    """Collect garbage (an exception's frames hold activations) and return cached blocks to the driver."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def oom_message(device: torch.device, batch_size: int | None = None, during: str = "") -> str:
+    """The table's text for a configuration that ran out of memory:
+    ``out of memory at batch 16 on NVIDIA H100 80GB HBM3 (warm-up)``."""
+    at = f" at batch {batch_size}" if batch_size is not None else ""
+    return f"out of memory{at} on {device_name(device)}" + (f" ({during})" if during else "")
+
+
 @dataclass
 class Result:
     model: str
@@ -406,19 +439,22 @@ def run_one(
         compiled_from = base.model
         base.model = torch.compile(base.model, dynamic=True)
     model.train()
-    trainer = Trainer(model, cfg, device)
-
-    n_distinct = max(1, math.ceil(len(samples) / cfg.batch_size))
-    batches = make_batches(samples, cfg.batch_size, n_distinct, pin=device.type == "cuda")
-    res.pad_frac = statistics.mean(1.0 - float(b["data"].attention_mask.float().mean()) for b in batches)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    trainer = None
+    stage = "setting up"
     try:
+        trainer = Trainer(model, cfg, device)
+        n_distinct = max(1, math.ceil(len(samples) / cfg.batch_size))
+        batches = make_batches(samples, cfg.batch_size, n_distinct, pin=device.type == "cuda")
+        res.pad_frac = statistics.mean(1.0 - float(b["data"].attention_mask.float().mean()) for b in batches)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        stage = "warm-up"
         # Warm-up: every distinct batch once (fills the cache), then `warmup` more steps.
         for i in range(n_distinct + warmup):
             loss = trainer.step(batches[i % n_distinct])
         res.loss = float(loss)
+        stage = "timed steps"
         if device.type == "cuda":
             torch.cuda.synchronize()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -436,6 +472,7 @@ def run_one(
         res.samples_per_s = cfg.batch_size / res.step_s
         if device.type == "cuda":
             res.peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
+        stage = "profiling steps"
         timer = Timer(device)
         for i in range(profile_steps):
             trainer.staged_step(batches[i % n_distinct], timer)
@@ -444,17 +481,19 @@ def run_one(
         res.flops, res.tokens = sample_flops(model, shape, batches[0], cached=model.feature_cache is not None)
         if model.feature_cache is not None:
             logger.info(f"{shape.name}/{cfg.name}: feature cache {model.feature_cache.stats()}")
-    except torch.OutOfMemoryError as e:
-        res.error = f"OOM: {str(e).splitlines()[0][:80]}"
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        res = Result(shape.name, cfg, error=oom_message(device, cfg.batch_size, stage))
+        logger.warning(f"{shape.name}/{cfg.name}: {res.error}: {str(e).splitlines()[0][:200]}")
     finally:
-        del trainer
+        trainer = batches = None  # the optimiser state and pinned batches
         model.zero_grad(set_to_none=True)
         model.feature_cache = None
         model.data_preprocessor.keep_pixels_on_host = False
         if compiled_from is not None:
             base.model = compiled_from
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_memory(device)
     return res
 
 
