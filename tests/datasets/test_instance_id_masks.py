@@ -17,8 +17,10 @@ from projects.sa2va.datasets.instance_ids import (
     IdTexts,
     ask_together,
     convert_instance_folder,
+    probs_to_ids,
     read_instance_ids,
     reconstruct_ids,
+    save_id_image,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -244,3 +246,33 @@ def test_tool_end_to_end_with_one_question(folder: Path):
     assert failed.returncode == 1
     assert "0001.png: id 2" in failed.stderr and "0001.png: id 3" in failed.stderr
     assert not (folder / "x.json").exists()
+
+
+# --- the other way: per-[SEG] probabilities -> one id image ------------------------------------------
+def test_probs_to_ids_takes_the_most_probable_object_above_the_threshold():
+    probs = np.zeros((3, 2, 3), dtype=np.float32)
+    probs[0] = [[0.9, 0.6, 0.1], [0.0, 0.0, 0.0]]
+    probs[1] = [[0.2, 0.7, 0.1], [0.8, 0.0, 0.0]]
+    probs[2] = [[0.0, 0.0, 0.4], [0.8, 0.0, 0.6]]
+    assert probs_to_ids(probs, 0.5).tolist() == [[1, 2, 0], [2, 0, 3]]  # tie (0.8, 0.8): the first
+    assert probs_to_ids(probs, 0.5, ids=[300, 7, 65535]).tolist() == [[300, 7, 0], [7, 0, 65535]]
+    with pytest.raises(ValueError, match="distinct positive"):
+        probs_to_ids(probs, 0.5, ids=[1, 1, 2])
+
+
+@pytest.mark.parametrize("name, top", [("a.png", 200), ("b.png", 40000), ("c.tif", 65535)])
+def test_save_id_image_is_lossless(tmp_path: Path, name: str, top: int):
+    ids = np.zeros((H, W), dtype=np.int64)
+    ids[3:9, 3:9] = top
+    ids[20:25, 20:40] = 1
+    path = save_id_image(ids, tmp_path / name)
+    assert np.array_equal(read_instance_ids(path), ids)
+    with Image.open(path) as im:
+        assert im.mode == ("L" if top <= 255 else "I;16")
+
+
+def test_save_id_image_refuses_a_lossy_format(tmp_path: Path):
+    ids = np.zeros((H, W), dtype=np.int64)
+    ids[3:9, 3:9] = 300
+    with pytest.raises(ValueError, match="need a 16-bit format"):
+        save_id_image(ids, tmp_path / "x.jpg")

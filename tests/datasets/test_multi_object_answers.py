@@ -263,3 +263,26 @@ def test_check_dataset_reports_objects_and_questions(data, capsys):
     out = capsys.readouterr().out
     assert "record 2 ('eye.png'), field 'turns': object(s) [2] are in no turn" in out
     assert "1 record(s) ask for several objects in one question; 5 questions" in out  # the bad one left out
+
+
+# --- evaluation (teacher-forced predict, as tools/test.py runs it) ----------------------------------------
+def test_teacher_forced_evaluation_scores_every_object_of_a_turn(cfg, data):
+    from projects.sa2va.evaluation.evaluate import build_eval_dataset
+    from projects.sa2va.evaluation.seg_metric import SegMetric
+
+    ann = _write(data, [_record([[0, 1], [2]])])
+    eval_cfg = cfg.copy()
+    eval_cfg.train_dataloader.dataset.update(objects_per_image=5, random_templates=True)
+    ds = build_eval_dataset(eval_cfg, ann_file=str(ann), image_root=str(data))
+    torch.manual_seed(0)
+    model = BUILDER.build(cfg.model).eval()
+    batch = sa2va_collate([ds[0]])
+    with torch.no_grad():
+        outputs = model.val_step(batch)
+    assert outputs[0]["probs"].shape == (3, H, W)
+    assert outputs[0]["texts"] == ["optic disc", "blood vessel", "fovea"]
+    metric = SegMetric()
+    metric.process(batch, outputs)
+    assert [r["image_id"] for r in metric.results] == ["eye.png"]
+    keys = metric.results[0]["state"]["keys"]
+    assert keys == ["eye.png|0|optic disc", "eye.png|1|blood vessel", "eye.png|2|fovea"]

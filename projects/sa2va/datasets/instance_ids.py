@@ -46,8 +46,10 @@ __all__ = [
     "IdTexts",
     "ask_together",
     "convert_instance_folder",
+    "probs_to_ids",
     "read_instance_ids",
     "reconstruct_ids",
+    "save_id_image",
 ]
 
 #: Key of the entries for every file in a per-file JSON id map.
@@ -218,6 +220,55 @@ def reconstruct_ids(record: dict, height: int, width: int) -> np.ndarray:
     for obj, ids in zip(record["mask"], record["instance_ids"], strict=True):
         out[decode_object_mask(obj, height, width)] = min(ids)
     return out
+
+
+def probs_to_ids(probs: np.ndarray, threshold: float, ids: Sequence[int] | None = None) -> np.ndarray:
+    """Compose per-object probabilities into one instance-ID image (the inverse of the conversion).
+
+    A pixel gets the id of the most probable object among those whose probability exceeds
+    ``threshold`` (the first such object on ties), 0 when none does.
+
+    Args:
+        probs: float ``[n, H, W]`` in [0, 1], one map per ``[SEG]`` in order.
+        threshold: as for the binary masks (``probs > threshold``).
+        ids: the id of each object (default ``1..n``); positive, distinct.
+
+    Returns:
+        int64 ``[H, W]``.
+    """
+    probs = np.asarray(probs)
+    if probs.ndim != 3:
+        raise ValueError(f"probs must be [n, H, W], got shape {probs.shape}")
+    n = probs.shape[0]
+    values = np.arange(1, n + 1, dtype=np.int64) if ids is None else np.asarray(list(ids), dtype=np.int64)
+    if values.shape != (n,) or (values < 1).any() or len(set(values.tolist())) != n:
+        raise ValueError(f"ids must be {n} distinct positive integers, got {list(values)}")
+    if n == 0:
+        return np.zeros(probs.shape[1:], dtype=np.int64)
+    above = probs > threshold
+    best = np.where(above, probs, -np.inf).argmax(axis=0)
+    return np.where(above.any(axis=0), values[best], 0)
+
+
+def save_id_image(ids: np.ndarray, path: str | Path) -> Path:
+    """Write an id image losslessly: 8-bit grey when every id <= 255, else 16-bit (PNG / TIFF).
+
+    Raises:
+        ValueError: ids outside 0..65535, or a 16-bit image asked for in a format without 16-bit grey.
+    """
+    ids = np.asarray(ids)
+    path = Path(path)
+    if ids.ndim != 2 or (ids.size and (ids.min() < 0 or ids.max() > 65535)):
+        raise ValueError(f"{path}: ids must be [H, W] in 0..65535, got shape {ids.shape}")
+    if ids.size == 0 or ids.max() <= 255:
+        Image.fromarray(ids.astype(np.uint8), mode="L").save(path)
+    elif path.suffix.lower() in (".png", ".tif", ".tiff"):
+        Image.fromarray(ids.astype(np.uint16)).save(path)
+    else:
+        raise ValueError(f"{path}: ids above 255 need a 16-bit format (.png or .tif)")
+    if not np.array_equal(read_instance_ids(path), ids.astype(np.int64)):
+        raise ValueError(f"{path}: the written id image reads back differently")
+    return path
 
 
 @dataclass
