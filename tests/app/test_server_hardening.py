@@ -300,6 +300,13 @@ HEAD = "Host: 127.0.0.1\r\nConnection: close\r\n"
             "takes the image file itself as the body",
         ),
         (
+            f"POST /api/predict?prompt=a HTTP/1.1\r\n{HEAD}Content-Type: multipart/form-data; boundary=x\r\n"
+            "Content-Length: 0\r\n\r\n",
+            False,
+            400,
+            "not multipart/form-data",
+        ),
+        (
             f"POST /api/predict?prompt=a HTTP/1.1\r\n{HEAD}Content-Length: ten\r\n\r\n",
             False,
             400,
@@ -320,6 +327,7 @@ HEAD = "Host: 127.0.0.1\r\nConnection: close\r\n"
         "twice",
         "unknown-key",
         "json",
+        "multipart",
         "bad-length",
         "short-body",
         "syntax",

@@ -19,14 +19,16 @@ Endpoints (all same-origin; the page is served with a strict Content-Security-Po
   see :func:`encode_probs_png`), ``colors`` (overlay colour per mask), ``threshold`` (the default),
   ``mask_pixels`` (foreground pixels of each mask at the default threshold, computed here from the
   float32 probabilities), ``seconds``. The query takes only ``prompt``, ``sample`` and ``name``, each
-  at most once, percent-encoded UTF-8; the body is the file itself, not JSON or a form.
+  at most once, percent-encoded UTF-8; the body is the file itself (a JSON or multipart body is
+  refused).
 
 Every refusal and failure is answered with ``{"error": message}`` and a status, which the page shows:
 400 for a bad request (the message names the problem: an empty or reserved-marker prompt, a prompt with
 control characters or not in UTF-8, an unknown query parameter, a JSON body, an unreadable image, ...),
-413 for a body over ``max_upload_bytes``, 403 for a refused ``Host`` or ``Origin``, 408 for a request
-not received in time, 503 when busy (below), and 500 for an unexpected error inside the server (its
-traceback goes to the log; the connection is answered, never dropped).
+413 for a body over ``max_upload_bytes``, 403 for a refused ``Host`` or ``Origin``, 408 for a body
+cut short or not received in time (if the connection is still open), 503 when busy (below), and 500
+for an unexpected error inside the server before its answer was started (the traceback goes to the
+log; the request is answered, not dropped).
 
 Limits (``tools/demo_app.py`` options in brackets):
 
@@ -36,8 +38,8 @@ Limits (``tools/demo_app.py`` options in brackets):
   connection is closed. The deadline is checked by the serving loop about every 0.5 s; each socket
   read or write also has this timeout.
 * ``max_connections`` (``--max-connections``, default 32): at most this many connections are served
-  at once, one thread each, so the server has at most this many threads besides the serving loop; a
-  connection beyond the limit is answered 503 and closed at once.
+  at once, one thread each, so the server runs at most this many connection threads besides the
+  serving loop; a connection beyond the limit is answered 503 and closed at once.
 * model calls: one at a time (the predictor is not written for concurrent calls). A request waits for
   the model at most ``queue_timeout`` (``--queue-timeout``, default 120 s), then gets 503. Waiting
   requests are bounded by ``max_connections``.
@@ -564,7 +566,7 @@ def _make_handler(app: DemoApp, loopback_only: bool, io_timeout: float) -> type[
         def _predict(self, query_string: str) -> dict[str, Any]:
             query = app.parse_query(query_string)
             ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-            if ctype == "application/json" or ctype.startswith(("multipart/", "application/x-www-form")):
+            if ctype == "application/json" or ctype.startswith("multipart/"):  # not the page's request
                 raise BadRequestError(
                     f"POST /api/predict takes the image file itself as the body and the prompt in the "
                     f"query (?prompt=...), not {ctype}"
