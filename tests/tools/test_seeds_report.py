@@ -18,12 +18,12 @@ def _report(dice: float, fov_dice: float) -> dict:
 
     def block(d: float) -> dict:
         return {
-            "best_threshold": 0.45,
-            "at_0.5": {"threshold": 0.5, "dice": d - 0.01, "cl_dice": d - 0.02},
-            "at_best": {"threshold": 0.45, "dice": d, "cl_dice": d + 0.01},
+            "at_0.5": {"dice": d - 0.01, "cl_dice": d - 0.02},
+            "at_best": {"dice": d, "cl_dice": d + 0.01},
         }
 
-    return {**block(dice), "fov": block(fov_dice)}
+    fov = {"source": "auto", "threshold": 0.4, **block(fov_dice)}
+    return {"best_threshold": 0.45, **block(dice), "fov": fov}
 
 
 def test_rows_mean_and_spread(tmp_path, capsys):
@@ -41,6 +41,8 @@ def test_rows_mean_and_spread(tmp_path, capsys):
     assert fov["std"] == pytest.approx(statistics.stdev([0.72, 0.76, 0.80]))
     assert (fov["min"], fov["max"]) == (pytest.approx(0.72), pytest.approx(0.80))
     assert data["summary"]["whole"]["dice@0.5"]["mean"] == pytest.approx(0.73)
+    assert data["summary"]["whole"]["thr"]["mean"] == pytest.approx(0.45)
+    assert data["summary"]["fov"]["thr"]["mean"] == pytest.approx(0.4)
     assert [r["iterations"] for r in data["runs"]] == [100, 101, 102]
     assert "0.7600" in table and table.strip().count("\n") == 6  # header, rule, 3 seeds, mean, std
 

@@ -19,9 +19,10 @@ from pathlib import Path
 COLUMNS = (
     ("dice@thr", ("at_best", "dice")),
     ("clDice@thr", ("at_best", "cl_dice")),
-    ("thr", ("at_best", "threshold")),
+    ("thr", None),  # where the chosen threshold lives differs per scope: THRESHOLD_KEY
     ("dice@0.5", ("at_0.5", "dice")),
 )
+THRESHOLD_KEY = {"whole": ("best_threshold",), "fov": ("threshold",)}
 
 
 def _get(report: dict, path: tuple[str, ...], where: str) -> float:
@@ -42,7 +43,9 @@ def read_rows(runs: list[tuple[str, Path, int | None]]) -> list[dict]:
             raise KeyError(f"{path}: no 'fov' section (run tools/test.py with --fov-masks)")
         row = {"name": name, "iterations": iters}
         for scope, rep in (("whole", report), ("fov", report["fov"])):
-            row[scope] = {col: _get(rep, key, f"{path} [{scope}]") for col, key in COLUMNS}
+            row[scope] = {
+                col: _get(rep, key or THRESHOLD_KEY[scope], f"{path} [{scope}]") for col, key in COLUMNS
+            }
         rows.append(row)
     return rows
 
