@@ -247,6 +247,12 @@ def main() -> int:
     ap.add_argument("--num-points", type=int, default=12544, help="points per mask (the official default)")
     ap.add_argument("--tol", type=float, default=1e-5)
     ap.add_argument("--reuse", action="store_true", help="reuse WORK/outputs.pt of an earlier official run")
+    ap.add_argument(
+        "--write-keys",
+        type=Path,
+        default=None,
+        help="write the official model's tensor names with a trainable flag (the test fixture)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write the table here")
     args = ap.parse_args()
     if not (args.src / "projects/sa2va/models/sa2va.py").is_file():
@@ -304,6 +310,13 @@ def main() -> int:
         sys.stderr.write(log.read_text()[-6000:])
         raise SystemExit(f"official side failed (exit {rc}); log: {log}")
     theirs = torch.load(work / "outputs.pt", weights_only=False)
+    if args.write_keys:
+        trainable = set(theirs["trainable"])
+        args.write_keys.write_text(
+            "# official training Sa2VAModel (bytedance/Sa2VA, tiny shapes of _base_/model_tiny.py): "
+            "tensor name, trainable; written by bench/official/parity.py --write-keys\n"
+            + "".join(f"{k}\t{int(k in trainable)}\n" for k in theirs["keys"])
+        )
     ours_keys = sorted(official_state(state))
     if ours_keys != theirs["keys"]:
         raise KeyError("mapped toolkit keys differ from the official model's keys")
