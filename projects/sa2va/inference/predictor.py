@@ -17,6 +17,16 @@ grad) and follows the official Hugging Face ``predict_forward``:
    :meth:`Sa2VAModel.logits_to_probs` (bilinear through the SAM2 input size, as the official code) ->
    ``probs > threshold``.
 
+Large images and flip test-time augmentation (both off by default; :meth:`Sa2VAPredictor.predict`'s
+``tiling`` / ``flip_tta``): the answer (text and ``[SEG]`` count) is always generated from the whole
+image as above. With tiling (:mod:`.tiling`) the masks of an image larger than the window are then
+computed window by window: each ``window x window`` crop is preprocessed like a whole image (same
+prompt), the same answer is teacher-forced over it (step 4), its probabilities are taken at the
+crop's own size (step 5) and the windows are blended with raised-cosine weights into the full-size
+map. With flip TTA every view (the whole image, or each window) is also predicted mirrored left-right
+(the same answer teacher-forced), its probabilities mirrored back and averaged with the unflipped
+ones at equal weight.
+
 Step 4 equals what the official code does with ``generate``'s own hidden states: the hidden state of
 a causal LM at a position depends only on the tokens up to it, and the official code reads, for each
 generated ``[SEG]``, the last-layer state computed when that token was fed back in. The two differ only
@@ -65,6 +75,7 @@ from ..models.qwenvl import Qwen2_5_VLSa2VA, Qwen3VLSa2VA, QwenVLMLLM
 from ..models.sa2va import SEG_TOKEN, Sa2VAModel
 from ..models.tokenizer import load_tokenizer
 from ..structures import Sa2VABatch
+from .tiling import TilingOptions, Window, WindowBlender, iter_chunks
 
 __all__ = [
     "HF_LLM_ADAPTERS",
@@ -107,7 +118,10 @@ class Prediction:
         masks: ``[n, H, W]`` bool, ``probs > threshold``.
         threshold: the threshold used for ``masks``.
         token_ids: generated token ids up to and including the stop token (if one was generated).
-        seg_embeds: ``[n, D]`` float32 language embeddings fed to SAM2 (``D`` = 256 for Hiera-L).
+        seg_embeds: ``[n, D]`` float32 language embeddings fed to SAM2 (``D`` = 256 for Hiera-L), of
+            the whole-image pass.
+        views: how many mask forwards ``probs`` is blended from: 1 for the whole image, the number of
+            windows when tiled, twice that with flip TTA.
     """
 
     text: str
@@ -116,6 +130,7 @@ class Prediction:
     threshold: float
     token_ids: list[int]
     seg_embeds: np.ndarray
+    views: int = 1
 
     @property
     def num_masks(self) -> int:
@@ -190,6 +205,12 @@ class Sa2VAPredictor:
         autocast: run under ``torch.autocast`` in the model's low-precision dtype (bf16/fp16), as
             training does; ``None``: when any parameter is bf16/fp16 (frozen parts kept in bf16 next
             to fp32 trainable ones need it).
+        tiling: default window-by-window prediction of large images (:class:`.tiling.TilingOptions`,
+            its dict, or a mode ``'off'`` / ``'on'`` / ``'auto'``; ``None``: off). The default window
+            is the SAM2 input size.
+        flip_tta: default for flip test-time augmentation (mean of the probabilities of the view and
+            of its left-right mirror, mirrored back).
+        window_batch_size: views (windows / flipped views) per teacher-forced forward.
     """
 
     def __init__(
@@ -205,6 +226,9 @@ class Sa2VAPredictor:
         official_normalisation: bool = True,
         device: str | torch.device | None = None,
         autocast: bool | None = None,
+        tiling: TilingOptions | dict | str | None = None,
+        flip_tta: bool = False,
+        window_batch_size: int = 4,
     ) -> None:
         if not isinstance(model, Sa2VAModel):
             raise TypeError(f"Sa2VAPredictor needs a Sa2VAModel, got {type(model).__name__}")
@@ -219,6 +243,15 @@ class Sa2VAPredictor:
         self.use_thumbnail = bool(use_thumbnail)
         self.threshold = _check_threshold(threshold, "Sa2VAPredictor")
         self.official_normalisation = bool(official_normalisation)
+        self.tiling = TilingOptions.parse(tiling)
+        self.flip_tta = bool(flip_tta)
+        if (
+            isinstance(window_batch_size, bool)
+            or not isinstance(window_batch_size, int)
+            or window_batch_size < 1
+        ):
+            raise ValueError(f"window_batch_size must be a positive integer, got {window_batch_size!r}")
+        self.window_batch_size = window_batch_size
         low = {p.dtype for p in model.parameters() if p.dtype in (torch.bfloat16, torch.float16)}
         if len(low) > 1:
             raise ValueError(f"model mixes several low-precision dtypes {sorted(map(str, low))}")
@@ -248,7 +281,9 @@ class Sa2VAPredictor:
             f"Sa2VAPredictor: device {self.device}, tiles {self.min_tiles}..{self.max_tiles} of "
             f"{self.tile_size} px (thumbnail {self.use_thumbnail}), SAM2 {self.sam2_size} px with "
             f"{'official bf16-rounded' if self.official_normalisation else 'exact'} ImageNet constants, "
-            f"threshold {self.threshold}, stop ids {self.stop_token_ids}, autocast {self.autocast_dtype}"
+            f"threshold {self.threshold}, stop ids {self.stop_token_ids}, autocast {self.autocast_dtype}, "
+            f"tiling {self.tiling.mode} (window {self.tiling.window_for(self.sam2_size)} px, overlap "
+            f"{self.tiling.overlap}), flip TTA {self.flip_tta}"
         )
 
     # --- construction ----------------------------------------------------------------------------
@@ -555,6 +590,8 @@ class Sa2VAPredictor:
         *,
         max_new_tokens: int = 64,
         threshold: float | None = None,
+        tiling: TilingOptions | dict | str | None = None,
+        flip_tta: bool | None = None,
     ) -> list[Prediction]:
         """Answer ``prompts`` about ``images`` (one batch) and segment each generated ``[SEG]``.
 
@@ -564,6 +601,9 @@ class Sa2VAPredictor:
                 string for all; ``<image>\n`` is prepended.
             max_new_tokens: generation budget per image.
             threshold: mask threshold; ``None``: the predictor's default.
+            tiling: window-by-window masks for large images (see the module docstring); ``None``: the
+                predictor's default.
+            flip_tta: flip test-time augmentation; ``None``: the predictor's default.
 
         Returns:
             one :class:`Prediction` per image, in order.
@@ -581,8 +621,11 @@ class Sa2VAPredictor:
             if not isinstance(p, str) or not p.strip():
                 raise ValueError(f"prompts[{i}] must be a non-empty string, got {p!r}")
         thr = self.threshold if threshold is None else _check_threshold(threshold, "predict()")
+        tiling = self.tiling if tiling is None else TilingOptions.parse(tiling)
+        flip = self.flip_tta if flip_tta is None else bool(flip_tta)
 
-        prepared = [self.preprocess(im, p, i) for i, (im, p) in enumerate(zip(images, prompts))]
+        arrays = [_as_rgb_array(im, i) for i, im in enumerate(images)]
+        prepared = [self.preprocess(a, p, i) for i, (a, p) in enumerate(zip(arrays, prompts))]
         model = self.model
         pixel_values = torch.cat([p.pixel_values for p in prepared]).to(self.device)
         grid = None
@@ -610,10 +653,15 @@ class Sa2VAPredictor:
         results = []
         logits_per_image = out["mask_logits"].split(counts)
         embeds_per_image = out["seg_embeds"].split(counts)
-        for prep, ids, logits, embeds in zip(prepared, generated, logits_per_image, embeds_per_image):
+        for i, (prep, ids, logits, embeds) in enumerate(
+            zip(prepared, generated, logits_per_image, embeds_per_image)
+        ):
             h, w = prep.size
+            views = 1
             if logits.shape[0]:
                 probs = model.logits_to_probs(logits, (h, w)).float().cpu().numpy()
+                if flip or tiling.applies(h, w, self.sam2_size):
+                    probs, views = self._blended_probs(arrays[i], prompts[i], ids, probs, tiling, flip)
             else:
                 probs = np.zeros((0, h, w), dtype=np.float32)
             results.append(
@@ -624,9 +672,81 @@ class Sa2VAPredictor:
                     threshold=thr,
                     token_ids=list(ids),
                     seg_embeds=embeds.float().cpu().numpy(),
+                    views=views,
                 )
             )
         return results
+
+    @torch.no_grad()
+    def _blended_probs(
+        self,
+        image: np.ndarray,
+        prompt: str,
+        answer_ids: list[int],
+        whole_probs: np.ndarray,
+        tiling: TilingOptions,
+        flip: bool,
+    ) -> tuple[np.ndarray, int]:
+        """Masks of one image from windows and/or mirrored views, blended (see the module docstring).
+
+        Args:
+            image: ``[H, W, 3]`` uint8 RGB.
+            prompt: the question the answer was generated for.
+            answer_ids: the generated answer (teacher-forced over every view).
+            whole_probs: ``[n, H, W]`` probabilities of the whole-image pass (used as the unflipped view
+                when the image is not tiled).
+            tiling / flip: as :meth:`predict`.
+
+        Returns:
+            ``([n, H, W]`` float32 blended probabilities, number of views blended``)``.
+        """
+        h, w = image.shape[:2]
+        n = whole_probs.shape[0]
+        tiled = tiling.applies(h, w, self.sam2_size)
+        side = tiling.window_for(self.sam2_size) if tiled else max(h, w)
+        blender = WindowBlender(h, w, side, tiling.overlap, n)
+        views: list[tuple[Window, bool]] = []
+        for win in blender.windows:
+            if tiled:
+                views.append((win, False))
+            else:  # the whole image: its unflipped view is already computed
+                blender.add(win, whole_probs)
+            if flip:
+                views.append((win, True))
+        for chunk in iter_chunks(views, self.window_batch_size):
+            crops = [win.crop(image)[:, ::-1] if mirrored else win.crop(image) for win, mirrored in chunk]
+            for (win, mirrored), probs in zip(chunk, self._view_probs(crops, prompt, answer_ids, n)):
+                blender.add(win, probs[:, :, ::-1] if mirrored else probs)
+        if tiled:
+            MMLogger.get_current_instance().info(
+                f"{h}x{w} image: masks from {len(blender.windows)} windows of {side} px (overlap "
+                f"{tiling.overlap}){' and their mirrored views' if flip else ''}"
+            )
+        return blender.result(), blender.added
+
+    @torch.no_grad()
+    def _view_probs(
+        self, crops: list[np.ndarray], prompt: str, answer_ids: list[int], n: int
+    ) -> list[np.ndarray]:
+        """Teacher-force ``answer_ids`` over each ``[h, w, 3]`` crop (one batch); ``[n, h, w]`` float32
+        probabilities per crop at its own size."""
+        prepared = [self.preprocess(np.ascontiguousarray(c), prompt, i) for i, c in enumerate(crops)]
+        pixel_values = torch.cat([p.pixel_values for p in prepared]).to(self.device)
+        grid = None
+        if self.image_processor is not None:
+            grid = torch.cat([p.image_grid_thw for p in prepared]).to(self.device)
+        with self._autocast():
+            vit_tokens = self.model.mllm.encode_vit(
+                pixel_values, **({} if grid is None else {"image_grid_thw": grid})
+            )
+            batch = self._teacher_forced_batch(prepared, [list(answer_ids)] * len(crops), vit_tokens, grid)
+            out = self.model.forward_tensors(batch)
+        if out["seg_counts"] != [n] * len(crops):  # pragma: no cover - the same answer for every view
+            raise RuntimeError(f"expected {n} [SEG] embeddings per view, got {out['seg_counts']}")
+        return [
+            self.model.logits_to_probs(lg, p.size).float().cpu().numpy()
+            for lg, p in zip(out["mask_logits"].split(out["seg_counts"]), prepared)
+        ]
 
     def _teacher_forced_batch(
         self,
