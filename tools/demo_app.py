@@ -59,20 +59,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--timeout",
         type=float,
-        default=30.0,  # server.DEFAULT_TIMEOUT_S (not imported: mmengine loads later)
+        default=30.0,  # = server.DEFAULT_TIMEOUT_S; the server module is imported only in main()
         help="seconds a client has to send a whole request and to take the answer; an idle or slow "
         "connection is closed after it (default %(default)g)",
     )
     p.add_argument(
         "--max-connections",
         type=int,
-        default=32,  # server.DEFAULT_MAX_CONNECTIONS
+        default=32,  # = server.DEFAULT_MAX_CONNECTIONS
         help="connections served at once, one thread each; more are answered 503 (default %(default)d)",
     )
     p.add_argument(
         "--queue-timeout",
         type=float,
-        default=120.0,  # server.DEFAULT_QUEUE_TIMEOUT_S
+        default=120.0,  # = server.DEFAULT_QUEUE_TIMEOUT_S
         help="the model runs one request at a time; seconds a request waits for it before a 503 "
         "(default %(default)g)",
     )
