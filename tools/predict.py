@@ -4,7 +4,7 @@
         --images data/new/images [more images or folders] --prompt "Please segment the blood vessel." \\
         --out-dir predictions/ [--threshold T | --threshold-file best_threshold.json] \\
         [--batch-size N] [--device cpu|cuda] [--max-new-tokens 64] [--exact-normalisation] \\
-        [--skip-existing]
+        [--skip-existing] [--tile auto|on|off [--tile-size PX] [--tile-overlap 0.25]] [--flip-tta]
 
 Writes per image ``<stem>_mask{k}.png`` (0/255), ``<stem>_prob{k}.png`` (probability as 8-bit grey),
 ``<stem>_overlay.png``, and ``predictions.json`` for the run (see ``projects/sa2va/inference/io.py``).
@@ -15,6 +15,10 @@ killed keeps what it did: rerun it with ``--skip-existing`` and only the images 
 record are predicted (a record whose files are missing or altered, or whose image changed, is
 recomputed); ``predictions.json`` then lists every image and says how many were reused. Other
 settings than the stored ones are refused. A progress bar (count, rate, ETA) goes to stderr.
+``--tile auto`` predicts the masks of an image larger than the model input (the SAM2 input size, or
+``--tile-size``) window by window at full resolution, windows overlapping by ``--tile-overlap`` and
+blended with raised-cosine weights; ``--flip-tta`` averages each view with its left-right mirror (see
+``projects/sa2va/inference/tiling.py``).
 ``--hf`` builds from an official-layout Hugging Face folder (e.g. from ``tools/convert_to_hf.py``);
 ``--config`` then optionally names the model config to point at it, and ``--checkpoint`` a trainable
 checkpoint to load on top. Every image is decoded completely before the model is built (a truncated or
@@ -39,6 +43,7 @@ from projects.sa2va.cli import (  # noqa: E402
     parse_cfg_options,
     predictor_kwargs,
 )
+from projects.sa2va.inference.tiling import add_tiling_args, tiling_kwargs  # noqa: E402
 
 #: Arguments that do not change the masks: left out of the compared run settings.
 NOT_COMPARED = frozenset({"images", "out_dir", "batch_size", "skip_existing"})
@@ -65,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(their records and files are checked; anything missing or altered is predicted again)",
     )
     add_predictor_args(p)
+    add_tiling_args(p)
     args = p.parse_args(argv)
     if args.config is None and args.hf is None:
         p.error("give --config (with --checkpoint) or --hf")
@@ -159,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if todo:
         from projects.sa2va.inference.predictor import Sa2VAPredictor
 
-        kwargs = predictor_kwargs(args)
+        kwargs = {**predictor_kwargs(args), **tiling_kwargs(args)}
         if args.hf is not None:
             predictor = Sa2VAPredictor.from_hf(args.hf, args.checkpoint, model_config=args.config, **kwargs)
         else:

@@ -27,6 +27,7 @@ back into one ``[H, W]`` map. Everything here is model-free (numpy only):
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,10 +40,12 @@ __all__ = [
     "TilingOptions",
     "Window",
     "WindowBlender",
+    "add_tiling_args",
     "blend_windows",
     "iter_chunks",
     "num_windows",
     "tile_windows",
+    "tiling_kwargs",
     "window_profile",
     "window_starts",
     "window_weights",
@@ -313,3 +316,60 @@ def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     size = _check_positive(size, "chunk size")
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _overlap_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text!r}")
+    return value
+
+
+def _window_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (pixels), got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (pixels), got {text!r}")
+    return value
+
+
+def add_tiling_args(parser: argparse.ArgumentParser) -> None:
+    """``--tile off|on|auto``, ``--tile-size PX``, ``--tile-overlap F``, ``--flip-tta`` (read back by
+    :func:`tiling_kwargs`)."""
+    parser.add_argument(
+        "--tile",
+        choices=TILE_MODES,
+        default="off",
+        help="predict masks window by window at full resolution: auto = only images with a side larger "
+        "than the window, on = always, off = the whole image at once (default)",
+    )
+    parser.add_argument(
+        "--tile-size",
+        type=_window_arg,
+        help="window side in px (default: the model's SAM2 input size, 1024 for the released models)",
+    )
+    parser.add_argument(
+        "--tile-overlap",
+        type=_overlap_arg,
+        default=DEFAULT_OVERLAP,
+        help=f"fraction of a window shared with its neighbour (default {DEFAULT_OVERLAP})",
+    )
+    parser.add_argument(
+        "--flip-tta",
+        action="store_true",
+        help="flip test-time augmentation: also predict the left-right mirrored image (or window) and "
+        "average the probabilities, mirrored back",
+    )
+
+
+def tiling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``{"tiling": TilingOptions, "flip_tta": bool}`` from :func:`add_tiling_args` options."""
+    return {
+        "tiling": TilingOptions(mode=args.tile, window=args.tile_size, overlap=args.tile_overlap),
+        "flip_tta": bool(args.flip_tta),
+    }
