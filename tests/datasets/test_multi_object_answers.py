@@ -23,7 +23,7 @@ from projects.sa2va.datasets.annotations import (
     validate_record,
 )
 from projects.sa2va.datasets.collate import sa2va_collate
-from projects.sa2va.datasets.refseg import RefSegDataset, join_texts
+from projects.sa2va.datasets.refseg import RefSegDataset, answer_object_texts, join_texts
 from projects.sa2va.models.builder import BUILDER
 
 REPO = Path(__file__).resolve().parents[2]
@@ -286,3 +286,32 @@ def test_teacher_forced_evaluation_scores_every_object_of_a_turn(cfg, data):
     assert [r["image_id"] for r in metric.results] == ["eye.png"]
     keys = metric.results[0]["state"]["keys"]
     assert keys == ["eye.png|0|optic disc", "eye.png|1|blood vessel", "eye.png|2|fovea"]
+
+
+@pytest.mark.parametrize(
+    "answer, texts",
+    [
+        ("Sure, the optic disc is [SEG] and the blood vessel is [SEG].", ["optic disc", "blood vessel"]),
+        (
+            "the segmentation result of the optic disc is [SEG], the fovea is [SEG] and [SEG].",
+            ["optic disc", "fovea", None],
+        ),
+        ("Sure, [SEG].", [None]),
+        ("No object here.", []),
+    ],
+)
+def test_answer_object_texts_names_each_seg(answer, texts):
+    assert answer_object_texts(answer) == texts
+
+
+def test_answer_object_texts_reads_every_generated_wording(cfg, data):
+    ann = _write(data, [_record([[0, 1, 2]])])
+    ds = _dataset(cfg, ann, data)
+    texts = ("optic disc", "blood vessel", "fovea")
+    for ai in range(len(ds.multi_answer_templates)):
+        for oi in range(len(ds.object_answer_templates)):
+            answer = ds.turn_text(texts, (0, ai, oi))[1]
+            named = answer_object_texts(answer)
+            assert named == (list(texts) if "{text}" in ds.object_answer_templates[oi] else [None] * 3), (
+                answer
+            )

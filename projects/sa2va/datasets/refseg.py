@@ -27,6 +27,7 @@ known without decoding its image or masks (:attr:`RefSegDataset.lengths`, for le
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,35 @@ TurnObjects = int | tuple[int, ...]
 #: A turn's wording: ``(question, answer)`` template indices; ``(question, multi answer, object
 #: answer)`` for a turn of several objects.
 Wording = tuple[int, ...]
+
+
+def answer_object_texts(
+    answer: str, object_answer_templates: tuple[str, ...] | list[str] = OBJECT_ANSWER_TEMPLATES
+) -> list[str | None]:
+    """The object text each ``[SEG]`` of an answer names, in order (None where the answer names none).
+
+    Reads answers in the wording of :data:`OBJECT_ANSWER_TEMPLATES` (``"Sure, the optic disc is [SEG]
+    and the blood vessel is [SEG]."`` -> ``["optic disc", "blood vessel"]``); a bare ``[SEG]`` (``"Sure,
+    [SEG]."``) gives None. For naming predicted masks; the masks themselves come one per ``[SEG]``.
+    """
+    patterns = []
+    for template in sorted(object_answer_templates, key=len, reverse=True):
+        before = template.split("[SEG]", 1)[0]
+        if "{text}" not in before:
+            continue
+        head, tail = before.split("{text}", 1)
+        patterns.append(re.compile(re.escape(head) + r"(?P<text>.+?)" + re.escape(tail) + r"$"))
+    chunks = answer.split("[SEG]")[:-1]
+    out: list[str | None] = []
+    for chunk in chunks:
+        found = None
+        for pattern in patterns:
+            match = pattern.search(chunk)
+            if match:
+                found = match.group("text").strip()
+                break
+        out.append(found)
+    return out
 
 
 def join_texts(texts: list[str] | tuple[str, ...]) -> str:
