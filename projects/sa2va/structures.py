@@ -37,6 +37,9 @@ class Sa2VABatch:
         seg_counts: optional per sample number of ``[SEG]`` tokens, set by the data preprocessor after
             it checked the ``[SEG]`` counts against ``masks`` and the ``<IMG_CONTEXT>`` counts against
             ``num_tiles`` on the host (lets the model skip those checks, which are device syncs).
+        lm_positions: optional ``[N]`` long: the flat positions (into ``[B * L]``, row-major) of the tokens
+            whose NEXT token is labelled (``labels[b, t + 1] != -100`` -> ``b * L + t``), set by the data
+            preprocessor from the host labels (the model gathers them without a device sync).
     """
 
     input_ids: torch.Tensor
@@ -53,6 +56,7 @@ class Sa2VABatch:
     input_digests: list[tuple[str | None, str]] | None = None
     seg_counts: list[int] | None = None
     image_grid_thw: torch.Tensor | None = None
+    lm_positions: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

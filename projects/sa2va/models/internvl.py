@@ -223,7 +223,7 @@ class InternVLMLLM(MLLMAdapter):
             )
         return embeds.masked_scatter(is_img[..., None], flat)
 
-    def forward(
+    def decode(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
@@ -233,7 +233,7 @@ class InternVLMLLM(MLLMAdapter):
         image_slots_checked: bool = False,
         image_grid_thw: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced forward.
+        """Teacher-forced decoder pass without the output head.
 
         Args:
             input_ids: ``[B, L]`` token ids.
@@ -245,7 +245,9 @@ class InternVLMLLM(MLLMAdapter):
             image_grid_thw: must be ``None`` (Qwen-VL inputs; InternVL tiles have a fixed grid).
 
         Returns:
-            ``(logits [B, L, V], hidden [B, L, H])``, hidden = last layer after the final norm.
+            ``(hidden [B, L, H], hidden [B, L, H])``: the last layer after the final norm (the decoder's
+            ``last_hidden_state``, which is ``hidden_states[-1]`` of the causal LM's output) is both the
+            head's input and the ``[SEG]`` feature.
         """
         if image_grid_thw is not None:
             raise ValueError("image_grid_thw is a Qwen-VL input; InternVL takes fixed-size tiles")
@@ -253,15 +255,15 @@ class InternVLMLLM(MLLMAdapter):
             vit_tokens = self.encode_vit(pixel_values)
         image_tokens = self.project_vit(vit_tokens) if vit_tokens is not None else None
         embeds = self.embed(input_ids, image_tokens, slots_checked=image_slots_checked)
-        out = self.language_model(
+        out = self.base_llm().get_decoder()(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            output_hidden_states=True,
             use_cache=False,
             return_dict=True,
         )
-        return out.logits, out.hidden_states[-1]
+        hidden = out.last_hidden_state
+        return hidden, hidden
 
     @torch.no_grad()
     def generate_ids(

@@ -6,8 +6,10 @@ holds its vision tower as ``vision_model``, an optional trainable projector as `
 ``language_model``; :class:`~.sa2va.Sa2VAModel` assigns parts by these names. It exposes the contract
 ``Sa2VAModel`` uses: ``tokenizer``, ``template``, ``img_context_token_id`` (the image-slot token),
 ``num_image_token`` / ``vision_rows_per_output`` (image slots per vision-feature row, pixel rows per
-feature row), ``encode_vit`` (frozen part, cacheable), ``forward`` (teacher-forced logits and hidden
-states) and ``generate_ids`` (greedy decoding for the predictor).
+feature row), ``encode_vit`` (frozen part, cacheable), ``decode`` (teacher-forced decoder pass without the
+output head: the head's input and the ``[SEG]`` hidden states), ``head_logits`` (the output head on any
+subset of positions), ``forward`` (both: logits at every position and the ``[SEG]`` hidden states) and
+``generate_ids`` (greedy decoding for the predictor).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import PreTrainedModel
@@ -56,6 +59,65 @@ class MLLMAdapter(nn.Module):
     #: of tokens; Qwen-VL: ``merge_size**2`` patches -> 1 token).
     vision_rows_per_output: int = 1
     language_model: nn.Module
+
+    # --- forward ---------------------------------------------------------------------------------
+    def decode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        vit_tokens: torch.Tensor | None = None,
+        image_slots_checked: bool = False,
+        image_grid_thw: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced decoder pass without the output head (arguments: see :meth:`forward`).
+
+        Returns:
+            ``(head_input [B, L, H], seg_hidden [B, L, H])``: what the output head reads at each position
+            (the final-norm output) and the hidden state the ``[SEG]`` feature is taken from (the same
+            tensor, except for families whose official ``[SEG]`` feature is read before the final norm).
+        """
+        raise NotImplementedError
+
+    def head_logits(self, head_input: torch.Tensor) -> torch.Tensor:
+        """The LM output head (the trained copy under LoRA): ``[..., H] -> [..., V]`` logits."""
+        return self.base_llm().get_output_embeddings()(head_input)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        vit_tokens: torch.Tensor | None = None,
+        image_slots_checked: bool = False,
+        image_grid_thw: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced forward: :meth:`decode`, then the head at every position.
+
+        Args:
+            input_ids: ``[B, L]`` token ids with the family's image-slot tokens.
+            attention_mask: ``[B, L]`` 1 for real tokens, 0 for padding.
+            pixel_values: the family's vision input (see :meth:`encode_vit`).
+            position_ids: the family's position ids (default: derived from ``input_ids``).
+            vit_tokens: precomputed :meth:`encode_vit` output (feature cache); replaces ``pixel_values``.
+            image_slots_checked: the image-slot count was checked on the host already (skips a sync).
+            image_grid_thw: Qwen-VL only: ``[n_img, 3]`` patch grids.
+
+        Returns:
+            ``(logits [B, L, V], seg_hidden [B, L, H])``.
+        """
+        head_input, seg_hidden = self.decode(
+            input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values,
+            position_ids=position_ids,
+            vit_tokens=vit_tokens,
+            image_slots_checked=image_slots_checked,
+            image_grid_thw=image_grid_thw,
+        )
+        return self.head_logits(head_input), seg_hidden
 
     # --- structure -------------------------------------------------------------------------------
     @property

@@ -119,14 +119,14 @@ class QwenVLCausalLM(PreTrainedModel):
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.lm_head = value
 
-    def forward(
+    def decode(
         self,
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor,
         **visual: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced decoder pass.
+        """Teacher-forced decoder pass without the head.
 
         Args:
             inputs_embeds: ``[B, L, H]`` token embeddings with the vision tokens written in.
@@ -136,8 +136,9 @@ class QwenVLCausalLM(PreTrainedModel):
                 ``deepstack_visual_embeds``: list of ``[N_img, H]``).
 
         Returns:
-            ``(logits [B, L, V], hidden [B, L, H])``: ``hidden`` is the last decoder layer's output before
-            the final norm when ``seg_hidden_pre_norm``, the final-norm output otherwise (what
+            ``(head_input [B, L, H], seg_hidden [B, L, H])``: ``head_input`` is the final-norm output;
+            ``seg_hidden`` is the last decoder layer's output before the final norm when
+            ``seg_hidden_pre_norm``, ``head_input`` itself otherwise (what
             ``*ForConditionalGeneration(...).hidden_states[-1]`` holds for the family).
         """
         captured: list[torch.Tensor] = []
@@ -160,8 +161,19 @@ class QwenVLCausalLM(PreTrainedModel):
         finally:
             if hook is not None:
                 hook.remove()
-        hidden = captured[0] if captured else out.last_hidden_state
-        return self.lm_head(out.last_hidden_state), hidden
+        head_input = out.last_hidden_state
+        return head_input, captured[0] if captured else head_input
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        **visual: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode`, then the head at every position: ``(logits [B, L, V], seg_hidden [B, L, H])``."""
+        head_input, seg_hidden = self.decode(inputs_embeds, attention_mask, position_ids, **visual)
+        return self.lm_head(head_input), seg_hidden
 
 
 class QwenVLMLLM(MLLMAdapter):
@@ -295,7 +307,7 @@ class QwenVLMLLM(MLLMAdapter):
             return torch.cat([embeds, *deep], dim=-1)
         return out
 
-    def forward(
+    def decode(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
@@ -305,7 +317,7 @@ class QwenVLMLLM(MLLMAdapter):
         image_slots_checked: bool = False,
         image_grid_thw: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced forward.
+        """Teacher-forced decoder pass without the output head.
 
         Args:
             input_ids: ``[B, L]``; an image is ``<|vision_start|>`` ``<|image_pad|>`` * n ``<|vision_end|>``.
@@ -317,7 +329,7 @@ class QwenVLMLLM(MLLMAdapter):
             image_grid_thw: ``[n_img, 3]`` patch grids, in the order of the images in the batch.
 
         Returns:
-            ``(logits [B, L, V], hidden [B, L, H])``.
+            ``(head_input [B, L, H], seg_hidden [B, L, H])`` (see :meth:`QwenVLCausalLM.decode`).
         """
         if vit_tokens is None and pixel_values is not None:
             vit_tokens = self.encode_vit(pixel_values, image_grid_thw)
@@ -339,7 +351,7 @@ class QwenVLMLLM(MLLMAdapter):
             raise ValueError(f"input_ids hold {IMAGE_PAD_TOKEN} tokens but no image was given")
         if position_ids is None:
             position_ids = self.rope_index(input_ids, image_grid_thw, attention_mask)
-        return self.language_model(
+        return self.base_llm().decode(
             inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, **visual
         )
 

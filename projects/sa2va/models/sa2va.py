@@ -27,6 +27,9 @@ from .mllm import MLLMAdapter
 from .sam2_grounding import SAM2GroundingEncoder, SAM2ImageFeatures, upsample_logits
 
 SEG_TOKEN = "[SEG]"
+IGNORE_INDEX = -100
+#: Where the LM head runs in the training loss (``Sa2VAModel(lm_logits=...)``).
+LM_LOGITS_MODES = ("supervised", "all")
 
 # Part name -> parameter-name prefix inside Sa2VAModel. Every parameter belongs to exactly one part;
 # `sam2_other` (memory attention/encoder, object pointers, no_mem_embed, ...) is what is left of SAM2.
@@ -74,7 +77,8 @@ class Sa2VADataPreprocessor(BaseDataPreprocessor):
     (count the ``[SEG]`` and ``<IMG_CONTEXT>`` tokens per sample on the host, check them against the
     masks and tiles and store the ``[SEG]`` counts in ``batch.seg_counts``, so the model needs no
     device-to-host sync) and ``keep_pixels_on_host`` (leave the image tensors on the host: with a
-    frozen-feature cache only the samples that miss are copied to the device).
+    frozen-feature cache only the samples that miss are copied to the device). Host labels also give
+    ``batch.lm_positions`` (:func:`supervised_positions`), so the LM loss gathers without a sync.
     """
 
     seg_token_idx: int | None = None
@@ -101,6 +105,8 @@ class Sa2VADataPreprocessor(BaseDataPreprocessor):
                         f"({per_out} row(s) -> {self.num_image_token} token(s))"
                     )
             batch = replace(batch, seg_counts=counts)
+        if batch.lm_positions is None and batch.labels.device.type == "cpu":
+            batch = replace(batch, lm_positions=supervised_positions(batch.labels))
         keep = ("pixel_values", "g_pixel_values") if self.keep_pixels_on_host else ()
         moved = batch.to(self.device, non_blocking=True, keep_on_host=keep)
         return {"data": moved, "data_samples": data.get("data_samples")}
@@ -131,6 +137,22 @@ def tensor_versions(model: nn.Module, prefixes: tuple[str, ...]) -> dict[str, in
     }
 
 
+def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Flat positions of the tokens whose NEXT token is labelled: the only logits the LM loss reads.
+
+    Args:
+        labels: ``[B, L]`` long, :data:`IGNORE_INDEX` where nothing is supervised.
+
+    Returns:
+        ``[N]`` long positions into ``[B * L]`` in row-major order: ``b * L + t`` for every
+        ``labels[b, t + 1] != IGNORE_INDEX``; the target of position ``p`` is ``labels.flatten()[p + 1]``.
+        On a device this reads ``N`` back (one sync); the data preprocessor computes it on the host.
+    """
+    nxt = labels[:, 1:] != IGNORE_INDEX
+    is_sup = torch.cat([nxt, torch.zeros_like(nxt[:, :1])], dim=1)
+    return is_sup.flatten().nonzero().squeeze(1)
+
+
 def check_seg_counts(batch: Sa2VABatch, counts: list[int]) -> None:
     """Raise when a sample's number of ``[SEG]`` tokens differs from its number of masks."""
     for i, (c, m) in enumerate(zip(counts, batch.masks)):
@@ -155,6 +177,13 @@ class Sa2VAModel(BaseModel):
         lora: LoRA settings (``r``, ``alpha``, ``dropout``, ``train_embeddings``) used when
             ``trainable['llm'] == 'lora'``.
         lm_loss_weight: weight of the next-token cross-entropy.
+        lm_logits: where the training loss runs the LM head: ``'supervised'`` (default) only at the
+            positions whose next token is labelled (:func:`supervised_positions`; a few answer tokens
+            per sample instead of every position, so the ``[B, L, V]`` logits are never built);
+            ``'all'`` at every position, then the loss over the labelled ones (the plain path). Both give
+            the same loss (token mean over the batch) and gradients up to float rounding
+            (``tests/models/test_supervised_logits.py``). ``forward_tensors`` / ``predict`` always
+            compute the logits at every position.
         seg_hidden_shift: 0 takes the hidden state AT each ``[SEG]`` position (Sa2VA); -1 the one
             before it (LISA).
         pretrained_pth: a trainable-weights checkpoint (``.pth``) to start from; loaded after LoRA.
@@ -184,6 +213,7 @@ class Sa2VAModel(BaseModel):
         trainable: dict[str, str] | None = None,
         lora: dict[str, Any] | None = None,
         lm_loss_weight: float = 1.0,
+        lm_logits: str = "supervised",
         seg_hidden_shift: int = 0,
         pretrained_pth: str | None = None,
         load_weights: Any = None,
@@ -205,6 +235,9 @@ class Sa2VAModel(BaseModel):
         if seg_hidden_shift not in (0, -1):
             raise ValueError(f"seg_hidden_shift must be 0 or -1, got {seg_hidden_shift}")
         self.seg_hidden_shift = seg_hidden_shift
+        if lm_logits not in LM_LOGITS_MODES:
+            raise ValueError(f"lm_logits must be one of {LM_LOGITS_MODES}, got {lm_logits!r}")
+        self.lm_logits = lm_logits
         self.lm_loss_weight = lm_loss_weight
         self.trainable = {**DEFAULT_TRAINABLE, **(trainable or {})}
         self.lora_cfg = {**DEFAULT_LORA, **(lora or {})}
@@ -430,15 +463,22 @@ class Sa2VAModel(BaseModel):
             return self.forward_tensors(data)
         raise ValueError(f"unknown mode {mode!r} (expected 'loss', 'predict' or 'tensor')")
 
-    def forward_tensors(self, batch: Sa2VABatch) -> dict[str, Any]:
+    def forward_tensors(self, batch: Sa2VABatch, *, logits: bool = True) -> dict[str, Any]:
         """Run everything; return raw outputs.
 
+        Args:
+            batch: the batch (on the model's device).
+            logits: apply the LM head at every position (``False``: ``logits`` is ``None``; the
+                training loss applies the head at the supervised positions of ``lm_hidden`` only).
+
         Returns:
-            dict with ``logits [B, L, V]``, ``hidden [B, L, H]``, ``seg_embeds [N, hidden_dim]``,
-            ``seg_counts [B]``, ``mask_logits [N, h, w]`` (SAM2 low-res logits; ``N`` may be 0).
+            dict with ``logits [B, L, V]`` (or ``None``), ``lm_hidden [B, L, H]`` (the head's input),
+            ``hidden [B, L, H]`` (the ``[SEG]`` hidden states), ``seg_embeds [N, hidden_dim]``,
+            ``seg_counts [B]``, ``mask_logits [N, h, w]`` (SAM2 low-res logits; ``N`` may be 0),
+            ``features`` (the SAM2 image features).
         """
         vit_tokens, feats = self.encode_images(batch)
-        logits, hidden = self.mllm(
+        lm_hidden, hidden = self.mllm.decode(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             vit_tokens=vit_tokens,
@@ -457,7 +497,8 @@ class Sa2VAModel(BaseModel):
                 (0, self.grounding_encoder.low_res_size, self.grounding_encoder.low_res_size)
             )
         return {
-            "logits": logits,
+            "logits": self.mllm.head_logits(lm_hidden) if logits else None,
+            "lm_hidden": lm_hidden,
             "hidden": hidden,
             "seg_embeds": seg_embeds,
             "seg_counts": counts,
@@ -466,7 +507,16 @@ class Sa2VAModel(BaseModel):
         }
 
     def lm_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Next-token cross-entropy over the labelled positions (mean over tokens)."""
+        """Next-token cross-entropy over the labelled positions (mean over tokens) from full logits.
+
+        Args:
+            logits: ``[B, L, V]`` (any float dtype; the loss is computed in float32).
+            labels: ``[B, L]`` long, :data:`IGNORE_INDEX` where unsupervised.
+
+        Returns:
+            scalar: the sum of the token losses / the number of labelled tokens of the batch (0, with
+            the graph kept, when nothing is labelled).
+        """
         shift_logits = logits[:, :-1].float()
         shift_labels = labels[:, 1:]
         # sum / max(count, 1) instead of a data-dependent branch: no device-to-host sync, and 0 (with
@@ -474,15 +524,42 @@ class Sa2VAModel(BaseModel):
         total = F.cross_entropy(
             shift_logits.reshape(-1, shift_logits.shape[-1]),
             shift_labels.reshape(-1),
-            ignore_index=-100,
+            ignore_index=IGNORE_INDEX,
             reduction="sum",
         )
-        return total / (shift_labels != -100).sum().clamp(min=1)
+        return total / (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
+
+    def lm_loss_supervised(
+        self, lm_hidden: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """:meth:`lm_loss` with the LM head applied only where its logits enter the loss.
+
+        Args:
+            lm_hidden: ``[B, L, H]`` the head's input (``forward_tensors(...)['lm_hidden']``).
+            labels: ``[B, L]`` long, :data:`IGNORE_INDEX` where unsupervised.
+            positions: ``[N]`` :func:`supervised_positions` of ``labels`` (``batch.lm_positions``);
+                computed here (one device sync) when ``None``.
+
+        Returns:
+            scalar: the same token mean as :meth:`lm_loss` (0, with the graph kept, when ``N = 0``).
+        """
+        if positions is None:
+            positions = supervised_positions(labels)
+        positions = positions.to(lm_hidden.device)
+        logits = self.mllm.head_logits(lm_hidden.flatten(0, 1).index_select(0, positions)).float()
+        targets = labels.flatten().index_select(0, positions + 1)
+        total = F.cross_entropy(logits, targets, reduction="sum")
+        return total / max(positions.shape[0], 1)
 
     def compute_loss(self, batch: Sa2VABatch) -> dict[str, torch.Tensor]:
         """LM loss + mask losses; a batch without any ``[SEG]`` keeps the mask path at weight 0."""
-        out = self.forward_tensors(batch)
-        losses = {"loss_lm": self.lm_loss_weight * self.lm_loss(out["logits"], batch.labels)}
+        full = self.lm_logits == "all"
+        out = self.forward_tensors(batch, logits=full)
+        if full:
+            loss_lm = self.lm_loss(out["logits"], batch.labels)
+        else:
+            loss_lm = self.lm_loss_supervised(out["lm_hidden"], batch.labels, batch.lm_positions)
+        losses = {"loss_lm": self.lm_loss_weight * loss_lm}
         counts = out["seg_counts"]
         check_seg_counts(batch, counts)
         if sum(counts) > 0:
