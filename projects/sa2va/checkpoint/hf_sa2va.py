@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 from mmengine.logging import MMLogger
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .hf_folder import HFFolderError, open_safetensors, read_json_file
 from .key_tables import LM_PREFIX, PEFT_LM_PREFIX, KeyTable, UnknownKeyError, hf_key_table, peft_role
 
 __all__ = [
@@ -77,11 +77,19 @@ def hf_weight_files(path: str | Path) -> dict[Path, list[str] | None]:
     Raises:
         FileNotFoundError: no ``model.safetensors.index.json`` nor ``model.safetensors`` (``.bin``
             weights are refused: they need pickle), or a shard named by the index is absent.
+        HFFolderError: the index is not valid JSON or has no ``weight_map`` object of names to files.
     """
     path = Path(path)
     index = path / INDEX_FILE
     if index.is_file():
-        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json_file(index, what="the shard index").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+        ):
+            raise HFFolderError(
+                f"{index}: `weight_map` must be an object of tensor name -> shard file name, found "
+                f"{type(weight_map).__name__ if weight_map is not None else 'none'}"
+            )
         files: dict[Path, list[str] | None] = {}
         for key, fname in weight_map.items():
             files.setdefault(path / fname, []).append(key)  # type: ignore[union-attr]
@@ -154,6 +162,7 @@ def load_hf_sa2va_weights(
     Raises:
         CheckpointMismatchError: unknown, missing or wrongly shaped tensors (all listed, with file,
             checkpoint name, model name and both shapes); nothing is copied in that case.
+        HFFolderError: a damaged shard or index (the file and the damage named; see ``hf_folder``).
     """
     path = Path(path)
     if getattr(getattr(model, "mllm", None), "lora_applied", False):
@@ -168,7 +177,7 @@ def load_hf_sa2va_weights(
     seen: dict[str, str] = {}
     report = LoadReport(files=[f.name for f in files])
     for file, listed in files.items():
-        with safe_open(str(file), framework="pt") as f:
+        with open_safetensors(file) as f:
             keys = list(f.keys())
             if listed is not None and set(listed) != set(keys):
                 extra = sorted(set(keys) - set(listed))
@@ -221,7 +230,7 @@ def load_hf_sa2va_weights(
 
     with torch.no_grad():
         for file, pairs in plan.items():
-            with safe_open(str(file), framework="pt") as f:
+            with open_safetensors(file) as f:
                 for key, mkey in pairs:
                     targets[mkey].copy_(f.get_tensor(key))
                     report.loaded += 1
@@ -565,7 +574,7 @@ def export_hf_folder(
 
     source_cfg = None
     if source_dir is not None:
-        source_cfg = json.loads((source_dir / "config.json").read_text())
+        source_cfg = read_json_file(source_dir / "config.json", what="the source folder's config.json")
     cfg = official_config(model, source_cfg, dtype)
     (save_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     model.mllm.tokenizer.save_pretrained(str(save_dir))
@@ -635,12 +644,18 @@ def load_adapter_export(model: nn.Module, adapter_dir: str | Path, key_table: Ke
         raise ValueError(
             "load_adapter_export needs a model without LoRA (build it with trainable llm='frozen')"
         )
+    # Checked here so that a damaged file is named (PEFT's own errors do not always name it).
+    read_json_file(adapter_dir / "adapter_config.json", what="the PEFT adapter config")
+    with open_safetensors(adapter_dir / "adapter_model.safetensors") as f:
+        f.keys()
+    file = adapter_dir / ADAPTER_TRAINED_FILE
+    with open_safetensors(file) as f:
+        f.keys()
     model.mllm.language_model = PeftModel.from_pretrained(model.mllm.language_model, str(adapter_dir))
     model.mllm.lora_applied = True
     targets = _model_tensors(model)
-    file = adapter_dir / ADAPTER_TRAINED_FILE
     unexpected, shapes = [], []
-    with safe_open(str(file), framework="pt") as f, torch.no_grad():
+    with open_safetensors(file) as f, torch.no_grad():
         for key in list(f.keys()):
             mkey = key if key.startswith(EXTENSION_PREFIXES) else key_table.to_model(key)
             if mkey not in targets:

@@ -9,7 +9,6 @@ modules and the embedding / head modules trained as full copies, by exact module
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
+from ..checkpoint.hf_folder import read_hf_config as read_checked_hf_config
 from ..pixels import model_pixels
 from .builder import build_component
 from .fast_init import default_dtype, torch_init_disabled
@@ -52,12 +52,9 @@ def pixel_shuffle(x: torch.Tensor, ps_version: str = "v2") -> torch.Tensor:
 
 
 def read_hf_config(path: str | Path) -> dict[str, Any]:
-    """Read ``config.json`` of a Hugging Face model folder."""
-    cfg_file = Path(path) / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cfg_file} not found: `path` must be a Hugging Face model folder")
-    with open(cfg_file) as f:
-        return json.load(f)
+    """Read ``config.json`` of a Hugging Face model folder; invalid JSON and missing or wrong shape fields
+    raise ``HFFolderError`` naming the file and field (:func:`~..checkpoint.hf_folder.read_hf_config`)."""
+    return read_checked_hf_config(path)
 
 
 class InternVLMLLM(MLLMAdapter):
