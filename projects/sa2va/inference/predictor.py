@@ -719,8 +719,9 @@ class Sa2VAPredictor:
                 blender.add(win, probs[:, :, ::-1] if mirrored else probs)
         if tiled:
             MMLogger.get_current_instance().info(
-                f"{h}x{w} image: masks from {len(blender.windows)} windows of {side} px (overlap "
-                f"{tiling.overlap}){' and their mirrored views' if flip else ''}"
+                f"{h}x{w} image: masks blended from {blender.added} forwards over "
+                f"{len(blender.windows)} windows of {side} px (overlap {tiling.overlap}"
+                f"{', each also mirrored' if flip else ''})"
             )
         return blender.result(), blender.added
 
