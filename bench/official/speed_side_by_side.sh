@@ -5,8 +5,10 @@
 # transformers.AutoVideoProcessor, which 4.48 lacks):
 #     KIT_TRANSFORMERS=4.57.1 KIT_TOKENIZERS=0.22.1 KIT_HUB=0.36.0 bash ../shared/gpu/fetch_wheels.sh
 #     bash tools/gpu/add_deepspeed_wheels.sh      # only for OFFICIAL_STEP=ds
-# The box's own timm (1.0.29) serves the official InternViT code; the kit's xtuner 0.2.0 serves the official
-# InternVLMLLM (xtuner/model/internvl.py is AST-identical in 0.1.23 and 0.2.0).
+# The official InternViT code imports timm.models.layers.DropPath: the box's timm (1.0.29) is expected to serve
+# (not yet run there); if it does not, append timm==1.0.17 (the official pin) to the fetch_wheels.sh call.
+# The kit's xtuner 0.2.0 serves the official InternVLMLLM (xtuner/model/internvl.py is AST-identical in
+# 0.1.23 and 0.2.0). Neither side has run on a GPU yet; OFFICIAL_STEP=ds (DeepSpeed ZeRO-2) is untested.
 #     bash bench/official/speed_side_by_side.sh                 # 1b,4b; official AMP step, its own attention
 #     MODELS=1b OFFICIAL_ATTN=sdpa bash bench/official/speed_side_by_side.sh
 set -euo pipefail
