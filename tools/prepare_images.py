@@ -10,7 +10,9 @@
 interpolation when shrinking (bilinear when enlarging), same file name and format. Masks: area
 interpolation of the 0/1 mask, then >= 0.5, written 0/255 (PNG: 1-bit) under the same name. Each input
 folder becomes OUT/<folder name>; OUT must be new (or empty) and outside the inputs: nothing is resized in
-place. Then convert the new folders with tools/masks_to_annotations.py.
+place. Then convert the new folders with tools/masks_to_annotations.py. Instance-ID masks (--id-masks DIR,
+pixel value = object id): per new pixel the id with the largest area share, written 8/16-bit, round trip
+the mean over ids; an id the new size loses is an error.
 
 Report (OUT/prepare_report.csv and .json): per file its size before/after; per mask the foreground
 fraction before/after and the Dice of the resized mask enlarged back (bilinear, >= 0.5) vs the original.
@@ -38,6 +40,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--images", type=Path, required=True, help="image folder")
     parser.add_argument("--masks", type=Path, action="append", default=[], help="mask folder (repeatable)")
+    parser.add_argument(
+        "--id-masks",
+        type=Path,
+        action="append",
+        default=[],
+        help="folder of instance-ID masks (pixel value = id), resized per id (repeatable)",
+    )
     parser.add_argument(
         "--mask-glob", action="append", default=[], help="only mask files matching (repeatable)"
     )
@@ -68,13 +77,14 @@ def main(argv: list[str] | None = None) -> int:
             mask_globs=args.mask_glob,
             mask_threshold=args.mask_threshold,
             jpeg_quality=args.jpeg_quality,
+            id_masks_dirs=args.id_masks,
         )
     except PrepareError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     csv_path, _ = write_report(reports, args.out, size)
     for r in reports:
-        if r.kind == "mask" and not args.summary_only:
+        if r.kind in ("mask", "id_mask") and not args.summary_only:
             print(
                 f"{r.source}: {r.width_before}x{r.height_before} -> {r.width_after}x{r.height_after}, "
                 f"foreground {100 * r.fg_before:.2f} % -> {100 * r.fg_after:.2f} %, "

@@ -9,6 +9,11 @@ their own format (JPEG at a chosen quality) under the same file name. Masks: rea
 The round trip of a mask: the resized mask enlarged back to the original size (bilinear of its
 0/1 values, then ``>= 0.5``) against the original, as Dice; with the foreground fraction before
 and after. A target size is ``N`` (the longer side becomes N, aspect ratio kept) or ``WxH``.
+
+Instance-ID masks (pixel value = object id, :mod:`.instance_ids`) are resized per id: the area
+fraction of every id and of the background at each new pixel, the largest wins (for one id, the
+binary rule); written 8-bit or 16-bit as the ids need, read back and checked. Their round trip is the
+mean over ids of the binary round trip of ``ids == id``; an id that the new size loses is an error.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from PIL import Image
 
 from .convert import IMAGE_EXTENSIONS, ConversionError, read_binary_mask
 from .image_io import read_image_array
+from .instance_ids import read_instance_ids, save_id_image
 
 __all__ = [
     "FileReport",
@@ -138,7 +144,7 @@ def read_pixels(path: str | Path) -> np.ndarray:
 class FileReport:
     """One prepared file. ``fg_*`` and ``dice_round_trip`` only for masks (else ``None``)."""
 
-    kind: str  # "image" or "mask"
+    kind: str  # "image", "mask" or "id_mask"
     source: str
     output: str
     width_before: int
@@ -198,6 +204,54 @@ def _check_out(out_dir: Path, inputs: Sequence[Path]) -> None:
         raise PrepareError(f"output folder {out_dir} already exists and is not empty: give a new folder")
 
 
+def resize_id_array(ids: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize an instance-ID ``[H, W]`` int array: per new pixel, the id (or background 0) with the
+    largest area fraction (area interpolation of each id's 0/1 mask, as :func:`resize_mask_array`);
+    ties go to the smaller value. Returns int64 ``[height, width]``."""
+    best = np.full((height, width), -1.0, dtype=np.float32)
+    out = np.zeros((height, width), dtype=np.int64)
+    for value in np.unique(ids):
+        share = cv2.resize((ids == value).astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
+        better = share > best
+        best[better] = share[better]
+        out[better] = int(value)
+    return out
+
+
+def _prepare_id_mask(src: Path, dst: Path, size: TargetSize) -> FileReport:
+    """Resize one instance-ID mask into ``dst`` (same name); every id must survive."""
+    try:
+        ids = read_instance_ids(src)
+    except ConversionError as err:
+        raise PrepareError(str(err)) from err
+    h, w = ids.shape
+    th, tw = target_shape(h, w, size)
+    small = resize_id_array(ids, th, tw)
+    lost = sorted(set(np.unique(ids).tolist()) - set(np.unique(small).tolist()))
+    if lost:
+        raise PrepareError(
+            f"instance-ID mask {src}: id(s) {lost} vanish at {tw}x{th} (too small); choose a larger --size"
+        )
+    try:
+        save_id_image(small, dst)
+    except ValueError as err:
+        raise PrepareError(str(err)) from err
+    present = [v for v in np.unique(ids).tolist() if v != 0]
+    dices = [mask_round_trip(ids == v, small == v) for v in present]
+    return FileReport(
+        "id_mask",
+        str(src),
+        str(dst),
+        w,
+        h,
+        tw,
+        th,
+        fg_before=float((ids != 0).mean()),
+        fg_after=float((small != 0).mean()),
+        dice_round_trip=float(np.mean(dices)) if dices else 1.0,
+    )
+
+
 def prepare_folders(
     images_dir: str | Path,
     out_dir: str | Path,
@@ -207,6 +261,7 @@ def prepare_folders(
     mask_globs: Sequence[str] = (),
     mask_threshold: int = 127,
     jpeg_quality: int = 95,
+    id_masks_dirs: Sequence[str | Path] = (),
 ) -> list[FileReport]:
     """Resize every image of ``images_dir`` and every mask of ``masks_dirs`` into ``out_dir``.
 
@@ -221,6 +276,7 @@ def prepare_folders(
         mask_globs: only mask files matching one of these (``fnmatch``) are taken; default all.
         mask_threshold: a mask pixel is foreground when its grey value (0..255) is above it.
         jpeg_quality: quality of JPEG images written.
+        id_masks_dirs: folders of instance-ID masks (module docstring), all their image files.
 
     Returns:
         One :class:`FileReport` per file, images first.
@@ -231,7 +287,8 @@ def prepare_folders(
     """
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     masks = [Path(m) for m in masks_dirs]
-    inputs = [images_dir, *masks]
+    id_masks = [Path(m) for m in id_masks_dirs]
+    inputs = [images_dir, *masks, *id_masks]
     names = [p.name for p in inputs]
     if len(set(names)) != len(names):
         raise PrepareError(
@@ -241,6 +298,8 @@ def prepare_folders(
     jobs = [("image", p) for p in _files(images_dir, ())]
     for folder in masks:
         jobs += [("mask", p) for p in _files(folder, mask_globs)]
+    for folder in id_masks:
+        jobs += [("id_mask", p) for p in _files(folder, ())]
     reports = []
     for kind, src in jobs:
         dst = out_dir / src.parent.name / src.name
@@ -251,6 +310,9 @@ def prepare_folders(
             th, tw = target_shape(h, w, size)
             _save_image(resize_image_array(pixels, th, tw), dst, jpeg_quality)
             reports.append(FileReport(kind, str(src), str(dst), w, h, tw, th))
+            continue
+        if kind == "id_mask":
+            reports.append(_prepare_id_mask(src, dst, size))
             continue
         try:
             mask = read_binary_mask(src, mask_threshold)
@@ -305,7 +367,7 @@ def write_report(reports: Sequence[FileReport], out_dir: str | Path, size: Targe
 
 def summarize(reports: Sequence[FileReport]) -> dict:
     """Counts, and over masks: mean/min round-trip Dice (with the worst file), mean foreground."""
-    masks = [r for r in reports if r.kind == "mask"]
+    masks = [r for r in reports if r.kind in ("mask", "id_mask")]
     out: dict = {"images": sum(r.kind == "image" for r in reports), "masks": len(masks)}
     if masks:
         worst = min(masks, key=lambda r: r.dice_round_trip)
