@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from projects.sa2va.models.losses import MaskLoss, dice_loss, per_mask_bce, per_mask_dice, sigmoid_bce_loss
+from projects.sa2va.models.losses import (
+    MaskLoss,
+    dice_loss,
+    per_mask_bce,
+    per_mask_dice,
+    point_sample,
+    sigmoid_bce_loss,
+)
 
 LN3 = math.log(3.0)  # sigmoid(ln 3) = 0.75
 
@@ -64,16 +71,28 @@ def test_full_resolution_upsamples_logits_to_the_target():
 
 
 def test_point_sampling_matches_dense_loss_on_constant_maps():
+    # Points drawn inside the outermost pixel centres see the constant map exactly, as dense pixels do.
     logits = torch.full((3, 16, 16), 0.7)
     target = torch.ones(3, 16, 16)
+    coords = 0.5 / 16 + torch.rand(3, 64, 2, generator=torch.Generator().manual_seed(0)) * (15 / 16)
+    assert torch.allclose(point_sample(logits, coords), torch.full((3, 64), 0.7))
+    assert torch.allclose(point_sample(target, coords), torch.ones(3, 64))
     dense = MaskLoss()(logits, [target], [3])
-    sampled = MaskLoss(point_sampling=True, num_points=64)(logits, [target], [3])
-    # BCE is a mean, so it does not depend on how many points; the smoothed Dice does (64 points, not 256).
-    assert float(sampled["loss_mask"]) == pytest.approx(float(dense["loss_mask"]), abs=1e-5)
     p = 1 / (1 + math.exp(-0.7))
-    assert float(sampled["loss_dice"]) == pytest.approx(
+    assert float(dense["loss_mask"]) == pytest.approx(2.0 * -math.log(p), abs=1e-5)
+    # The smoothed Dice depends on how many elements: 64 points, not 256 pixels.
+    lg, tg = point_sample(logits, coords), point_sample(target, coords)
+    assert float(0.5 * per_mask_dice(lg, tg).mean()) == pytest.approx(
         0.5 * (1 - (2 * 64 * p + 1) / (64 * p + 64 + 1)), abs=1e-5
     )
+
+
+def test_point_sample_pads_the_edge_with_zeros_like_the_official_sampler():
+    # bench/official/parity.py: the official recipe's grid_sample uses zero padding. At a corner of the
+    # map (normalised 0, 0) half a pixel lies outside on each axis: a quarter of the value remains.
+    maps = torch.full((1, 8, 8), 2.0)
+    corner_and_edge = torch.tensor([[[0.0, 0.0], [0.5, 0.0], [1.0, 0.5]]])
+    assert torch.allclose(point_sample(maps, corner_and_edge), torch.tensor([[0.5, 1.0, 1.0]]))
 
 
 def test_mismatched_counts_raise():

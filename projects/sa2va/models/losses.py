@@ -124,11 +124,13 @@ def point_sample(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """Bilinearly sample ``maps`` ``[N, H, W]`` at normalised ``coords`` ``[N, P, 2]`` (x, y in [0, 1]).
 
     Returns:
-        ``[N, P]`` sampled values (align_corners=False; border values repeat outside the pixel centres).
+        ``[N, P]`` sampled values (align_corners=False). Between the outermost pixel centres and the map's
+        edge the values blend towards 0 (zero padding), as in the official recipe's point sampler (the
+        mmdet/detectron2 convention); ``bench/official/parity.py`` checks the losses against it.
     """
     grid = 2.0 * coords[:, :, None, :] - 1.0  # [N, P, 1, 2] in [-1, 1]
     out = F.grid_sample(
-        maps[:, None].float(), grid.float(), mode="bilinear", padding_mode="border", align_corners=False
+        maps[:, None].float(), grid.float(), mode="bilinear", padding_mode="zeros", align_corners=False
     )
     return out[:, 0, :, 0]
 
