@@ -1,4 +1,4 @@
-"""The DeepSpeed JSON tools/train.py hands to xtuner: names, precision from the config's optim_wrapper, the
+"""The DeepSpeed JSON of tools/train.py --deepspeed: names, precision from the config's optim_wrapper, the
 ZeRO-3 persistence setting, and the two DeepSpeed workarounds of Sa2VAFlexibleRunner (no HF ZeRO-3 init
 while building, backward counters on every module)."""
 
@@ -112,29 +112,30 @@ def test_zero3_keeps_no_persistent_parameters():
     assert "stage3_param_persistence_threshold" not in out["zero_optimization"] and notes == []
 
 
-def test_train_py_writes_the_prepared_json(tmp_path, monkeypatch):
+def test_launch_prepares_the_strategy_json(tmp_path):
+    """What ``tools/train.py --deepspeed`` hands to the strategy (engine/launch.py; formerly a JSON file
+    written by tools/train.py for xtuner's train tool)."""
     import tools.train as train_tool
+    from projects.sa2va.engine.builder import load_config
+    from projects.sa2va.engine.launch import deepspeed_settings
 
     src = tmp_path / "xtuner_like.json"
     src.write_text(json.dumps(XTUNER_ZERO3))
-    from mmengine.config import Config
-
-    cfg = Config(dict(optim_wrapper=dict(type="AmpOptimWrapper", dtype="bfloat16")))
-    argv = ["cfg.py", "--deepspeed", str(src), "--work-dir", "w"]
-    out = train_tool.prepare_deepspeed(argv, cfg)
-    assert out[0] == "cfg.py" and out[1] == "--deepspeed" and out[3:] == ["--work-dir", "w"]
-    written = json.loads(Path(out[2]).read_text())
-    assert written == prepare_deepspeed_config(XTUNER_ZERO3, "bfloat16")[0]
+    demo = Path(__file__).resolve().parents[2] / "projects/sa2va/configs/sa2va_tiny_demo.py"
+    cfg = load_config(demo, {"optim_wrapper.type": "AmpOptimWrapper"})  # dtype bfloat16 in the config
+    strategy = deepspeed_settings(cfg, str(src), cuda=False)
+    assert strategy["config"] == prepare_deepspeed_config(XTUNER_ZERO3, "bfloat16")[0]
+    assert strategy["gradient_accumulation_steps"] == cfg.optim_wrapper.accumulative_counts
+    assert strategy["train_micro_batch_size_per_gpu"] == cfg.train_dataloader.batch_size
+    assert strategy["gradient_clipping"] == cfg.optim_wrapper.clip_grad.max_norm
     # --cfg-options reach the precision decision.
-    out = train_tool.prepare_deepspeed([*argv, "--cfg-options", "optim_wrapper.type=OptimWrapper"], cfg)
-    assert json.loads(Path(out[2]).read_text())["torch_autocast"]["enabled"] is False
-    with pytest.raises(SystemExit, match="zero4"):
-        train_tool.prepare_deepspeed(["cfg.py", "--deepspeed", "zero4"], cfg)
+    cfg = load_config(demo, {"optim_wrapper.type": "OptimWrapper"})
+    assert deepspeed_settings(cfg, str(src), cuda=False)["config"]["torch_autocast"]["enabled"] is False
+    with pytest.raises(DeepSpeedConfigError, match="zero4"):
+        deepspeed_settings(cfg, "zero4", cuda=False)
     # --deepspeed=VALUE is recognised too.
-    out = train_tool.prepare_deepspeed(["cfg.py", f"--deepspeed={src}", "--work-dir", "w"], cfg)
-    assert out[1] == "--deepspeed" and out[2] != str(src) and out[3:] == ["--work-dir", "w"]
-    assert train_tool.deepspeed_value_index(["cfg.py", "--deepspeed=zero2"]) == 1
-    assert train_tool.deepspeed_value_index(["cfg.py", "--work-dir", "w"]) is None
+    assert train_tool.parse_args(["cfg.py", f"--deepspeed={src}", "--work-dir", "w"]).deepspeed == str(src)
+    assert train_tool.parse_args(["cfg.py", "--work-dir", "w"]).deepspeed is None
 
 
 def test_model_is_built_without_transformers_zero3_init():

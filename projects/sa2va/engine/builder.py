@@ -41,8 +41,9 @@ from ..checkpoint.safe_load import (
 )
 from ..models.builder import build_component
 from ..models.sa2va import Sa2VAModel
+from .config_file import read_config
 
-__all__ = ["build_model", "load_config", "resolve_seed"]
+__all__ = ["build_model", "construct_model", "load_config", "resolve_seed"]
 
 #: Seed used when neither the checkpoint nor the config names one.
 FALLBACK_SEED = 0
@@ -55,24 +56,41 @@ def _logger() -> MMLogger:
 def load_config(config: str | Path | Config, cfg_options: dict[str, Any] | None = None) -> Config:
     """A :class:`Config` from a file (or a copy of a given one), with ``--cfg-options``-style overrides.
 
+    A file is read by :func:`~projects.sa2va.engine.config_file.read_config` (a leaf config copied out of
+    ``projects/sa2va/configs/`` finds its ``_base_`` files there).
+
     Raises:
         FileNotFoundError: ``config`` is a path that does not exist.
+        ConfigFileError: the file cannot be parsed (the message names it).
         KeyError: the config has no ``model``.
     """
     if isinstance(config, Config):
         cfg = copy.deepcopy(config)
         where = cfg.filename or "the config"
     else:
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} not found")
-        cfg = Config.fromfile(str(path))
-        where = str(path)
+        cfg = read_config(config)
+        where = str(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     if "model" not in cfg:
         raise KeyError(f"{where}: no `model` in the config")
     return cfg
+
+
+def construct_model(model_cfg: dict | Sa2VAModel, where: str = "config") -> Sa2VAModel:
+    """Build a ``model`` config dict into a :class:`Sa2VAModel` (no seeding: the caller has seeded).
+
+    The one construction step of :func:`build_model` and of the training runners
+    (``Sa2VARunner.build_model``, ``Sa2VAFlexibleRunner``), so training and every later rebuild make the
+    model the same way. A built model is returned as it is.
+
+    Raises:
+        TypeError: ``model_cfg`` builds something else than a Sa2VA model (``where`` names the config).
+    """
+    model = build_component(model_cfg)
+    if not isinstance(model, Sa2VAModel):
+        raise TypeError(f"{where}: `model` builds a {type(model).__name__}, not a Sa2VAModel")
+    return model
 
 
 def resolve_seed(cfg: Config, checkpoint_meta: dict | None = None) -> tuple[int, str]:
@@ -140,10 +158,7 @@ def build_model(
         source = "the caller"
     _logger().info(f"build_model: seed {seed} (from {source}) before building the model")
     set_random_seed(seed)
-    model = build_component(model_cfg)
-    if not isinstance(model, Sa2VAModel):
-        where = cfg.filename or "config"
-        raise TypeError(f"{where}: `model` builds a {type(model).__name__}, not a Sa2VAModel")
+    model = construct_model(model_cfg, cfg.filename or "config")
     if state is not None:
         if is_reference_state(state):
             load_reference_state(model, state, source=str(checkpoint))

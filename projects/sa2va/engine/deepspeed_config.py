@@ -1,6 +1,6 @@
-"""The DeepSpeed JSON that ``tools/train.py --deepspeed NAME|FILE`` hands to xtuner.
+"""The DeepSpeed JSON of ``tools/train.py --deepspeed NAME|FILE`` (:mod:`projects.sa2va.engine.launch`).
 
-Two things differ from passing the JSON to xtuner as it is:
+Three things differ from handing the JSON to DeepSpeed as it is:
 
 * **Names.** ``zero1`` / ``zero2`` / ``zero3`` (and xtuner's names ``deepspeed_zero1`` / ``_zero2`` /
   ``_zero3``) mean this toolkit's files in ``projects/sa2va/configs/deepspeed/``; any other value must be
@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -136,29 +134,3 @@ def prepare_deepspeed_config(ds_cfg: dict[str, Any], dtype: str | None) -> tuple
     out, notes = apply_precision(ds_cfg, dtype)
     out, more = apply_zero3_settings(out)
     return out, notes + more
-
-
-@dataclass
-class PreparedDeepSpeedConfig:
-    """What :func:`write_deepspeed_config` did: the source JSON, the written one, the autocast dtype and
-    one note per setting it changed."""
-
-    source: Path
-    path: Path
-    dtype: str | None
-    notes: list[str] = field(default_factory=list)
-
-
-def write_deepspeed_config(
-    value: str, optim_wrapper: dict, cuda: bool, out_dir: str | Path | None = None
-) -> PreparedDeepSpeedConfig:
-    """Resolve a ``--deepspeed`` value, prepare it for this config (:func:`prepare_deepspeed_config` with
-    the ``optim_wrapper``'s autocast dtype) and write it to a new file in ``out_dir`` (the temp dir)."""
-    source = resolve_deepspeed_file(value)
-    dtype = autocast_dtype(optim_wrapper, cuda)
-    ds_cfg, notes = prepare_deepspeed_config(read_deepspeed_json(source), dtype)
-    with tempfile.NamedTemporaryFile(
-        "w", prefix="sa2va_deepspeed_", suffix=".json", dir=out_dir, delete=False
-    ) as f:
-        json.dump(ds_cfg, f, indent=2)
-    return PreparedDeepSpeedConfig(source=source, path=Path(f.name), dtype=dtype, notes=notes)

@@ -1,11 +1,12 @@
-"""The runner of xtuner's ``--deepspeed`` path (subclass of mmengine 0.10.6 ``FlexibleRunner``).
+"""The runner of ``--deepspeed`` runs (subclass of mmengine 0.10.6 ``FlexibleRunner``).
 
-``tools/train.py --deepspeed ...`` lets xtuner swap the config's runner for mmengine's ``FlexibleRunner``
-with a ``DeepSpeedStrategy``; ``tools/train.py`` registers :class:`Sa2VAFlexibleRunner` under that name,
-so the swap lands here. What it keeps of :class:`~projects.sa2va.engine.runner.Sa2VARunner`:
+``tools/train.py --deepspeed ...`` (:func:`projects.sa2va.engine.launch.train`) builds this runner with
+xtuner's ``DeepSpeedStrategy`` instead of the config's runner. What it keeps of
+:class:`~projects.sa2va.engine.runner.Sa2VARunner`:
 
 * the default hooks (global-batch line, per-iteration loss records, safe message-hub state);
-* info logs from rank 0 only;
+* info logs from rank 0 only, and the quiet terminal (environment and config in the log file only);
+* the model built by :func:`~projects.sa2va.engine.builder.construct_model`;
 * next to each DeepSpeed checkpoint directory ``iter_N.pth/`` (DeepSpeed's own format, which it needs to
   resume and which holds pickled objects), ``iter_N_trainable.pth``: the trainable tensors in this
   toolkit's format (``{"state_dict", "meta"}``, loadable with ``torch.load(weights_only=True)``, written
@@ -39,7 +40,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import FlexibleRunner
 
 from ..checkpoint.safe_load import trainable_file_name
-from .runner import register_default_hooks
+from .builder import construct_model
+from .runner import log_header, quiet_console, register_default_hooks
 from .state import atomic_write_bytes
 
 
@@ -90,19 +92,24 @@ def _init_zero3_backward_counters(model: torch.nn.Module) -> None:
 
 @RUNNERS.register_module()
 class Sa2VAFlexibleRunner(FlexibleRunner):
-    """``FlexibleRunner`` for xtuner's ``--deepspeed``: Sa2VA's hooks, rank-0 logs, a weights-only file."""
+    """``FlexibleRunner`` for ``--deepspeed``: Sa2VA's hooks, rank-0 logs, a weights-only file."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         _quiet_other_ranks(self.logger, self.rank)
         if isinstance(self.model, dict):
             with _without_hf_zero3_init():
-                self.model = self.strategy.build_model(self.model)
+                self.model = construct_model(self.model, self.cfg.filename or "config")
         if isinstance(self.model, torch.nn.Module) and _zero_stage(self.strategy) == 3:
             _init_zero3_backward_counters(self.model)
             cache = getattr(self.model, "feature_cache", None)
             if cache is not None:
                 cache.pin_fingerprints(self.model)  # before ZeRO-3 partitions the encoders' weights
+
+    def _log_env(self) -> None:
+        log_file = quiet_console(self.logger)
+        super()._log_env()
+        log_header(self, log_file)
 
     def register_hooks(self, default_hooks: dict | None = None, custom_hooks: list | None = None) -> None:
         super().register_hooks(default_hooks, custom_hooks)

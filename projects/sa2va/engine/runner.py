@@ -16,10 +16,15 @@
   names the previous checkpoint to resume from instead.
 * :class:`~projects.sa2va.engine.hooks.GlobalBatchLoggerHook` and
   :class:`~projects.sa2va.engine.hooks.LossRecorderHook` are registered unless the config has them.
+* The model is built by :func:`~projects.sa2va.engine.builder.construct_model`, the construction step of
+  the one model builder (test, predict, export and the demo rebuild it the same way).
+* A quiet terminal: the environment report, the full config and the hook order that mmengine logs at
+  start go to the log file only (:func:`quiet_console`); the terminal gets one header line naming it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +38,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from ..checkpoint.safe_load import load_checkpoint_file, trainable_state_from_checkpoint
+from .builder import construct_model
 from .hooks import GlobalBatchLoggerHook, LossRecorderHook, SafeMessageHubHook
 from .optim import NonFiniteLossError
 from .state import (
@@ -55,6 +61,50 @@ def init_gloo_without_gpu() -> None:
     if "RANK" in os.environ and not torch.cuda.is_available() and not dist.is_initialized():
         dist.init_process_group(backend="gloo")
         os.environ.setdefault("LOCAL_RANK", "0")
+
+
+#: Start-of-run messages of mmengine 0.10.6 (``Runner`` / ``FlexibleRunner``) and its upstream notices that
+#: :func:`quiet_console` keeps off the terminal (they stay in the log file): the environment report, the
+#: whole config, the hook order, and deprecation / metainfo notices about mmengine's own classes.
+FILE_ONLY_PREFIXES = (
+    "\n" + "-" * 60 + "\nSystem environment:",
+    "Config:\n",
+    "Hooks will be executed in the following order:",
+    '"FileClient" will be deprecated in future.',
+    '"HardDiskBackend" is the alias of "LocalBackend"',
+    "Dataset RefSegDataset has no metainfo.",
+)
+
+
+class _FileOnly(logging.Filter):
+    """Drop the records whose message starts with one of :data:`FILE_ONLY_PREFIXES`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(FILE_ONLY_PREFIXES)
+
+
+def quiet_console(logger: logging.Logger) -> str | None:
+    """Keep the :data:`FILE_ONLY_PREFIXES` messages off ``logger``'s terminal handlers (file handlers keep
+    them); returns the log file's path, or None without one. Safe to call more than once."""
+    log_file = None
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            log_file = handler.baseFilename
+        elif isinstance(handler, logging.StreamHandler) and not any(
+            isinstance(f, _FileOnly) for f in handler.filters
+        ):
+            handler.addFilter(_FileOnly())
+    return log_file
+
+
+def log_header(runner: Any, log_file: str | None) -> None:
+    """One line for the terminal: config, work dir, seed, processes, and where the full report is."""
+    where = f"; environment, full config and hook order in {log_file}" if log_file else ""
+    launcher = getattr(runner, "launcher", None)  # FlexibleRunner (0.10.6) has none
+    runner.logger.info(
+        f"config {runner.cfg.filename or '(none)'}, work dir {runner.work_dir}, seed {runner.seed}, "
+        f"{runner.world_size} process(es){f', launcher {launcher}' if launcher else ''}{where}"
+    )
 
 
 def register_default_hooks(runner: Any) -> None:
@@ -80,6 +130,18 @@ class Sa2VARunner(Runner):
         if self._distributed:
             init_gloo_without_gpu()
         super().setup_env(env_cfg)
+
+    def _log_env(self, env_cfg: dict) -> None:
+        log_file = quiet_console(self.logger)
+        super()._log_env(env_cfg)
+        log_header(self, log_file)
+
+    def build_model(self, model: torch.nn.Module | dict) -> torch.nn.Module:
+        """A config dict through :func:`~projects.sa2va.engine.builder.construct_model` (the runner has
+        seeded already); a built module as it is."""
+        if isinstance(model, dict):
+            return construct_model(model, self.cfg.filename or "config")
+        return super().build_model(model)
 
     def register_hooks(self, default_hooks: dict | None = None, custom_hooks: list | None = None) -> None:
         super().register_hooks(default_hooks, custom_hooks)
