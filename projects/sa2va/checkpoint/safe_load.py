@@ -67,8 +67,13 @@ def _refused_objects(message: str) -> list[str]:
     return sorted(set(re.findall(r"GLOBAL ([\w.]+)", message)))
 
 
-def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint_file(
+    path: str | Path, map_location: str | torch.device = "cpu", *, mmap: bool = False
+) -> dict:
     """Load a ``.pth`` written by mmengine (or a bare state dict) with ``weights_only=True``.
+
+    ``mmap=True`` maps the tensors' storage from the file instead of reading it (for a look at ``meta``
+    or a pass over the values without holding a second copy).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -82,7 +87,7 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
         raise FileNotFoundError(f"checkpoint {path} not found")
     with torch.serialization.safe_globals(mmengine_safe_globals()):
         try:
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as e:
             text = str(e)
             names = _refused_objects(text)

@@ -23,7 +23,19 @@ from torch import nn
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced too many non-finite losses in a row."""
+    """Training produced too many non-finite losses in a row.
+
+    Attributes:
+        first_iteration / last_iteration: 0-based ``runner.iter`` of the first and last non-finite
+            iteration of the run of losses that stopped training (None when not known).
+    """
+
+    def __init__(
+        self, message: str, *, first_iteration: int | None = None, last_iteration: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.first_iteration = first_iteration
+        self.last_iteration = last_iteration
 
 
 def any_rank_flags(flags: torch.Tensor, device: torch.device) -> list[bool]:
@@ -134,7 +146,9 @@ class DeviceAmpOptimWrapper(OptimWrapper):
             raise NonFiniteLossError(
                 f"{count} non-finite losses in a row (iterations {iteration - count + 1}..{iteration}); "
                 f"stopping. Lower the learning rate / check the data of these iterations; "
-                f"optim_wrapper.max_consecutive_nonfinite={self.max_consecutive_nonfinite}"
+                f"optim_wrapper.max_consecutive_nonfinite={self.max_consecutive_nonfinite}",
+                first_iteration=iteration - count + 1,
+                last_iteration=iteration,
             )
 
     def step(self, **kwargs) -> None:

@@ -12,8 +12,9 @@
 * Exact resume: each rank's random state is saved with the checkpoint and restored by
   :class:`~projects.sa2va.engine.loops.Sa2VATrainLoop` at the matching point.
 * :class:`~projects.sa2va.engine.optim.NonFiniteLossError` (too many NaN/inf losses in a row) saves a
-  checkpoint (the weights of the last update with a finite loss) before it propagates; the message
-  names the previous checkpoint to resume from instead.
+  checkpoint (the weights of the last update with a finite loss, marked ``nonfinite_stop`` in its meta,
+  which ``--resume auto`` passes over) before it propagates; the message says whether those weights are
+  finite and names the previous checkpoint from before the non-finite losses to resume from instead.
 * :class:`~projects.sa2va.engine.hooks.GlobalBatchLoggerHook` and
   :class:`~projects.sa2va.engine.hooks.LossRecorderHook` are registered unless the config has them.
 * The model is built by :func:`~projects.sa2va.engine.builder.construct_model`, the construction step of
@@ -43,11 +44,14 @@ from .hooks import GlobalBatchLoggerHook, LossRecorderHook, SafeMessageHubHook
 from .optim import NonFiniteLossError
 from .state import (
     CKPT_NAME,
+    NONFINITE_FROM_KEY,
+    NONFINITE_STOP_KEY,
     POINTER_NAME,
     atomic_write_text,
     capture_rng_state,
     decode_message_hub,
     find_resumable_checkpoint,
+    nonfinite_stop_message,
     remove_stale_partials,
     restore_rng_state,
 )
@@ -272,13 +276,16 @@ class Sa2VARunner(Runner):
     def train(self) -> torch.nn.Module:
         try:
             return super().train()
-        except NonFiniteLossError:
+        except NonFiniteLossError as e:
             step = self.iter + 1  # the failing iteration was consumed (its update skipped)
             filename = f"iter_{step}.pth"
-            earlier = find_resumable_checkpoint(self.work_dir) if is_main_process() else None
-            self.save_checkpoint(
-                self.work_dir, filename, meta=dict(epoch=self.epoch, iter=step), by_epoch=False
+            # Checkpoints from the first non-finite iteration on hold the weights that diverged.
+            first = e.first_iteration if e.first_iteration is not None else self.iter
+            earlier = (
+                find_resumable_checkpoint(self.work_dir, before_step=first) if is_main_process() else None
             )
+            meta = {"epoch": self.epoch, "iter": step, NONFINITE_STOP_KEY: True, NONFINITE_FROM_KEY: first}
+            self.save_checkpoint(self.work_dir, filename, meta=meta, by_epoch=False)
             if is_main_process():
                 self.logger.error(self._nonfinite_message(os.path.join(self.work_dir, filename), earlier))
             raise
@@ -286,17 +293,4 @@ class Sa2VARunner(Runner):
     def _nonfinite_message(self, saved: str, earlier: str | None) -> str:
         """What the non-finite stop saved and where to go on from: never the diverged weights."""
         model = self.model.module if is_model_wrapper(self.model) else self.model
-        largest = max(
-            (float(p.detach().abs().max()) for p in model.parameters() if p.requires_grad), default=0.0
-        )
-        text = (
-            f"stopped on non-finite losses. {saved} holds the weights of the last update with a finite loss "
-            f"(the non-finite iterations' updates were skipped; largest trained |weight| = {largest:.3g}); "
-            "they led to non-finite losses, so do not resume from them: "
-        )
-        if earlier is not None:
-            return text + (
-                f"the previous checkpoint is {earlier}; resume from it with `--resume {earlier}` after "
-                "lowering the learning rate (or changing what diverged)"
-            )
-        return text + "no earlier checkpoint exists; restart from scratch with a lower learning rate"
+        return nonfinite_stop_message(model, saved, earlier)

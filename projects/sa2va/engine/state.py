@@ -104,28 +104,90 @@ def checkpoint_step(path: str | Path) -> int | None:
     return int(m.group(2)) if m else None
 
 
-def find_resumable_checkpoint(work_dir: str | Path) -> str | None:
+#: ``meta`` keys of the checkpoint that the non-finite-loss stop saves (``Sa2VARunner.train``): the flag, and
+#: the 0-based first iteration of the run of non-finite losses that stopped training.
+NONFINITE_STOP_KEY = "nonfinite_stop"
+NONFINITE_FROM_KEY = "nonfinite_from"
+
+
+def nonfinite_tensor_names(tensors: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``tensors`` that hold a NaN or an infinity."""
+    return [
+        name
+        for name, t in tensors.items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+
+
+def _optimizer_tensors(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The optimiser state's tensors of an mmengine checkpoint (``optimizer.state[i][name]``) by a label."""
+    state = ckpt.get("optimizer", {}).get("state", {}) if isinstance(ckpt.get("optimizer"), dict) else {}
+    return {
+        f"optimizer.state[{i}].{name}": v
+        for i, entry in state.items()
+        if isinstance(entry, dict)
+        for name, v in entry.items()
+        if isinstance(v, torch.Tensor)
+    }
+
+
+def _resume_verdict(path: Path) -> tuple[str | None, dict[str, Any]]:
+    """``(why path must not be resumed from or None, its meta)``: damaged, saved by the non-finite stop,
+    or holding non-finite weights / optimiser state. Tensors are memory-mapped, not read into memory."""
+    from ..checkpoint.safe_load import (
+        CorruptCheckpointError,
+        RefusedCheckpointError,
+        checkpoint_is_intact,
+        load_checkpoint_file,
+        trainable_state_from_checkpoint,
+    )
+
+    if not checkpoint_is_intact(path):
+        return "is damaged or incomplete", {}
+    try:
+        ckpt = load_checkpoint_file(path, mmap=True)
+    except (CorruptCheckpointError, RefusedCheckpointError) as e:
+        return f"cannot be loaded ({e})", {}
+    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+    if meta.get(NONFINITE_STOP_KEY):
+        return "was saved by the non-finite-loss stop (its weights led to non-finite losses)", meta
+    bad = nonfinite_tensor_names(trainable_state_from_checkpoint(ckpt))
+    bad += nonfinite_tensor_names(_optimizer_tensors(ckpt))
+    if bad:
+        return f"holds non-finite values in {len(bad)} tensor(s) (e.g. {bad[:3]})", meta
+    return None, meta
+
+
+def find_resumable_checkpoint(work_dir: str | Path, *, before_step: int | None = None) -> str | None:
     """The checkpoint that ``--resume auto`` should load from ``work_dir``, or None for a fresh start.
 
-    The ``last_checkpoint`` pointer wins when it names an intact file. Otherwise (no pointer, an empty
-    or cut pointer, one naming a deleted file, or a damaged newest file) the newest intact
-    ``iter_N.pth`` / ``epoch_N.pth`` is used, with a warning naming each file passed over. Intact: a
-    complete zip archive whose members' CRCs check (:func:`checkpoint_is_intact`, nothing unpickled).
-    Temporary files of an interrupted save (``.iter_N.pth.partial-*``, ``.*.tmp-*``) are never candidates.
-    """
-    from ..checkpoint.safe_load import checkpoint_is_intact
+    The newest checkpoint that is intact and whose weights are finite. The ``last_checkpoint`` pointer
+    wins when it names such a file. Otherwise (no pointer, an empty or cut pointer, one naming a deleted
+    or unusable file) the ``iter_N.pth`` / ``epoch_N.pth`` files are tried from the newest, and each one
+    passed over is named in a warning with the reason:
 
+    * damaged: not a complete zip archive whose members' CRCs check (:func:`checkpoint_is_intact`);
+    * saved by the non-finite-loss stop (``meta['nonfinite_stop']``), and every checkpoint of a step
+      ``>= meta['nonfinite_from']`` (its first non-finite iteration) written no later than that stop's
+      file: updates were skipped from then on, so they hold the same weights that diverged;
+    * a NaN or infinity in a trained tensor or in the optimiser state.
+
+    Temporary files of an interrupted save (``.iter_N.pth.partial-*``, ``.*.tmp-*``) are never candidates.
+
+    Args:
+        work_dir: the run's work dir.
+        before_step: only checkpoints of a step ``< before_step`` (the pointer is then not used).
+    """
     logger = MMLogger.get_current_instance()
     work_dir = Path(work_dir)
     pointer = work_dir / POINTER_NAME
-    if pointer.is_file():
+    if pointer.is_file() and before_step is None:
         target = pointer.read_text(encoding="utf-8", errors="replace").strip()
         if target and Path(target).is_file():
-            if checkpoint_is_intact(target):
+            why, _ = _resume_verdict(Path(target))
+            if why is None:
                 return target
-            logger.warning(
-                f"{pointer} names {target}, which is damaged or incomplete; looking for an older one"
-            )
+            logger.warning(f"{pointer} names {target}, which {why}; looking for an older checkpoint")
         else:
             logger.warning(
                 f"{pointer} names {target!r}, which is not a file; looking for iter_*/epoch_* files"
@@ -134,11 +196,51 @@ def find_resumable_checkpoint(work_dir: str | Path) -> str | None:
         (p for p in work_dir.glob("*.pth") if checkpoint_step(p) is not None and p.is_file()),
         key=lambda p: (checkpoint_step(p), p.stat().st_mtime),
     )
+    if before_step is not None:
+        candidates = [p for p in candidates if checkpoint_step(p) < before_step]
+    diverged: list[tuple[int, float, Path]] = []  # (first non-finite iteration, stop file mtime, stop file)
     for path in reversed(candidates):
-        if checkpoint_is_intact(path):
+        step, mtime = checkpoint_step(path), path.stat().st_mtime
+        stop = next(((f, s) for f, t, s in diverged if step >= f and mtime <= t), None)
+        if stop is not None:
+            logger.warning(
+                f"--resume auto: passing over {path}: saved during the non-finite losses that stopped "
+                f"training at {stop[1].name} (from iteration {stop[0]} on, the same weights)"
+            )
+            continue
+        why, meta = _resume_verdict(path)
+        if why is None:
             return str(path)
-        logger.warning(f"--resume auto: {path} is damaged or incomplete; falling back to an older checkpoint")
+        logger.warning(f"--resume auto: passing over {path}, which {why}; trying an older checkpoint")
+        if meta.get(NONFINITE_STOP_KEY) and isinstance(meta.get(NONFINITE_FROM_KEY), int):
+            diverged.append((int(meta[NONFINITE_FROM_KEY]), mtime, path))
     return None
+
+
+def nonfinite_stop_message(model: torch.nn.Module, saved: str, earlier: str | None) -> str:
+    """What the non-finite-loss stop saved in ``saved`` and where to go on from (``earlier``: the newest
+    usable checkpoint before the non-finite losses began, or None); never advises the diverged weights."""
+    trained = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    largest = max((float(t.abs().max()) for t in trained.values() if t.numel()), default=0.0)
+    bad = nonfinite_tensor_names(trained)
+    state = (
+        f"they are finite (largest trained |weight| = {largest:.3g}) but led to non-finite losses"
+        if not bad
+        else f"{len(bad)} trained tensor(s) are non-finite themselves (e.g. {bad[:3]}; largest trained "
+        f"|weight| = {largest:.3g}): the last update before the stop produced them"
+    )
+    text = (
+        f"stopped on non-finite losses. {saved} holds the weights of the last update with a finite loss "
+        f"(the non-finite iterations' updates were skipped); {state}. Kept for inspection: do not resume "
+        "from them (automatic resume passes over this file and the checkpoints saved during these "
+        "non-finite losses): "
+    )
+    if earlier is not None:
+        return text + (
+            f"the previous checkpoint is {earlier}; resume from it with `--resume {earlier}` after "
+            "lowering the learning rate (or changing what diverged)"
+        )
+    return text + "no earlier checkpoint exists; restart from scratch with a lower learning rate"
 
 
 #: Temporary file of a checkpoint save in progress (``Sa2VARunner.save_checkpoint``): ``.NAME.partial-PID``.
