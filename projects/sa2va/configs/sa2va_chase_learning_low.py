@@ -51,8 +51,8 @@ train_dataloader.dataset.update(sizes, objects_per_image=1, repeats=25, augment=
 val_dataloader.dataset.update(sizes)
 
 # Random init: a larger step than the fine-tuning recipe; warm-up, then cosine to 1 %. The iteration count is
-# an upper bound: TimeBudgetHook measures the speed at iteration 40 (during warm-up) and shortens the run
-# (and the cosine) to fit `seconds`.
+# an upper bound: TimeBudgetHook plans from iteration 40 on, once the per-iteration time has settled, re-plans
+# every 50 iterations, and shortens or lengthens the run (and the cosine) within `seconds` and `max_iters`.
 lr = 4e-4
 max_iters = 3000
 warmup_iters = 60
