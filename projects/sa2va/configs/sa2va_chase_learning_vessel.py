@@ -11,3 +11,8 @@ with read_base():
 
 work_dir = "work_dirs/sa2va_chase_learning_vessel"
 model.loss_mask.update(cldice_weight=0.5, cldice_iters=10)
+# A higher iteration bound than the 230 s runs needed: TimeBudgetHook plans the real count from the measured
+# speed (and may lengthen up to this bound when the speed rises).
+max_iters = 8000
+train_cfg.max_iters = max_iters
+param_scheduler[1].end = max_iters
