@@ -2,7 +2,7 @@
 
     python tools/test.py CONFIG CHECKPOINT --out-dir DIR [--ann-file A --image-root I]
         [--val-ann-file V [--val-image-root VI]] [--fov-masks DIR|auto [--fov-pattern P]]
-        [--launcher pytorch] [--cfg-options k=v ...]
+        [--skip-existing] [--launcher pytorch] [--cfg-options k=v ...]
     bash tools/dist.sh test CONFIG NGPUS CHECKPOINT --out-dir DIR ...      (one process per GPU)
 
 CHECKPOINT is a trainable-weights ``.pth`` (``work_dirs/<cfg>/iter_N.pth``) or an exported Hugging
@@ -11,6 +11,14 @@ is chosen on ``--val-ann-file`` when given, otherwise on the evaluated set itsel
 which). Writes report.json, per_image.csv, best_threshold.json, pr_curve.png, overlay_grid.png,
 overlays/*.png and, next to a work-dir checkpoint, training_curves.png. See
 projects/sa2va/evaluation/evaluate.py.
+
+Results as they come: every sample's metric state goes to OUT/records/{test,val}/ and a line with its
+Dice / IoU / precision / recall at 0.5 to OUT/records/{test,val}.jsonl as soon as its batch is done;
+OUT/records/run_settings.json holds the digests of the model config and checkpoint and the precision.
+A killed run keeps them: rerun with --skip-existing and only the samples without an intact record are
+run (a missing or altered state file, or a changed annotation record or image, is run again); the report
+covers every sample and its "reused" field says how many came from the earlier run. Other settings than
+the stored ones are refused. A progress bar (count, rate, ETA) goes to stderr.
 
 Field of view (--fov-masks): the same predictions are also scored with the pixels outside each image's
 field of view left out, as the retinal literature reports. DIR: one mask per image, found by
@@ -34,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from projects.sa2va.evaluation.evaluate import evaluate_checkpoint  # noqa: E402
+from projects.sa2va.evaluation.evaluate import SettingsMismatchError, evaluate_checkpoint  # noqa: E402
 from projects.sa2va.evaluation.fov import FovSource  # noqa: E402
 
 
@@ -60,6 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--max-overlays", type=int, default=8, help="per-image overlay PNGs (worst first)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    parser.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="reuse the samples already evaluated in --out-dir by an earlier run with the same settings",
+    )
     parser.add_argument("--launcher", choices=["none", "pytorch"], default="none")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="config overrides key=value")
     args = parser.parse_args(argv)
@@ -81,22 +94,26 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"test.py: config file {args.config} not found")
     if not Path(args.checkpoint).exists():
         raise SystemExit(f"test.py: checkpoint {args.checkpoint} not found")
-    evaluate_checkpoint(
-        args.config,
-        args.checkpoint,
-        out_dir=args.out_dir,
-        ann_file=args.ann_file,
-        image_root=args.image_root,
-        val_ann_file=args.val_ann_file,
-        val_image_root=args.val_image_root,
-        launcher=args.launcher,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        max_overlays=args.max_overlays,
-        amp=not args.fp32,
-        cfg_options=args.cfg_options,
-        fov=args.fov,
-    )
+    try:
+        evaluate_checkpoint(
+            args.config,
+            args.checkpoint,
+            out_dir=args.out_dir,
+            ann_file=args.ann_file,
+            image_root=args.image_root,
+            val_ann_file=args.val_ann_file,
+            val_image_root=args.val_image_root,
+            launcher=args.launcher,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            max_overlays=args.max_overlays,
+            amp=not args.fp32,
+            cfg_options=args.cfg_options,
+            fov=args.fov,
+            skip_existing=args.skip_existing,
+        )
+    except SettingsMismatchError as e:
+        raise SystemExit(f"test.py: {e}") from None
     return 0
 
 

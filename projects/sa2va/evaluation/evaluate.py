@@ -12,6 +12,17 @@ The pipeline behind ``tools/test.py`` (one process or one per GPU under torchrun
    ``overlay_grid.png``, ``overlays/*.png`` and, when the checkpoint sits in a work dir with
    ``*/vis_data/scalars.json``, ``training_curves.png``.
 
+Results are kept as they come (:mod:`projects.sa2va.inference.run_records`): after every batch each
+sample's metric state (confusion counts over the threshold grid and its compressed bin map, exactly
+what the final figures are computed from) goes to ``records/{test,val}/<image stem>-<key digest>.npz``
+and a line with its Dice / IoU / precision / recall at 0.5 to ``records/{test,val}.jsonl``;
+``records/run_settings.json`` holds the model config digest, checkpoint digest and precision. With
+``skip_existing`` the samples whose record is intact (state file present with its recorded SHA-256,
+annotation record and image bytes unchanged) are not run again, and the report covers every sample
+(``report.json`` ``"reused"`` says how many came from the earlier run): the figures equal those of a
+run from scratch. Other settings than the stored ones are refused (:class:`SettingsMismatchError`).
+A progress bar (count, rate, ETA) goes to stderr on rank 0.
+
 Evaluation is teacher-forced (``Sa2VAModel(mode='predict')``): the ``[SEG]`` answers are part of
 the input, one per object, objects in record order, first question/answer wording.
 """
@@ -19,9 +30,11 @@ the input, one per object, objects in record order, first question/answer wordin
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
-from collections.abc import Iterable
+import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,31 +44,48 @@ import torch
 import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.dataset import DefaultSampler
-from mmengine.dist import get_dist_info, is_main_process
+from mmengine.dist import barrier, get_dist_info, is_main_process
 from mmengine.logging import MMLogger
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ..datasets.collate import sa2va_collate
+from ..inference.run_records import (
+    RunRecords,
+    SettingsMismatchError,
+    bytes_digest,
+    check_settings,
+    config_digest,
+    file_digest,
+    path_digest,
+    progress_bar,
+    write_atomic,
+)
 from ..models.builder import build_component
 from .fov import FovSource, score_fov, write_fov_outputs
-from .metrics import write_report
+from .metrics import SegEvaluator, write_report
 from .plots import ERROR_COLORS, error_map, overlay, overlay_grid, plot_curves, plot_pr_curve
-from .seg_metric import SegMetric
+from .seg_metric import SegMetric, query_key
 
 __all__ = [
     "EvalResult",
+    "SettingsMismatchError",
     "build_eval_dataset",
     "build_eval_loader",
     "build_model",
     "evaluate_checkpoint",
     "find_scalars",
     "init_distributed",
+    "load_state",
     "run_metric",
+    "sample_inputs",
+    "save_state",
     "write_outputs",
 ]
 
 THRESHOLD_FILE = "best_threshold.json"
+RECORDS_DIR = "records"
+SETTINGS_FILE = "run_settings.json"
 _EVAL_OVERRIDES = dict(objects_per_image=None, random_templates=False, augment=None, repeats=1)
 
 
@@ -135,25 +165,179 @@ def build_model(cfg: Config, checkpoint: str | Path, device: torch.device) -> An
 
 
 @torch.no_grad()
-def run_metric(model: Any, loader: Iterable, metric: SegMetric, size: int, amp: bool = True) -> dict:
+def _process(
+    model: Any,
+    loader: Iterable,
+    metric: SegMetric,
+    amp: bool,
+    on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
+    bar: Any = None,
+) -> None:
+    """``model.val_step`` (teacher-forced ``predict``) over ``loader`` into ``metric``; after each batch
+    ``on_batch`` gets the metric results it added (``{"image_id", "state"}`` per sample)."""
+    use_amp = amp and torch.cuda.is_available()
+    for batch in loader:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            outputs = model.val_step(batch)
+        before = len(metric.results)
+        metric.process(batch, outputs)
+        if on_batch is not None:
+            on_batch(metric.results[before:])
+        if bar is not None:
+            bar.update(len(outputs))
+
+
+def run_metric(
+    model: Any, loader: Iterable, metric: SegMetric, size: int, amp: bool = True, desc: str = "evaluate"
+) -> dict:
     """Run ``model.val_step`` (teacher-forced ``predict``) over ``loader`` into ``metric``.
 
     Args:
         size: samples in the dataset (the metric checks the de-duplicated count against it).
         amp: bf16 autocast on CUDA.
+        desc: label of the progress bar (stderr, rank 0).
 
     Returns:
         The metric's dict (identical on every rank).
     """
-    use_amp = amp and torch.cuda.is_available()
-    n_batches = len(loader) if hasattr(loader, "__len__") else None
-    for i, batch in enumerate(loader):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            outputs = model.val_step(batch)
-        metric.process(batch, outputs)
-        if n_batches and ((i + 1) % 10 == 0 or i + 1 == n_batches):
-            _logger().info(f"evaluated batch {i + 1}/{n_batches}")
+    with progress_bar(size, desc=desc, unit="sample", enabled=is_main_process()) as bar:
+        _process(model, loader, metric, amp, bar=bar)
     return metric.evaluate(size)
+
+
+# -- per-sample records (written as they come, reused by skip_existing) -----------------------------
+def sample_inputs(dataset: Any) -> dict[str, str]:
+    """``{sample key: input digest}`` of an evaluation dataset, in dataset order.
+
+    The sample key is the sample's query keys (``image|object index|text``, every object in record
+    order, as :class:`SegMetric` names them) joined by newlines; the input digest covers the record
+    (texts and masks) and the image file's bytes.
+
+    Raises:
+        TypeError: the dataset has no ``records`` (a :class:`RefSegDataset`-style list of
+            ``{"image", "text", "mask"}``).
+    """
+    out: dict[str, str] = {}
+    for rec, key in zip(dataset.records, _record_keys(dataset)):
+        image = str(rec["image"])
+        record_digest = bytes_digest(json.dumps(rec, sort_keys=True, default=str).encode())
+        out[key] = bytes_digest(f"{record_digest}|{file_digest(Path(dataset.image_root) / image)}".encode())
+    return out
+
+
+def _record_keys(dataset: Any) -> list[str]:
+    """The sample key of every annotation record of ``dataset`` (see :func:`sample_inputs`)."""
+    records = getattr(dataset, "records", None)
+    if records is None:
+        raise TypeError(f"{type(dataset).__name__} has no `records`: cannot key its samples for reuse")
+    return [
+        "\n".join(query_key(str(r["image"]), j, str(t)) for j, t in enumerate(r["text"])) for r in records
+    ]
+
+
+def save_state(state: dict[str, Any], path: str | Path) -> str:
+    """Write one sample's :meth:`SegEvaluator.state_dict` as ``.npz`` (atomically, no pickle); returns
+    its SHA-256."""
+    n, k = len(state["keys"]), len(state["thresholds"])
+    arrays = {
+        "thresholds": np.asarray(state["thresholds"], np.float64),
+        "keys": np.asarray(state["keys"], dtype=str),
+        "tp": np.asarray(state["tp"], np.int64).reshape(n, k),
+        "fp": np.asarray(state["fp"], np.int64).reshape(n, k),
+        "n_gt": np.asarray(state["n_gt"], np.int64),
+        "n_pix": np.asarray(state["n_pix"], np.int64),
+        "shapes": np.asarray(state["shapes"], np.int64).reshape(n, 2),
+    }
+    for j in range(n):
+        arrays[f"bins_{j}"] = np.frombuffer(state["bins"][j], np.uint8)
+        arrays[f"gt_{j}"] = np.frombuffer(state["gt"][j], np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return write_atomic(path, buf.getvalue())
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Read a :func:`save_state` file back into a :meth:`SegEvaluator.state_dict` (equal to the saved one)."""
+    with np.load(path, allow_pickle=False) as z:
+        n = len(z["keys"])
+        return {
+            "thresholds": z["thresholds"].copy(),
+            "keys": [str(x) for x in z["keys"]],
+            "tp": [row.copy() for row in z["tp"]],
+            "fp": [row.copy() for row in z["fp"]],
+            "n_gt": [int(x) for x in z["n_gt"]],
+            "n_pix": [int(x) for x in z["n_pix"]],
+            "shapes": [(int(h), int(w)) for h, w in z["shapes"]],
+            "bins": [z[f"bins_{j}"].tobytes() for j in range(n)],
+            "gt": [z[f"gt_{j}"].tobytes() for j in range(n)],
+        }
+
+
+def _state_name(split: str, image_id: str, key: str) -> str:
+    return f"{split}/{Path(image_id).stem}-{bytes_digest(key.encode())[:12]}.npz"
+
+
+def _metrics_at_05(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-query Dice / IoU / precision / recall at 0.5 of one sample (the line of ``records/*.jsonl``)."""
+    rows = SegEvaluator.from_state_dict(state).summary(0.5, cl_dice=False)["per_query"]
+    return [{k: v for k, v in row.items() if k != "cl_dice"} for row in rows]
+
+
+def _run_set(
+    get_model: Callable[[], Any],
+    dataset: Any,
+    metric: SegMetric,
+    *,
+    split: str,
+    records_dir: Path,
+    skip_existing: bool,
+    batch_size: int,
+    num_workers: int,
+    amp: bool,
+) -> tuple[dict, int]:
+    """Evaluate ``dataset`` into ``metric``, each sample's state recorded as it comes; with
+    ``skip_existing`` the intact recorded samples are reused instead of run.
+
+    Returns:
+        ``(metric dict, samples reused)``.
+    """
+    rank, _ = get_dist_info()
+    inputs = sample_inputs(dataset)
+    if rank == 0 and not skip_existing:  # a fresh run: no state file of an earlier run stays
+        shutil.rmtree(records_dir / split, ignore_errors=True)
+    records = RunRecords(records_dir, split, fresh=not skip_existing, rank=rank)
+    barrier()  # rank 0 removed the old record files before any rank appends
+    reused = records.reusable(inputs) if skip_existing else {}
+    barrier()  # every rank read them before any rank appends
+    per_record = _record_keys(dataset)
+    todo = [i for i in range(len(dataset)) if per_record[i % len(per_record)] not in reused]
+
+    def on_batch(results: list[dict[str, Any]]) -> None:
+        for res in results:
+            state = res["state"]
+            key = "\n".join(state["keys"])
+            if key not in inputs:
+                raise RuntimeError(f"{split}: sample {res['image_id']!r} has keys {state['keys']} "
+                                   "that no annotation record names")  # fmt: skip
+            name = _state_name(split, res["image_id"], key)
+            digest = save_state(state, records_dir / name)
+            record = {"image": res["image_id"], "state": name, "at_0.5": _metrics_at_05(state)}
+            records.append(key, inputs[key], record, {name: digest})
+
+    n_reused = len(dataset) - len(todo)
+    with progress_bar(len(dataset), desc=split, initial=n_reused, unit="sample",
+                      enabled=is_main_process()) as bar:  # fmt: skip
+        if todo:
+            loader = build_eval_loader(Subset(dataset, todo), batch_size, num_workers)
+            _process(get_model(), loader, metric, amp, on_batch, bar)
+    if is_main_process():  # the metric gathers every rank's results on rank 0
+        for record in reused.values():
+            metric.results.append(
+                {"image_id": record["image"], "state": load_state(records_dir / record["state"])}
+            )
+    if n_reused:
+        _logger().info(f"{split}: {n_reused} of {len(dataset)} samples reused from {records.folder}")
+    return metric.evaluate(len(dataset)), n_reused
 
 
 @dataclass
@@ -301,6 +485,7 @@ def evaluate_checkpoint(
     amp: bool = True,
     cfg_options: dict | None = None,
     fov: FovSource | None = None,
+    skip_existing: bool = False,
 ) -> EvalResult:
     """Evaluate ``checkpoint`` on ``ann_file`` (default: the config's test/val set); see the module doc.
 
@@ -309,22 +494,56 @@ def evaluate_checkpoint(
     the field of view (:mod:`.fov`; threshold chosen inside the FOV of the validation set, else
     of the evaluated set), written to ``out_dir/fov/`` and to the ``"fov"`` section of
     ``report.json``; the whole-image figures are unchanged.
+
+    Every sample's metric state is recorded under ``out_dir/records/`` as it is computed; with
+    ``skip_existing`` the intact records of an earlier run with the same settings are reused (see the
+    module doc).
+
+    Raises:
+        SettingsMismatchError: ``skip_existing`` and ``out_dir/records/run_settings.json`` holds other
+            settings (model config, checkpoint contents, precision).
     """
     cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     device = init_distributed(launcher)
-    model = build_model(cfg, checkpoint, device)
     rank, world = get_dist_info()
-    _logger().info(f"evaluating on {device} (rank {rank} of {world})")
+    records_dir = Path(out_dir) / RECORDS_DIR
+    use_amp = amp and device.type == "cuda"
+    check_settings(
+        records_dir / SETTINGS_FILE,
+        {
+            "config": config_digest(cfg),
+            "checkpoint": path_digest(checkpoint),
+            "device": device.type,
+            "precision": "bf16 autocast" if use_amp else "fp32",
+        },
+        skip_existing=skip_existing,
+        info={"config": str(config) if not isinstance(config, Config) else cfg.filename,
+              "checkpoint": str(checkpoint), "batch_size": batch_size, "world_size": world},
+        write=rank == 0,
+    )  # fmt: skip
+    if rank == 0:  # report.json describes a finished run: the one in progress writes it at its end
+        (Path(out_dir) / "report.json").unlink(missing_ok=True)
+    barrier()
+    model = None
 
+    def get_model() -> Any:  # built only when a sample has to be run
+        nonlocal model
+        if model is None:
+            model = build_model(cfg, checkpoint, device)
+            _logger().info(f"evaluating on {device} (rank {rank} of {world})")
+        return model
+
+    run = dict(records_dir=records_dir, skip_existing=skip_existing, batch_size=batch_size,
+               num_workers=num_workers, amp=amp)  # fmt: skip
     val_metrics = None
     threshold = None
+    reused: dict[str, int] = {}
     if val_ann_file is not None:
         val_set = build_eval_dataset(cfg, val_ann_file, val_image_root or image_root)
         val_metric = SegMetric(cl_dice=False, prefix="val")
-        loader = build_eval_loader(val_set, batch_size, num_workers)
-        val_metrics = run_metric(model, loader, val_metric, len(val_set), amp)
+        val_metrics, reused["validation"] = _run_set(get_model, val_set, val_metric, split="val", **run)
         threshold = float(val_metrics["val/best_threshold"])
         chosen_on = f"validation set {val_ann_file} (mean Dice over its queries)"
         if fov is not None and is_main_process():
@@ -334,9 +553,7 @@ def evaluate_checkpoint(
 
     test_set = build_eval_dataset(cfg, ann_file, image_root)
     metric = SegMetric(threshold=threshold, prefix="test")
-    metrics = run_metric(
-        model, build_eval_loader(test_set, batch_size, num_workers), metric, len(test_set), amp
-    )
+    metrics, reused["test"] = _run_set(get_model, test_set, metric, split="test", **run)
     chosen = float(metrics["test/best_threshold"])
     result = EvalResult(metrics=metrics, threshold=chosen, chosen_on=chosen_on, val_metrics=val_metrics)
     if is_main_process():
@@ -350,6 +567,7 @@ def evaluate_checkpoint(
                 "dice": metrics.get("test/dice_oracle", metrics["test/dice_best"]),
             },
             "duplicates_dropped": metric.last_duplicates,
+            "reused": reused,  # samples whose recorded state came from an earlier run (skip_existing)
         }
         result.files = write_outputs(
             metric,
