@@ -10,8 +10,8 @@ size and ``gt [n, H, W]`` bool, but with the probabilities computed the way
 
 * every view (each window of :func:`~projects.sa2va.inference.tiling.tile_windows` when the image is
   tiled, else the whole image; plus each one mirrored left-right with flip TTA) is made into a sample
-  exactly as the dataset makes one from a whole image (:func:`view_item`: InternVL dynamic tiles or
-  the Qwen-VL image processor of the crop, the SAM2 input of the crop, the same conversation with
+  by the dataset itself, as it makes one from a whole image (:func:`view_item`: InternVL dynamic tiles
+  or the Qwen-VL image processor of the crop, the SAM2 input of the crop, the same conversation with
   ``[SEG]`` answers, the masks cropped);
 * the views go through ``model.val_step`` in batches (their probabilities come back at the crop's
   own size), mirrored views are mirrored back, and the windows are blended with the raised-cosine
@@ -20,6 +20,7 @@ size and ``gt [n, H, W]`` bool, but with the probabilities computed the way
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -27,62 +28,50 @@ import torch
 from mmengine.logging import MMLogger
 from PIL import Image
 
+from ..datasets.annotations import decode_record_masks, encode_mask_rle
 from ..datasets.collate import sa2va_collate
-from ..datasets.image_processing import dynamic_tiles, internvl_pixel_values, sam2_pixel_values
 from ..inference.tiling import TilingOptions, Window, WindowBlender, iter_chunks
 
 __all__ = ["TiledEvalStep", "view_item"]
 
 
 def view_item(dataset: Any, index: int, image: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
-    """The sample ``dataset[index]`` would be if its image were ``image`` and its masks ``masks``.
+    """The sample ``dataset[index]`` would be if its record's image were ``image`` and its masks ``masks``.
+
+    Built by the dataset's own ``__getitem__`` on a shallow copy of it whose ``load_image`` returns
+    ``image`` and whose record ``index`` holds ``masks`` (as RLE), so a view is made exactly as a whole
+    image is (objects, turns, wording, tiling, SAM2 input, checks).
 
     Args:
         dataset: an evaluation :class:`RefSegDataset` (no augmentation).
         index: the sample index (its record, objects and wording).
         image: ``[h, w, 3]`` uint8 RGB (a window of the record's image, possibly mirrored).
-        masks: ``[N, h, w]`` bool masks of ALL the record's objects on ``image`` (the sample's objects
-            are selected here as the dataset selects them).
+        masks: ``[N, h, w]`` bool masks of ALL the record's objects on ``image``, in record order.
 
     Returns:
-        a dataset item (``input_ids``, ``labels``, ``pixel_values`` [+ ``image_grid_thw``],
-        ``g_pixel_values``, ``masks [n, h, w]`` uint8, ``image_id``, ``texts``, ``pad_token_id``).
+        the dataset item (``input_ids``, ``labels``, ``pixel_values`` [+ ``image_grid_thw``],
+        ``g_pixel_values``, ``masks [n, h, w]`` uint8, ``image_id``, ``texts``, ...).
     """
     if dataset.augment is not None:
         raise ValueError("tiled / flip-TTA evaluation needs an evaluation dataset without augmentation")
+    image = np.ascontiguousarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"view image must be [h, w, 3] uint8, got {image.shape} {image.dtype}")
     rec_idx = index % len(dataset.records)
     rec = dataset.records[rec_idx]
-    chosen, wording, _ = dataset.sample_plan(index)
-    texts = [rec["text"][i] for i in chosen]
-    pil = Image.fromarray(np.ascontiguousarray(image))
-    if dataset.image_processor is not None:
-        return dataset._qwenvl_item(rec_idx, rec, pil, masks[chosen], texts, wording)
-    tiles = dynamic_tiles(
-        pil,
-        min_num=dataset.min_tiles,
-        max_num=dataset.max_tiles,
-        tile_size=dataset.tile_size,
-        use_thumbnail=dataset.use_thumbnail,
-    )
-    input_ids, labels = dataset.conversation(texts, wording, len(tiles))
-    if len(input_ids) > dataset.max_length:
+    if masks.shape != (len(rec["mask"]), *image.shape[:2]):
         raise ValueError(
-            f"{dataset.ann_file}: record {rec_idx} ({rec['image']}): a window has {len(input_ids)} tokens > "
-            f"max_length={dataset.max_length}"
+            f"{dataset.ann_file}: record {rec_idx}: view masks {masks.shape} for {len(rec['mask'])} objects "
+            f"on a {image.shape[0]}x{image.shape[1]} view"
         )
-    normalize = dataset.pixel_format == "float32"
-    return {
-        "input_ids": torch.tensor(input_ids, dtype=torch.long),
-        "labels": torch.tensor(labels, dtype=torch.long),
-        "pixel_values": internvl_pixel_values(tiles, normalize=normalize),
-        "g_pixel_values": sam2_pixel_values(
-            np.asarray(pil), size=dataset.sam2_image_size, resample=dataset.sam2_resample, normalize=normalize
-        ),
-        "masks": torch.from_numpy(masks[chosen].astype(np.uint8)),
-        "image_id": str(rec["image"]),
-        "texts": texts,
-        "pad_token_id": dataset.pad_token_id,
+    view = copy.copy(dataset)
+    view.records = list(dataset.records)
+    view.records[rec_idx] = {
+        **rec,
+        "mask": [[encode_mask_rle(np.ascontiguousarray(m, dtype=bool))] for m in masks],
     }
+    view.load_image = lambda record, i: Image.fromarray(image)
+    return view[index]
 
 
 class TiledEvalStep:
@@ -146,29 +135,28 @@ class TiledEvalStep:
                 {
                     "image_id": image_id,
                     "texts": data.texts[i] if data.texts else [],
-                    "probs": torch.from_numpy(self.sample_probs(image_id, tuple(gt.shape[-2:]))),
+                    "probs": torch.from_numpy(self.sample_probs(image_id, tuple(gt.shape))),
                     "gt": gt.cpu(),
                 }
             )
         return outputs
 
     @torch.no_grad()
-    def sample_probs(self, image_id: str, size: tuple[int, int]) -> np.ndarray:
-        """``[n, H, W]`` float32 blended probabilities of the sample of record ``image_id``."""
+    def sample_probs(self, image_id: str, shape: tuple[int, int, int]) -> np.ndarray:
+        """``[n, H, W]`` float32 blended probabilities of the sample of record ``image_id`` whose ground
+        truth has ``shape`` ``(n, H, W)``."""
         if image_id not in self._index:
             raise KeyError(f"{self.dataset.ann_file}: no record has the image {image_id!r}")
         index = self._index[image_id]
         rec = self.dataset.records[index]
         image = np.asarray(self.dataset.load_image(rec, index).convert("RGB"))
         h, w = image.shape[:2]
-        if (h, w) != size:
-            raise ValueError(f"{image_id}: image {h}x{w} differs from its masks {size[0]}x{size[1]}")
-        from ..datasets.annotations import decode_record_masks
-
+        n = int(shape[0])
+        if (h, w) != tuple(shape[1:]):
+            raise ValueError(f"{image_id}: image {h}x{w} differs from its masks {shape[1]}x{shape[2]}")
         masks = decode_record_masks(rec, h, w, validated=True)
         tiled = self.tiling.applies(h, w, self.model_size)
         side = self.tiling.window_for(self.model_size) if tiled else max(h, w)
-        n = len(self.dataset.sample_plan(index)[0])
         blender = WindowBlender(h, w, side, self.tiling.overlap, n)
         views: list[tuple[Window, bool]] = [
             (win, mirrored)
