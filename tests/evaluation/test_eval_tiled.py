@@ -129,3 +129,20 @@ def test_duplicate_images_are_refused(tiny_model_and_cfg, tmp_path) -> None:
     ds = build_tiny_dataset(cfg, str(dup), objects_per_image=None, random_templates=False)
     with pytest.raises(ValueError, match="share the image"):
         TiledEvalStep(model, ds, tiling="on")
+
+
+def test_step_stands_in_for_the_model_in_run_metric(tiny_model_and_cfg, tmp_path) -> None:
+    import json
+
+    from projects.sa2va.evaluation.evaluate import build_eval_loader, run_metric
+    from tests.tiny import DATA_ROOT
+
+    model, cfg = tiny_model_and_cfg
+    model.eval()
+    ann = tmp_path / "two.json"
+    ann.write_text(json.dumps(json.loads((DATA_ROOT / "annotations_test.json").read_text())[:2]))
+    ds = build_tiny_dataset(cfg, str(ann), objects_per_image=None, random_templates=False)
+    step = TiledEvalStep(model, ds, tiling="on", window_batch_size=9)
+    metrics = run_metric(step, build_eval_loader(ds), SegMetric(cl_dice=False, prefix="test"), len(ds))
+    assert step.views_run == 2 * 9
+    assert 0.0 <= metrics["test/dice"] <= 1.0
