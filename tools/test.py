@@ -45,6 +45,18 @@ if str(ROOT) not in sys.path:
 from projects.sa2va.evaluation.evaluate import SettingsMismatchError, evaluate_checkpoint  # noqa: E402
 from projects.sa2va.evaluation.fov import FovSource  # noqa: E402
 
+#: Options that do not change a sample's predicted probabilities: left out of the compared run settings
+#: (the config and checkpoint are compared by content digest, --fp32 as the precision; the annotation
+#: records and images by a digest per sample; the threshold and FOV figures are recomputed from the
+#: samples at the end of every run).
+NOT_COMPARED = frozenset(
+    {
+        "config", "checkpoint", "out_dir", "ann_file", "image_root", "val_ann_file", "val_image_root",
+        "fov_masks", "fov_pattern", "fov_image_pattern", "fov", "batch_size", "num_workers",
+        "max_overlays", "fp32", "launcher", "cfg_options", "skip_existing",
+    }
+)  # fmt: skip
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -111,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg_options=args.cfg_options,
             fov=args.fov,
             skip_existing=args.skip_existing,
+            run_settings={k: v for k, v in sorted(vars(args).items()) if k not in NOT_COMPARED},
         )
     except SettingsMismatchError as e:
         raise SystemExit(f"test.py: {e}") from None

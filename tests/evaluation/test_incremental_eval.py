@@ -130,6 +130,9 @@ def test_killed_evaluation_keeps_its_samples_and_skip_existing_runs_only_the_res
 
 def test_skip_existing_refuses_another_checkpoint_or_precision(setup, tmp_path):
     argv, clean, ckpt, model = setup
+    stored = json.loads((clean / "records/run_settings.json").read_text())["settings"]
+    assert set(stored) == {"config", "checkpoint", "device", "precision"}
+    assert stored["precision"] == "fp32" and stored["device"] == "cpu"
     out = tmp_path / "out"
     shutil.copytree(clean, out)
     state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -486,6 +486,7 @@ def evaluate_checkpoint(
     cfg_options: dict | None = None,
     fov: FovSource | None = None,
     skip_existing: bool = False,
+    run_settings: dict[str, Any] | None = None,
 ) -> EvalResult:
     """Evaluate ``checkpoint`` on ``ann_file`` (default: the config's test/val set); see the module doc.
 
@@ -497,7 +498,9 @@ def evaluate_checkpoint(
 
     Every sample's metric state is recorded under ``out_dir/records/`` as it is computed; with
     ``skip_existing`` the intact records of an earlier run with the same settings are reused (see the
-    module doc).
+    module doc). ``run_settings``: more JSON-able settings that change the per-sample results (e.g. the
+    options of a tool), stored and compared with the model config digest, checkpoint digest, device
+    type and precision.
 
     Raises:
         SettingsMismatchError: ``skip_existing`` and ``out_dir/records/run_settings.json`` holds other
@@ -513,6 +516,7 @@ def evaluate_checkpoint(
     check_settings(
         records_dir / SETTINGS_FILE,
         {
+            **(run_settings or {}),
             "config": config_digest(cfg),
             "checkpoint": path_digest(checkpoint),
             "device": device.type,
