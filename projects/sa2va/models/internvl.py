@@ -252,7 +252,9 @@ class InternVLMLLM(MLLMAdapter):
             vit_tokens = self.encode_vit(pixel_values)
         image_tokens = self.project_vit(vit_tokens) if vit_tokens is not None else None
         embeds = self.embed(input_ids, image_tokens, slots_checked=image_slots_checked)
-        out = self.base_llm().get_decoder()(
+        # The decoder is `.model` of both families' causal LMs (Qwen2ForCausalLM, InternLM2ForCausalLM); read
+        # as an attribute (not get_decoder(), which unwraps a torch.compile'd decoder on transformers 4.57).
+        out = self.base_llm().model(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
