@@ -2,7 +2,8 @@
 
     python tools/test.py CONFIG CHECKPOINT --out-dir DIR [--ann-file A --image-root I]
         [--val-ann-file V [--val-image-root VI]] [--fov-masks DIR|auto [--fov-pattern P]]
-        [--skip-existing] [--launcher pytorch] [--cfg-options k=v ...]
+        [--skip-existing] [--tile auto|on|off [--tile-size PX] [--tile-overlap 0.25]] [--flip-tta]
+        [--launcher pytorch] [--cfg-options k=v ...]
     bash tools/dist.sh test CONFIG NGPUS CHECKPOINT --out-dir DIR ...      (one process per GPU)
 
 CHECKPOINT is a trainable-weights ``.pth`` (``work_dirs/<cfg>/iter_N.pth``) or an exported Hugging
@@ -19,6 +20,11 @@ A killed run keeps them: rerun with --skip-existing and only the samples without
 run (a missing or altered state file, or a changed annotation record or image, is run again); the report
 covers every sample and its "reused" field says how many came from the earlier run. Other settings than
 the stored ones are refused. A progress bar (count, rate, ETA) goes to stderr.
+
+Large images (--tile auto): the masks of an image larger than the model input (the SAM2 input size,
+or --tile-size) are computed window by window at full resolution (each window teacher-forced like a
+whole image, windows overlapping by --tile-overlap, blended with raised-cosine weights); --flip-tta
+averages every view with its left-right mirror. See projects/sa2va/evaluation/tiled.py.
 
 Field of view (--fov-masks): the same predictions are also scored with the pixels outside each image's
 field of view left out, as the retinal literature reports. DIR: one mask per image, found by
@@ -44,6 +50,7 @@ if str(ROOT) not in sys.path:
 
 from projects.sa2va.evaluation.evaluate import SettingsMismatchError, evaluate_checkpoint  # noqa: E402
 from projects.sa2va.evaluation.fov import FovSource  # noqa: E402
+from projects.sa2va.inference.tiling import add_tiling_args, tiling_kwargs  # noqa: E402
 
 #: Options that do not change a sample's predicted probabilities: left out of the compared run settings
 #: (the config and checkpoint are compared by content digest, --fp32 as the precision; the annotation
@@ -85,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="reuse the samples already evaluated in --out-dir by an earlier run with the same settings",
     )
+    add_tiling_args(parser)
     parser.add_argument("--launcher", choices=["none", "pytorch"], default="none")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="config overrides key=value")
     args = parser.parse_args(argv)
@@ -124,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             fov=args.fov,
             skip_existing=args.skip_existing,
             run_settings={k: v for k, v in sorted(vars(args).items()) if k not in NOT_COMPARED},
+            **tiling_kwargs(args),
         )
     except SettingsMismatchError as e:
         raise SystemExit(f"test.py: {e}") from None

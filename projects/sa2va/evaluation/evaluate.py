@@ -30,6 +30,7 @@ the input, one per object, objects in record order, first question/answer wordin
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import os
@@ -61,11 +62,13 @@ from ..inference.run_records import (
     progress_bar,
     write_atomic,
 )
+from ..inference.tiling import TilingOptions
 from ..models.builder import build_component
 from .fov import FovSource, score_fov, write_fov_outputs
 from .metrics import SegEvaluator, write_report
 from .plots import ERROR_COLORS, error_map, overlay, overlay_grid, plot_curves, plot_pr_curve
 from .seg_metric import SegMetric, query_key
+from .tiled import TiledEvalStep
 
 __all__ = [
     "EvalResult",
@@ -294,9 +297,11 @@ def _run_set(
     batch_size: int,
     num_workers: int,
     amp: bool,
+    wrap: Callable[[Any, Any], Any] | None = None,
 ) -> tuple[dict, int]:
     """Evaluate ``dataset`` into ``metric``, each sample's state recorded as it comes; with
-    ``skip_existing`` the intact recorded samples are reused instead of run.
+    ``skip_existing`` the intact recorded samples are reused instead of run. ``wrap(model, dataset)``:
+    a stand-in whose ``val_step`` is run instead of the model's (tiled / flip-TTA evaluation).
 
     Returns:
         ``(metric dict, samples reused)``.
@@ -329,7 +334,8 @@ def _run_set(
                       enabled=is_main_process()) as bar:  # fmt: skip
         if todo:
             loader = build_eval_loader(Subset(dataset, todo), batch_size, num_workers)
-            _process(get_model(), loader, metric, amp, on_batch, bar)
+            model = get_model() if wrap is None else wrap(get_model(), dataset)
+            _process(model, loader, metric, amp, on_batch, bar)
     if is_main_process():  # the metric gathers every rank's results on rank 0
         for record in reused.values():
             metric.results.append(
@@ -487,6 +493,8 @@ def evaluate_checkpoint(
     fov: FovSource | None = None,
     skip_existing: bool = False,
     run_settings: dict[str, Any] | None = None,
+    tiling: Any = None,
+    flip_tta: bool = False,
 ) -> EvalResult:
     """Evaluate ``checkpoint`` on ``ann_file`` (default: the config's test/val set); see the module doc.
 
@@ -501,6 +509,10 @@ def evaluate_checkpoint(
     module doc). ``run_settings``: more JSON-able settings that change the per-sample results (e.g. the
     options of a tool), stored and compared with the model config digest, checkpoint digest, device
     type and precision.
+
+    ``tiling`` (:class:`~projects.sa2va.inference.tiling.TilingOptions`, its dict or mode) / ``flip_tta``:
+    the masks of every sample computed window by window and/or with flip TTA by
+    :class:`~.tiled.TiledEvalStep` instead of ``model.val_step``.
 
     Raises:
         SettingsMismatchError: ``skip_existing`` and ``out_dir/records/run_settings.json`` holds other
@@ -541,6 +553,8 @@ def evaluate_checkpoint(
 
     run = dict(records_dir=records_dir, skip_existing=skip_existing, batch_size=batch_size,
                num_workers=num_workers, amp=amp)  # fmt: skip
+    if flip_tta or TilingOptions.parse(tiling).mode != "off":
+        run["wrap"] = lambda model, dataset: TiledEvalStep(model, dataset, tiling=tiling, flip_tta=flip_tta)
     val_metrics = None
     threshold = None
     reused: dict[str, int] = {}
@@ -572,6 +586,8 @@ def evaluate_checkpoint(
             },
             "duplicates_dropped": metric.last_duplicates,
             "reused": reused,  # samples whose recorded state came from an earlier run (skip_existing)
+            "tiling": dataclasses.asdict(TilingOptions.parse(tiling)),  # how the masks were computed
+            "flip_tta": bool(flip_tta),
         }
         result.files = write_outputs(
             metric,
