@@ -201,10 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         official_normalisation=not args.exact_normalisation,
         reused=reused,
     )
-    print(
-        f"wrote {len(entries)} prediction(s) to {out_dir} ({json_path.name}; {reused} reused from an "
-        f"earlier run, {len(todo)} predicted now)"
-    )
+    print(f"wrote {len(entries)} prediction(s) to {out_dir} ({json_path.name})")
+    if args.skip_existing:
+        print(f"--skip-existing: {reused} reused from an earlier run, {len(todo)} predicted now")
     return 0
 
 
