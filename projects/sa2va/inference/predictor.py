@@ -121,7 +121,7 @@ class Prediction:
         seg_embeds: ``[n, D]`` float32 language embeddings fed to SAM2 (``D`` = 256 for Hiera-L), of
             the whole-image pass.
         views: how many mask forwards ``probs`` is blended from: 1 for the whole image, the number of
-            windows when tiled, twice that with flip TTA.
+            windows when tiled; twice that with flip TTA.
     """
 
     text: str
