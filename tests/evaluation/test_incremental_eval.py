@@ -131,7 +131,7 @@ def test_killed_evaluation_keeps_its_samples_and_skip_existing_runs_only_the_res
 def test_skip_existing_refuses_another_checkpoint_or_precision(setup, tmp_path):
     argv, clean, ckpt, model = setup
     stored = json.loads((clean / "records/run_settings.json").read_text())["settings"]
-    assert set(stored) == {"config", "checkpoint", "device", "precision"}
+    assert set(stored) >= {"config", "checkpoint", "device", "precision", "tiling", "flip_tta"}
     assert stored["precision"] == "fp32" and stored["device"] == "cpu"
     out = tmp_path / "out"
     shutil.copytree(clean, out)
@@ -153,4 +153,6 @@ def test_skip_existing_refuses_another_checkpoint_or_precision(setup, tmp_path):
                 "val_dataloader.dataset.max_tiles=3",
             ]
         )
+    with pytest.raises(SystemExit, match=r"tile: stored 'off', now 'on'"):
+        load_test_tool().main([*argv, "--out-dir", str(out), "--skip-existing", "--tile", "on"])
     assert all((out / n).read_bytes() == (clean / n).read_bytes() for n in FINAL_FILES)  # untouched

@@ -516,7 +516,7 @@ def evaluate_checkpoint(
 
     Raises:
         SettingsMismatchError: ``skip_existing`` and ``out_dir/records/run_settings.json`` holds other
-            settings (model config, checkpoint contents, precision).
+            settings (model config, checkpoint contents, precision, tiling, flip TTA, ``run_settings``).
     """
     cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
     if cfg_options:
@@ -533,6 +533,8 @@ def evaluate_checkpoint(
             "checkpoint": path_digest(checkpoint),
             "device": device.type,
             "precision": "bf16 autocast" if use_amp else "fp32",
+            "tiling": dataclasses.asdict(TilingOptions.parse(tiling)),
+            "flip_tta": bool(flip_tta),
         },
         skip_existing=skip_existing,
         info={"config": str(config) if not isinstance(config, Config) else cfg.filename,

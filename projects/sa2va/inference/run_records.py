@@ -17,7 +17,8 @@ Three pieces, all import-light (no torch):
   renamed over the target), the line last, so a run killed in between leaves no line that names a
   half-written file.
 * :func:`progress_bar`: a tqdm bar (count, rate, ETA) on stderr; outside a terminal it redraws at
-  most every 30 s, so log files get a line now and then instead of one per item.
+  most every 30 s (and when a line is written through ``tqdm.write``), so log files get a line now
+  and then instead of one per item.
 
 Files of one :class:`RunRecords` ``<folder>/<name>.jsonl``; under torchrun rank ``r > 0`` appends to
 ``<folder>/<name>.rank<r>.jsonl`` and every file is read on reuse (the world size may change
