@@ -26,6 +26,11 @@ def latest_scalars(work_dir: Path) -> Path:
     return runs[-1]
 
 
+def shown(path: Path) -> Path:
+    """``path`` relative to the repository when it is inside it, else as it is."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def read_rows(path: Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -75,7 +80,7 @@ def main() -> int:
     if not ckpts:
         print(f"demo: no checkpoint written in {work_dir}", file=sys.stderr)
         return 1
-    print(f"\ncheckpoint (trainable tensors only): {ckpts[-1].relative_to(ROOT)}")
+    print(f"\ncheckpoint (trainable tensors only): {shown(ckpts[-1])}")
     if mean(last, "loss") >= mean(first, "loss"):
         print("demo: the loss did not fall", file=sys.stderr)
         return 1

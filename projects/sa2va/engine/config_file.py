@@ -10,9 +10,9 @@ copied to a folder of one's own finds no ``_base_/`` there (``_base_/dataset_ref
 package-absolute form (``from projects.sa2va.configs._base_... import *``) needs ``pkg_resources``, which
 current setuptools no longer ships. :func:`read_config` therefore reads a config whose one-dot imports name
 something missing next to it (``_base_`` or a sibling leaf such as ``sa2va_tiny_demo``) as if it lay in
-the package's configs folder: each such name is taken from :data:`PACKAGE_CONFIGS`, each name that *is*
-next to the file from there (a copied ``_base_/`` folder wins), in a temporary folder of links that is
-removed after reading. Everything else (relative data paths, ``--cfg-options``) is unchanged.
+the package's configs folder, with its own folder laid over that one (a copied ``_base_/`` folder or leaf
+next to it wins): a temporary folder of links, removed after reading. Everything else (relative data
+paths, ``--cfg-options``) is unchanged.
 """
 
 from __future__ import annotations
@@ -112,11 +112,14 @@ def read_config(path: str | Path) -> Config:
     folder = path.resolve().parent
     tmp = Path(tempfile.mkdtemp(prefix="sa2va_config_"))
     try:
-        wanted = {m.split(".")[0] for level, m in _read_base_imports(path) if level == 1 and m}
-        for name in sorted(wanted):
-            source = _entry(folder, name) or _entry(PACKAGE_CONFIGS, name)
-            if source is not None:  # a name found nowhere: mmengine's error names it
-                (tmp / source.name).symlink_to(source.resolve(), target_is_directory=source.is_dir())
+        # The package folder with the file's own folder laid over it (its entries win), so that linked
+        # leaves and bases find their own one-dot imports too.
+        own = {m.split(".")[0] for level, m in _read_base_imports(path) if level == 1 and m}
+        entries = {p.name for p in PACKAGE_CONFIGS.iterdir() if p.name != "__pycache__"}
+        entries |= {e.name for name in own if (e := _entry(folder, name)) is not None}
+        for name in sorted(entries - {path.name}):
+            source = folder / name if (folder / name).exists() else PACKAGE_CONFIGS / name
+            (tmp / name).symlink_to(source.resolve(), target_is_directory=source.is_dir())
         copy = tmp / path.name
         shutil.copyfile(path, copy)
         try:

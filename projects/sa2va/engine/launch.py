@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 from mmengine.config import Config
+from mmengine.config.lazy import LazyObject
 from mmengine.logging import MMLogger
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -176,10 +177,9 @@ def deepspeed_settings(cfg: Config, value: str, cuda: bool | None = None) -> dic
     clip = cfg.optim_wrapper.get("clip_grad") or {}
     max_norm = clip["max_norm"] if clip.get("max_norm") is not None else 1.0
     _differs("gradient_clipping", ds_cfg.get("gradient_clipping", "auto"), max_norm)
-    from xtuner.engine import DeepSpeedStrategy
-
     return dict(
-        type=DeepSpeedStrategy,
+        # Lazy (as in a pure-Python config) so that the config still prints and dumps.
+        type=LazyObject("xtuner.engine", "DeepSpeedStrategy"),
         config=ds_cfg,
         gradient_accumulation_steps=accumulation,
         train_micro_batch_size_per_gpu=batch,
