@@ -123,6 +123,8 @@ def test_skip_existing_refuses_other_settings(setup, tmp_path, overfit, capsys):
     assert tool.main([*other, "--out-dir", str(out), "--skip-existing"]) == 2
     err = capsys.readouterr().err
     assert "other settings" in err and "threshold: stored 0.3, now 0.4" in err, err
+    assert tool.main([*argv, "--out-dir", str(out), "--skip-existing", "--tile", "on"]) == 2
+    assert "tile: stored 'off', now 'on'" in capsys.readouterr().err  # options of other tools too
     # Another checkpoint (one tensor changed) at the same path.
     state = {k: v.clone() for k, v in overfit.predictor.model.state_dict().items()}
     name = next(k for k, v in state.items() if v.is_floating_point())
