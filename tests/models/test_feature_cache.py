@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from projects.sa2va.datasets.collate import sa2va_collate
+from projects.sa2va.digests import tensor_digest
 from projects.sa2va.models.feature_cache import (
     DiskStore,
     FrozenFeatureCache,
     MemoryStore,
     build_feature_cache,
     module_fingerprint,
-    tensor_digest,
 )
 from tests.tiny import build_tiny_dataset, build_tiny_model
 
@@ -237,7 +237,7 @@ def test_pinned_fingerprints_survive_partitioned_placeholders(model_and_data):
     cache = set_cache(model, dict(mode="memory"))
     try:
         real = module_fingerprint(vit)
-        cache.pin_fingerprints(model)
+        cache.pin_fingerprints(model.frozen_encoders())
         saved = {n: p.data for n, p in vit.named_parameters()}
         try:
             for p in vit.parameters():  # what ZeRO-3 leaves in a partitioned parameter

@@ -10,7 +10,8 @@ from xtuner.registry import BUILDER
 
 from projects.sa2va.configs import config_path
 from projects.sa2va.datasets.collate import sa2va_collate
-from projects.sa2va.models.feature_cache import build_feature_cache, sample_digests
+from projects.sa2va.digests import sample_digests
+from projects.sa2va.models.feature_cache import build_feature_cache
 
 
 @pytest.fixture(scope="module", params=["sa2va_tiny_qwen3vl_demo", "sa2va_tiny_qwen2_5vl_demo"])

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..models.feature_cache import sample_digests
+from ..digests import sample_digests
 from ..structures import Sa2VABatch
 
 

@@ -104,7 +104,7 @@ class Sa2VAFlexibleRunner(FlexibleRunner):
             _init_zero3_backward_counters(self.model)
             cache = getattr(self.model, "feature_cache", None)
             if cache is not None:
-                cache.pin_fingerprints(self.model)  # before ZeRO-3 partitions the encoders' weights
+                cache.pin_fingerprints(self.model.frozen_encoders())  # before ZeRO-3 partitions them
 
     def _log_env(self) -> None:
         log_file = quiet_console(self.logger)

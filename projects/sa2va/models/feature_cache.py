@@ -15,9 +15,12 @@ Both image encoders are frozen in the Sa2VA recipe, so their outputs are a pure 
 
 What is cached (:class:`Sa2VAModel` applies the trainable parts to it):
 
-* ViT: ``InternVLMLLM.encode_vit`` output ``[t, N, C_vit]`` per sample (before ``mlp1``);
-* SAM2: the raw neck levels of ``SAM2GroundingEncoder.encode_image``, each ``[C, h_l, w_l]`` per
-  sample (before the trainable ``conv_s0`` / ``conv_s1`` of the mask decoder).
+* ViT: the vision encoder's output ``[t, N, C_vit]`` per sample (before ``mlp1``);
+* SAM2: the raw neck levels of the SAM2 image encoder, each ``[C, h_l, w_l]`` per sample (before the
+  trainable ``conv_s0`` / ``conv_s1`` of the mask decoder).
+
+The cache knows nothing of the model: :meth:`Sa2VAModel.frozen_encoders` hands it the two encoders as
+callables, with the modules whose weights fingerprint them (:class:`FrozenEncoders`), at each call.
 
 Stores: ``'memory'`` (a per-process LRU bounded by bytes, kept on the compute device or the host;
 under DDP each rank caches the samples of its own shard) and ``'disk'`` (one safetensors file per
@@ -36,7 +39,8 @@ import hashlib
 import os
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,54 +50,37 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..digests import sample_digests
+
 if TYPE_CHECKING:
     from ..structures import Sa2VABatch
-    from .sa2va import Sa2VAModel
-    from .sam2_grounding import SAM2ImageFeatures
 
 CACHE_MODES = ("off", "memory", "disk")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def tensor_digest(t: torch.Tensor) -> str:
-    """SHA-256 (hex) of a tensor's dtype, shape and bytes (moved to the host if needed)."""
-    h = hashlib.sha256()
-    h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    data = t.detach().contiguous().reshape(-1)
-    if data.device.type != "cpu":
-        data = data.cpu()
-    if data.numel():
-        h.update(memoryview(data.view(torch.uint8).numpy()))
-    return h.hexdigest()
+@dataclass(frozen=True)
+class FrozenEncoders:
+    """The two frozen image encoders as the cache calls them (built by ``Sa2VAModel.frozen_encoders``).
 
-
-def sample_digests(
-    pixel_values: torch.Tensor | None,
-    num_tiles: Sequence[int],
-    g_pixel_values: torch.Tensor,
-    image_grid_thw: torch.Tensor | None = None,
-):
-    """Per sample ``(digest of its vision input or None, digest of its SAM2 input)``.
-
-    Args:
-        pixel_values: ``[T, 3, S, S]`` tiles (or Qwen-VL ``[P, D]`` patches) of all samples (``None`` for
-            text-only batches).
-        num_tiles: ``[B]`` rows of ``pixel_values`` per sample.
-        g_pixel_values: ``[B, 3, G, G]``.
-        image_grid_thw: Qwen-VL ``[B, 3]`` patch grids, hashed with the patches (the same patch rows
-            under another grid are another input).
+    Attributes:
+        vit: ``(pixels, image_grid_thw) -> vit_tokens``: ``pixels`` are the vision input rows of some
+            samples on the compute device (InternVL ``[R, 3, S, S]`` tiles, Qwen-VL ``[R, D]`` patches),
+            ``image_grid_thw`` their ``[b, 3]`` patch grids (Qwen-VL) or ``None``; returns
+            ``[R // vit_rows_per_output, N, C_vit]``.
+        vit_rows_per_output: input rows per output row of ``vit`` (InternVL 1; Qwen-VL: the patches of
+            one image give one output row).
+        vit_weights: the module whose parameters and buffers make the ViT's weights fingerprint.
+        sam2: ``g_pixels [b, 3, G, G] -> levels``: the image encoder's raw neck levels, each
+            ``[b, C, h_l, w_l]``, highest resolution first.
+        sam2_weights: the module whose parameters and buffers make the SAM2 encoder's fingerprint.
     """
-    out: list[tuple[str | None, str]] = []
-    start = 0
-    for i, n in enumerate(num_tiles):
-        vit = None
-        if pixel_values is not None and n > 0:
-            vit = tensor_digest(pixel_values[start : start + n])
-            if image_grid_thw is not None:
-                vit = hashlib.sha256(f"{vit}|{image_grid_thw[i].tolist()}".encode()).hexdigest()
-        start += n
-        out.append((vit, tensor_digest(g_pixel_values[i])))
-    return out
+
+    vit: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+    vit_rows_per_output: int
+    vit_weights: nn.Module
+    sam2: Callable[[torch.Tensor], list[torch.Tensor]]
+    sam2_weights: nn.Module
 
 
 def module_fingerprint(module: nn.Module) -> str:
@@ -277,7 +264,7 @@ class FrozenFeatureCache:
         self.dtype = _DTYPES[dtype] if dtype is not None else None
         self.memory = MemoryStore(max_bytes, store_device)
         self.disk = DiskStore(dir) if mode == "disk" else None
-        self._fp_vit = _EncoderFingerprint("InternViT")
+        self._fp_vit = _EncoderFingerprint("vision encoder")
         self._fp_sam2 = _EncoderFingerprint("SAM2 image encoder")
         self._warned_no_digests = False
         # Per SAM2 level: is the encoder's output channels-last? Restored after stacking cached
@@ -286,7 +273,7 @@ class FrozenFeatureCache:
         self.hits = 0
         self.misses = 0
 
-    def pin_fingerprints(self, model: Sa2VAModel) -> None:
+    def pin_fingerprints(self, encoders: FrozenEncoders) -> None:
         """Fingerprint both encoders now, from their whole weights, and keep the values for the run.
 
         For DeepSpeed ZeRO-3, which partitions every parameter after this call: the tensors the cache
@@ -294,8 +281,8 @@ class FrozenFeatureCache:
         weights (a disk cache built from other weights would then be reused). The encoders are frozen,
         so their fingerprints cannot change during the run.
         """
-        self._fp_vit.pin(model.mllm.vision_model)
-        self._fp_sam2.pin(model.grounding_encoder.sam2_model.image_encoder)
+        self._fp_vit.pin(encoders.vit_weights)
+        self._fp_sam2.pin(encoders.sam2_weights)
 
     # --- keys ------------------------------------------------------------------------------------
     def _context(self, module: nn.Module, device: torch.device) -> str:
@@ -353,15 +340,22 @@ class FrozenFeatureCache:
         return entries  # type: ignore[return-value]
 
     # --- the model hook --------------------------------------------------------------------------
-    def encode(self, model: Sa2VAModel, batch: Sa2VABatch) -> tuple[torch.Tensor | None, SAM2ImageFeatures]:
-        """Cached ``(vit_tokens [T, N, C_vit] or None, SAM2ImageFeatures of B images)`` for ``batch``.
+    def encode(
+        self, batch: Sa2VABatch, encoders: FrozenEncoders, device: torch.device
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """Cached ``(vit_tokens [T', N, C_vit] or None, SAM2 levels)`` for ``batch``.
 
-        Pixel tensors may still be on the host (the preprocessor leaves them there when the model
-        has a cache): only the samples that miss are copied to the device and encoded.
+        Args:
+            batch: the batch; its pixel tensors may still be on the host (the preprocessor leaves them
+                there when the model has a cache): only the samples that miss are copied to ``device``
+                and encoded.
+            encoders: the frozen encoders and their weights (``Sa2VAModel.frozen_encoders()``).
+            device: the compute device (where the returned tensors are).
+
+        Returns:
+            ``vit_tokens``: ``[T / vit_rows_per_output, N, C_vit]`` in sample order (``None`` for a batch
+            without vision input); ``levels``: each ``[B, C, h_l, w_l]``, in the encoder's memory layout.
         """
-        from .sam2_grounding import SAM2ImageFeatures
-
-        device = model.text_hidden_fcs[0].weight.device
         digests = batch.input_digests
         if digests is None:
             if not self._warned_no_digests:
@@ -378,30 +372,28 @@ class FrozenFeatureCache:
 
         vit_tokens = None
         if batch.pixel_values is not None:
-            vit_module = model.mllm.vision_model
+            vit_module = encoders.vit_weights
             fp = self._fp_vit.get(vit_module)
             ctx = self._context(vit_module, device)
             with_tiles = [i for i, n in enumerate(batch.num_tiles) if n > 0]
             starts = [sum(batch.num_tiles[:i]) for i in range(batch.batch_size)]
 
-            per_out = model.mllm.vision_rows_per_output
+            per_out = encoders.vit_rows_per_output
 
             def run_vit(todo: list[int]) -> list[list[torch.Tensor]]:
                 rows = [with_tiles[j] for j in todo]
                 pix = torch.cat(
                     [batch.pixel_values[starts[i] : starts[i] + batch.num_tiles[i]] for i in rows]
                 )
-                grid = {}
-                if batch.image_grid_thw is not None:
-                    grid = {"image_grid_thw": batch.image_grid_thw[rows]}
+                grid = None if batch.image_grid_thw is None else batch.image_grid_thw[rows]
                 with torch.no_grad():
-                    out = model.mllm.encode_vit(pix.to(device, non_blocking=True), **grid)
+                    out = encoders.vit(pix.to(device, non_blocking=True), grid)
                 return [[t] for t in out.split([batch.num_tiles[i] // per_out for i in rows])]
 
             keys = [self._key("vit", fp, ctx, digests[i][0]) for i in with_tiles]
             vit_tokens = torch.cat([e[0] for e in self._cached(keys, device, run_vit)])
 
-        sam_module = model.grounding_encoder.sam2_model.image_encoder
+        sam_module = encoders.sam2_weights
         fp = self._fp_sam2.get(sam_module)
         ctx = self._context(sam_module, device)
 
@@ -410,9 +402,9 @@ class FrozenFeatureCache:
             if todo != list(range(g_pix.shape[0])):  # a subset: only the first epoch pays for this
                 g_pix = g_pix[torch.tensor(todo, device=g_pix.device)]
             with torch.no_grad():
-                feats = model.grounding_encoder.encode_image(g_pix.to(device, non_blocking=True))
-            self._sam2_layout = [_channels_last(lvl) for lvl in feats.fpn]
-            return [[lvl[j] for lvl in feats.fpn] for j in range(len(todo))]
+                levels = encoders.sam2(g_pix.to(device, non_blocking=True))
+            self._sam2_layout = [_channels_last(lvl) for lvl in levels]
+            return [[lvl[j] for lvl in levels] for j in range(len(todo))]
 
         keys = [self._key("sam2", fp, ctx, d[1]) for d in digests]
         entries = self._cached(keys, device, run_sam2)
@@ -422,7 +414,7 @@ class FrozenFeatureCache:
                 f.contiguous(memory_format=torch.channels_last) if cl else f.contiguous()
                 for f, cl in zip(fpn, self._sam2_layout)
             ]
-        return vit_tokens, SAM2ImageFeatures(fpn)
+        return vit_tokens, fpn
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``hits``, ``misses`` (entries computed), in-memory ``entries`` and ``bytes``."""

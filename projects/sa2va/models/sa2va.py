@@ -21,7 +21,7 @@ from torch import nn
 from ..structures import Sa2VABatch
 from .builder import build_component
 from .fast_init import no_weight_init
-from .feature_cache import FrozenFeatureCache, build_feature_cache
+from .feature_cache import FrozenEncoders, FrozenFeatureCache, build_feature_cache
 from .losses import MaskLoss
 from .mllm import MLLMAdapter
 from .sam2_grounding import SAM2GroundingEncoder, SAM2ImageFeatures, upsample_logits
@@ -395,9 +395,10 @@ class Sa2VAModel(BaseModel):
 
     def encode_images(self, batch: Sa2VABatch) -> tuple[torch.Tensor | None, SAM2ImageFeatures]:
         """The frozen encoders (or their cached outputs): ViT tokens and SAM2 image features."""
-        if self.feature_cache is not None and batch.vit_tokens is None and batch.sam2_fpn is None:
-            return self.feature_cache.encode(self, batch)
         device = self.text_hidden_fcs[0].weight.device
+        if self.feature_cache is not None and batch.vit_tokens is None and batch.sam2_fpn is None:
+            vit_tokens, fpn = self.feature_cache.encode(batch, self.frozen_encoders(), device)
+            return vit_tokens, SAM2ImageFeatures(fpn)
         vit_tokens = batch.vit_tokens
         if vit_tokens is None and batch.pixel_values is not None:
             grid = {} if batch.image_grid_thw is None else {"image_grid_thw": batch.image_grid_thw}
@@ -412,6 +413,21 @@ class Sa2VAModel(BaseModel):
                 g_pix = batch.g_pixel_values.to(device, non_blocking=True)
                 feats = self.grounding_encoder.encode_image(g_pix)
         return vit_tokens, feats
+
+    def frozen_encoders(self) -> FrozenEncoders:
+        """The ViT and the SAM2 image encoder as the frozen-feature cache calls them (see
+        :class:`~.feature_cache.FrozenEncoders`); their modules are found through :data:`PART_PREFIXES`."""
+
+        def vit(pixels: torch.Tensor, grid: torch.Tensor | None) -> torch.Tensor:
+            return self.mllm.encode_vit(pixels, **({} if grid is None else {"image_grid_thw": grid}))
+
+        return FrozenEncoders(
+            vit=vit,
+            vit_rows_per_output=self.mllm.vision_rows_per_output,
+            vit_weights=self.get_submodule(PART_PREFIXES["vision_model"].rstrip(".")),
+            sam2=lambda g_pixels: self.grounding_encoder.encode_image(g_pixels).fpn,
+            sam2_weights=self.get_submodule(PART_PREFIXES["sam2_image_encoder"].rstrip(".")),
+        )
 
     def seg_positions(
         self, input_ids: torch.Tensor, counts: list[int] | None = None
