@@ -29,7 +29,7 @@ from mmengine.logging import MMLogger
 from safetensors.torch import save_file
 from torch import nn
 
-from .hf_folder import HFFolderError, open_safetensors, read_json_file
+from ..hf_folder import HFFolderError, open_safetensors, read_json_file
 from .key_tables import LM_PREFIX, PEFT_LM_PREFIX, KeyTable, UnknownKeyError, hf_key_table, peft_role
 
 __all__ = [

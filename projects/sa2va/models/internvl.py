@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
-from ..checkpoint.hf_folder import read_hf_config as read_checked_hf_config
+from ..hf_folder import read_hf_config as read_checked_hf_config
 from ..pixels import model_pixels
 from .builder import build_component
 from .fast_init import default_dtype, torch_init_disabled
@@ -53,7 +53,7 @@ def pixel_shuffle(x: torch.Tensor, ps_version: str = "v2") -> torch.Tensor:
 
 def read_hf_config(path: str | Path) -> dict[str, Any]:
     """Read ``config.json`` of a Hugging Face model folder; invalid JSON and missing or wrong shape fields
-    raise ``HFFolderError`` naming the file and field (:func:`~..checkpoint.hf_folder.read_hf_config`)."""
+    raise ``HFFolderError`` naming the file and field (:func:`~..hf_folder.read_hf_config`)."""
     return read_checked_hf_config(path)
 
 

@@ -9,6 +9,9 @@
   mismatches).
 * safetensors files (:func:`open_safetensors`): a damaged file is explained from its header (cut short,
   with the byte counts; a header that is not JSON; a header length larger than the file).
+
+It imports nothing from the project, so the model adapters (which read ``config.json``) and the checkpoint
+loaders (which read the weights) both use it without ``models`` importing ``checkpoint``.
 """
 
 from __future__ import annotations
