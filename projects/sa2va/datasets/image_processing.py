@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..pixels import IMAGENET_MEAN, IMAGENET_STD, model_pixels, normalize_pixels, standardize
+from ..special_tokens import IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -48,10 +49,6 @@ __all__ = [
 # bf16 roundings of the ImageNet constants (the official HF predictor normalises in bf16).
 SAM2_INFER_MEAN: tuple[float, float, float] = (0.484375, 0.455078125, 0.40625)
 SAM2_INFER_STD: tuple[float, float, float] = (0.228515625, 0.2236328125, 0.224609375)
-
-IMG_START_TOKEN = "<img>"
-IMG_END_TOKEN = "</img>"
-IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
 
 
 def tile_grids(min_num: int, max_num: int) -> list[tuple[int, int]]:

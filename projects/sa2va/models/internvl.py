@@ -19,13 +19,12 @@ from transformers import GenerationConfig, PreTrainedModel, Qwen2Config, Qwen2Fo
 
 from ..hf_folder import read_hf_config as read_checked_hf_config
 from ..pixels import model_pixels
+from ..special_tokens import IMG_CONTEXT_TOKEN
 from .builder import build_component
 from .fast_init import default_dtype, torch_init_disabled
 from .internvit import InternVisionConfig, InternVisionModel
 from .mllm import LLMFamily, MLLMAdapter
 from .tokenizer import add_sa2va_tokens
-
-IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
 
 
 def pixel_shuffle(x: torch.Tensor, ps_version: str = "v2") -> torch.Tensor:

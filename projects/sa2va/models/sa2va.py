@@ -8,7 +8,6 @@ Inference with generation lives in a separate predictor class.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -18,6 +17,7 @@ from mmengine.logging import MMLogger
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from torch import nn
 
+from ..special_tokens import SEG_TOKEN
 from ..structures import Sa2VABatch
 from .builder import build_component
 from .fast_init import no_weight_init
@@ -26,10 +26,11 @@ from .losses import MaskLoss
 from .mllm import MLLMAdapter
 from .sam2_grounding import SAM2GroundingEncoder, SAM2ImageFeatures, upsample_logits
 
-SEG_TOKEN = "[SEG]"
 IGNORE_INDEX = -100
 #: Where the LM head runs in the training loss (``Sa2VAModel(lm_logits=...)``).
 LM_LOGITS_MODES = ("supervised", "all")
+#: How :meth:`Sa2VAModel.logits_to_probs` brings the low-res mask logits to an image's size.
+OUTPUT_RESOLUTIONS = ("low", "full")
 
 # Part name -> parameter-name prefix inside Sa2VAModel. Every parameter belongs to exactly one part;
 # `sam2_other` (memory attention/encoder, object pointers, no_mem_embed, ...) is what is left of SAM2.
@@ -186,6 +187,10 @@ class Sa2VAModel(BaseModel):
             compute the logits at every position.
         seg_hidden_shift: 0 takes the hidden state AT each ``[SEG]`` position (Sa2VA); -1 the one
             before it (LISA).
+        output_resolution: how predictions bring the low-res mask logits to an image's size
+            (:meth:`logits_to_probs`): ``'low'`` through the SAM2 input size first (the official
+            inference), ``'full'`` straight to the image size. ``None`` (default): the mask loss's
+            ``resolution``, i.e. the way the logits were trained.
         pretrained_pth: a trainable-weights checkpoint (``.pth``) to start from; loaded after LoRA.
         feature_cache: frozen-feature cache settings (``dict(mode='memory' | 'disk' | 'off', dir=...,
             max_bytes=..., dtype=...)``, see :mod:`.feature_cache`); ``None`` = off. Needs the ViT and
@@ -215,6 +220,7 @@ class Sa2VAModel(BaseModel):
         lm_loss_weight: float = 1.0,
         lm_logits: str = "supervised",
         seg_hidden_shift: int = 0,
+        output_resolution: str | None = None,
         pretrained_pth: str | None = None,
         load_weights: Any = None,
         skip_init: bool | None = None,
@@ -242,6 +248,13 @@ class Sa2VAModel(BaseModel):
         self.trainable = {**DEFAULT_TRAINABLE, **(trainable or {})}
         self.lora_cfg = {**DEFAULT_LORA, **(lora or {})}
         self.loss_mask: MaskLoss = build_component(loss_mask) if loss_mask is not None else MaskLoss()
+        if output_resolution is None:
+            output_resolution = self.loss_mask.resolution
+        if output_resolution not in OUTPUT_RESOLUTIONS:
+            raise ValueError(
+                f"output_resolution must be one of {OUTPUT_RESOLUTIONS}, got {output_resolution!r}"
+            )
+        self.output_resolution = output_resolution
 
         device = resolve_init_device(init_device)
         with torch.device(device) if device is not None else contextlib.nullcontext():
@@ -471,6 +484,22 @@ class Sa2VAModel(BaseModel):
         return self.text_hidden_fcs(hidden.flatten(0, 1).index_select(0, pos)), counts
 
     def forward(self, data: Sa2VABatch, data_samples: Any = None, mode: str = "loss") -> Any:
+        """mmengine's entry point: ``model(**data_preprocessor(data), mode=...)``.
+
+        Args:
+            data: a :class:`Sa2VABatch` of ``B`` samples on the model's device: ``input_ids`` /
+                ``attention_mask`` / ``labels`` ``[B, L]``, ``pixel_values`` ``[T, 3, S, S]`` tiles (or
+                Qwen-VL ``[P, D]`` patches), ``g_pixel_values`` ``[B, 3, G, G]``, ``masks`` per sample
+                ``[n_i, H_i, W_i]`` (one per ``[SEG]`` token).
+            data_samples: unused (mmengine passes it along).
+            mode: ``'loss'``: :meth:`compute_loss`, a dict of scalar losses (``loss_lm``, the mask
+                loss's terms); ``'predict'``: :meth:`predict`, per sample ``probs [n_i, H_i, W_i]``
+                float32 in [0, 1] and ``gt [n_i, H_i, W_i]`` bool; ``'tensor'``: :meth:`forward_tensors`,
+                the raw outputs (``logits [B, L, V]``, ``mask_logits [N, h, w]`` with ``N = sum n_i``).
+
+        Raises:
+            ValueError: an unknown ``mode``.
+        """
         if mode == "loss":
             return self.compute_loss(data)
         if mode == "predict":
@@ -618,13 +647,10 @@ class Sa2VAModel(BaseModel):
     def logits_to_probs(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Low-res logits ``[n, h, w]`` -> probabilities ``[n, *size]``.
 
-        In ``'full'`` loss mode the logits are upsampled directly to ``size`` (what was trained);
-        in ``'low'`` mode through the SAM2 input size first, like the official inference.
+        With ``output_resolution='full'`` the logits are upsampled directly to ``size``; with ``'low'``
+        through the SAM2 input size first, like the official inference (bilinear both times).
         """
-        if self.loss_mask.resolution == "low":
+        if self.output_resolution == "low":
             s = self.grounding_encoder.image_size
             logits = upsample_logits(logits, (s, s))
         return upsample_logits(logits, size).sigmoid()
-
-    def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        return ((n, p) for n, p in self.named_parameters() if p.requires_grad)

@@ -17,6 +17,7 @@ from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen2TokenizerFast
 
+from ..special_tokens import IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, SEG_TOKEN
 from .internlm2_tokenizer import INTERNLM2_TOKENIZER_CLASSES, load_internlm2_tokenizer
 
 __all__ = [
@@ -31,12 +32,11 @@ __all__ = [
     "tiny_corpus",
 ]
 
-SEG_TOKEN = "[SEG]"
 SPECIAL_TOKENS: list[str] = [SEG_TOKEN, "<p>", "</p>", "<vp>", "</vp>"]
 INTERNVL_TOKENS: list[str] = [
-    "<img>",
-    "</img>",
-    "<IMG_CONTEXT>",
+    IMG_START_TOKEN,
+    IMG_END_TOKEN,
+    IMG_CONTEXT_TOKEN,
     "<quad>",
     "</quad>",
     "<ref>",
