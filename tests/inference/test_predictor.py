@@ -142,7 +142,7 @@ def test_seg_embedding_equals_generate_hidden_states(overfit) -> None:
     mllm = p.model.mllm
     with torch.no_grad():
         ids = torch.tensor([prep.prompt_ids])
-        embeds = mllm.embed(ids, mllm.extract_feature(prep.pixel_values))
+        embeds = mllm.embed(ids, mllm.project_vit(mllm.encode_vit(prep.pixel_values)))
         out = mllm.language_model.generate(
             inputs_embeds=embeds,
             attention_mask=torch.ones_like(ids),

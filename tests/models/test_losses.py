@@ -6,17 +6,23 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from projects.sa2va.models.losses import (
-    MaskLoss,
-    dice_loss,
-    per_mask_bce,
-    per_mask_dice,
-    point_sample,
-    sigmoid_bce_loss,
-)
+from projects.sa2va.models.losses import MaskLoss, per_mask_bce, per_mask_dice, point_sample
 
 LN3 = math.log(3.0)  # sigmoid(ln 3) = 0.75
+
+
+def sigmoid_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over every element of every mask (scalar float32)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="mean")
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """:func:`per_mask_dice` averaged over masks (scalar float32; 0 for an empty ``N``)."""
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    return per_mask_dice(logits, targets, eps).mean()
 
 
 def test_bce_by_hand():

@@ -332,13 +332,6 @@ class RefSegDataset(Dataset):
             self.tokenizer, text, num_tiles=num_tiles, num_image_token=self.num_image_token, **tokens
         )
 
-    def build_conversation(
-        self, texts: list[str | tuple[str, ...]], num_tiles: int, rng: np.random.Generator
-    ) -> tuple[list[int], list[int]]:
-        """Token ids and labels of the whole multi-turn conversation, wording drawn from ``rng``."""
-        wording = [self.choose_wording(rng, multi=not isinstance(t, str)) for t in texts]
-        return self.conversation(texts, wording, num_tiles)
-
     def _system_ids(self) -> list[int]:
         """Ids before the first turn: the tokenizer's BOS (``[]`` for Qwen2), then the system prompt."""
         system = self.encode(self.template["SYSTEM"].format(system=self.system)) if self.system else []

@@ -156,17 +156,6 @@ class InternVLMLLM(MLLMAdapter):
         self.vision_model.gradient_checkpointing = True
 
     # --- forward ---------------------------------------------------------------------------------
-    def extract_feature(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Image tiles -> LLM-space image tokens.
-
-        Args:
-            pixel_values: ``[T, 3, S, S]`` ImageNet-normalised tiles (``S`` = ViT image size).
-
-        Returns:
-            ``[T, num_image_token, hidden_size]``.
-        """
-        return self.project_vit(self.encode_vit(pixel_values))
-
     def encode_vit(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Frozen part: ViT last hidden state without the CLS token, ``[T, (S/P)^2, C_vit]``.
 

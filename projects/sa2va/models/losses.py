@@ -108,18 +108,6 @@ def per_mask_cldice(
     return 1.0 - 2.0 * tprec * tsens / (tprec + tsens)
 
 
-def sigmoid_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy over every element of every mask (scalar float32)."""
-    return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="mean")
-
-
-def dice_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Naive Dice loss averaged over masks (scalar float32; 0 for an empty ``N``)."""
-    if logits.shape[0] == 0:
-        return logits.sum() * 0.0
-    return per_mask_dice(logits, targets, eps).mean()
-
-
 def point_sample(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """Bilinearly sample ``maps`` ``[N, H, W]`` at normalised ``coords`` ``[N, P, 2]`` (x, y in [0, 1]).
 
