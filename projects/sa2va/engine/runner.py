@@ -69,7 +69,7 @@ def init_gloo_without_gpu() -> None:
 
 #: Start-of-run messages of mmengine 0.10.6 (``Runner`` / ``FlexibleRunner``) and its upstream notices that
 #: :func:`quiet_console` keeps off the terminal (they stay in the log file): the environment report, the
-#: whole config, the hook order, and deprecation / metainfo notices about mmengine's own classes.
+#: whole config, the hook order, and notices about mmengine's own classes (deprecations, no metainfo, SyncBN).
 FILE_ONLY_PREFIXES = (
     "\n" + "-" * 60 + "\nSystem environment:",
     "Config:\n",
@@ -77,6 +77,7 @@ FILE_ONLY_PREFIXES = (
     '"FileClient" will be deprecated in future.',
     '"HardDiskBackend" is the alias of "LocalBackend"',
     "Dataset RefSegDataset has no metainfo.",
+    "Distributed training is not used, all SyncBatchNorm (SyncBN) layers",
 )
 
 
