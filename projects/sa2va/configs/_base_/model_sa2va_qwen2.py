@@ -19,17 +19,9 @@ model = dict(
     grounding_encoder=dict(type=SAM2GroundingEncoder, config_name="sam2_hiera_l.yaml"),
     load_weights=dict(type=HFSa2VALoader, path=path),
     loss_mask=dict(type=MaskLoss, bce_weight=2.0, dice_weight=0.5, resolution="low", point_sampling=True),
-    # frozen / full / lora per part (see projects/sa2va/models/sa2va.py: PART_PREFIXES).
-    trainable=dict(
-        vision_model="frozen",
-        mlp1="full",
-        llm="lora",
-        sam2_image_encoder="frozen",
-        sam2_prompt_encoder="frozen",
-        sam2_mask_decoder="full",
-        sam2_other="frozen",
-        text_hidden_fcs="full",
-    ),
+    # No `trainable`: every part takes Sa2VAModel's DEFAULT_TRAINABLE, the reference recipe (models/sa2va.py:
+    # LLM lora; mlp1, SAM2 mask decoder, text_hidden_fcs full; the rest frozen). A config that changes a part
+    # names only that part: `model.trainable = dict(llm="full")`.
     lora=dict(r=128, alpha=256, dropout=0.05, train_embeddings=True),
     lm_loss_weight=1.0,
     seg_hidden_shift=0,

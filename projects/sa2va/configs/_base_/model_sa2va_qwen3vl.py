@@ -16,6 +16,6 @@ tokenizer.path = path
 image_processor = dict(type=QwenVLImageProcessor, path=path)
 model.mllm = dict(type=Qwen3VLSa2VA, path=path, tokenizer=tokenizer, torch_dtype="bfloat16")
 model.load_weights.path = path
-model.trainable.mlp1 = "frozen"  # no separate projector: the merger belongs to the frozen vision tower
+model.trainable = dict(mlp1="frozen")  # no separate projector: the merger belongs to the frozen vision tower
 # The dataset fields that follow this model: `train_dataloader.dataset.update(dataset_inputs)`.
 dataset_inputs = dict(tokenizer=tokenizer, template=template, image_processor=image_processor)
