@@ -1,15 +1,16 @@
 """Issue 19 speed/memory rows for Sa2VA-1B / -4B shapes: the LM head at every position vs only at the
-supervised positions, the reference batch 2 with and without gradient checkpointing, and the largest optimised
-batch that fits the card. Run by ``tools/gpu/speed_run.sh`` (see there for the GPU box set-up).
+supervised positions, the reference batch 2 with and without gradient checkpointing (foreach and fused
+AdamW), and the largest optimised batch that fits the card. Run by ``tools/gpu/speed_run.sh`` (see there
+for the GPU box set-up).
 
     PYTHONPATH=/tmp/site:$PWD python3 tools/gpu/speed_bench.py --models 4b,1b            # one GPU
     python tools/gpu/speed_bench.py --tiny --steps 2 --warmup 1 --profile-steps 1          # CPU smoke run
 
 Every row goes through :func:`projects.sa2va.benchmark.harness.run_one` (the throughput pass times
 ``Sa2VAModel(mode='loss')``, so ``lm_logits`` decides the LM head there). Its profiling pass (the ``LLM f+b``
-column and the harness's LLM MFU) runs a staged copy of the step; here that copy takes the same LM path as the
-row's ``lm_logits``, so the LLM time is the one of the step that was timed. ``LLM MFU`` counts the LLM FLOPs
-as the harness does (the head at every position); ``LLM MFU*`` counts the head only at the supervised
+column and the harness's LLM MFU) runs a staged copy of the step; here that copy is replaced by one that takes
+the row's ``lm_logits`` path, so the LLM time is that of the step that was timed. ``LLM MFU`` counts the LLM
+FLOPs as the harness does (the head at every position); ``LLM MFU*`` counts the head only at the supervised
 positions, the FLOPs the supervised path needs (the honest figure for its rows).
 
 An optimised batch that runs out of memory ends the search upwards for that model (the row stays in the
@@ -45,7 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "first that runs out of memory",
     )
     p.add_argument("--baseline", default="ref,opt16", help="rows also run with lm_logits='all' (ref, opt16)")
-    p.add_argument("--no-ckpt", action="store_true", help="skip the batch-2 gradient-checkpointing row")
+    p.add_argument(
+        "--no-ckpt",
+        action="store_true",
+        help="skip the batch-2 gradient-checkpointing rows (foreach / fused AdamW)",
+    )
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--profile-steps", type=int, default=2)
@@ -58,25 +63,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def install_lm_path_in_staged_step(hb) -> None:
-    """Make the harness's profiling step take the model's ``lm_logits`` path (see the module doc).
+    """Replace the harness's profiling step by one that takes the model's ``lm_logits`` path (module doc).
 
-    The staged step below is the harness's ``Trainer.staged_step`` of 2026-12-06 with its LLM stage running
-    ``mllm.decode`` + :meth:`Sa2VAModel.lm_loss_supervised` when ``lm_logits == 'supervised'``.
+    Stages and timers as the harness's ``Trainer.staged_step`` of 2026-12-06; the cached encoders run through
+    :meth:`Sa2VAModel.encode_images` (the model's own call of the cache); the LLM stage runs ``mllm.decode`` +
+    :meth:`Sa2VAModel.lm_loss_supervised` when ``lm_logits == 'supervised'``, the full logits +
+    :meth:`Sa2VAModel.lm_loss` otherwise.
     """
-    plain = hb.Trainer.staged_step
 
     def staged_step(self, data: dict, timer) -> torch.Tensor:
         m = self.model
-        if m.lm_logits != "supervised":
-            return plain(self, data, timer)
         with timer("h2d"):
             data = m.data_preprocessor(data, True)
         batch = data["data"]
-        cache = m.feature_cache
         with self.autocast():
-            if cache is not None:
+            if m.feature_cache is not None:
                 with timer("cache"):
-                    vit_tokens, feats = cache.encode(m, batch)
+                    vit_tokens, feats = m.encode_images(batch)
             else:
                 with timer("vit"), torch.no_grad():
                     vit_tokens = m.mllm.encode_vit(batch.pixel_values.to(self.device, non_blocking=True))
@@ -85,15 +88,21 @@ def install_lm_path_in_staged_step(hb) -> None:
                         batch.g_pixel_values.to(self.device, non_blocking=True)
                     )
             with timer("llm_fwd"):
-                lm_hidden, hidden = m.mllm.decode(
+                inputs = dict(
                     input_ids=batch.input_ids,
                     attention_mask=batch.attention_mask,
                     vit_tokens=vit_tokens,
                     image_slots_checked=batch.seg_counts is not None,
                 )
+                if m.lm_logits == "supervised":
+                    lm_hidden, hidden = m.mllm.decode(**inputs)
+                    loss_lm = m.lm_loss_supervised(lm_hidden, batch.labels, batch.lm_positions)
+                else:
+                    logits, hidden = m.mllm(**inputs)
+                    loss_lm = m.lm_loss(logits, batch.labels)
+                loss_lm = m.lm_loss_weight * loss_lm
                 pos, counts = m.seg_positions(batch.input_ids, batch.seg_counts)
                 seg = m.text_hidden_fcs(hidden.flatten(0, 1).index_select(0, pos))
-                loss_lm = m.lm_loss_weight * m.lm_loss_supervised(lm_hidden, batch.labels, batch.lm_positions)
             with timer("decoder_fwd"):
                 seg_leaf = seg.detach().requires_grad_(True)
                 obj_to_img = torch.div(pos, hidden.shape[1], rounding_mode="floor")
@@ -179,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         plan.append(("supervised", ref))
         if not args.no_ckpt:
             plan.append(("supervised", replace(ref, name="ckpt", gradient_checkpointing=True)))
+            # The same with fused AdamW: foreach AdamW's step allocates a sqrt copy of every state tensor
+            # (3.2 GiB at 4B), which can set the batch-2 peak once checkpointing has removed the activations.
+            ckpt_fused = replace(ref, name="ckpt-fused", gradient_checkpointing=True, fused_adamw=True)
+            plan.append(("supervised", ckpt_fused))
         sizes = opt_batches.get(name, [])
         if "opt16" in baseline and sizes:
             plan.append(("all", replace(opt, batch_size=sizes[0])))

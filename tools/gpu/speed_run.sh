@@ -2,8 +2,9 @@
 # Issue 19 speed/memory run on ONE GPU (about 6-8 minutes on an H100), random weights:
 #   1. Sa2VA-4B and Sa2VA-1B shapes (tools/gpu/speed_bench.py over projects/sa2va/benchmark/harness.py):
 #      reference batch 2 with the LM head at every position (lm_logits='all', the old path) and at the
-#      supervised positions only (the default), batch 2 + gradient checkpointing, the feature-cache batch 16
-#      on both paths, then larger feature-cache batches until one runs out of memory (the largest that fits);
+#      supervised positions only (the default), batch 2 + gradient checkpointing (foreach AdamW, then fused
+#      AdamW), the feature-cache batch 16 on both paths, then larger feature-cache batches until one runs out
+#      of memory (the largest that fits);
 #   2. Sa2VA-Qwen3-VL-4B shapes through tools/train.py (20 iterations, batch 2, as tools/gpu/qwen3vl_run.sh),
 #      default path, then lm_logits='all' as the baseline (skipped when past the time budget).
 # Prints the card, then one table per part; everything also lands in $OUT (default ./gpu_out).
