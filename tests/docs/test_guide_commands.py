@@ -5,7 +5,8 @@ A block is a fenced ``bash`` block preceded by ``<!-- guide-test: ID -->``. Bloc
 in order with ``bash -euo pipefail`` in a scratch copy of the repository (``projects``, ``tools``,
 ``Makefile``, ``data/chase_db1`` linked; everything the commands write stays in it), with
 ``.venv/bin/python`` replaced by this interpreter and the training shortened through extra
-``--cfg-options`` (:data:`SHORTER`). Blocks in :data:`CHECKED` cannot run on a CPU test machine (set-up,
+``--cfg-options`` (:data:`SHORTER`); a block in :data:`FIXTURES` first gets the files it stands for
+("your data") written by the test. Blocks in :data:`CHECKED` cannot run on a CPU test machine (set-up,
 GPUs, a long-running server); they are checked as stated there. An unmarked ``bash`` block, or an ID in
 neither table, fails the test.
 """
@@ -22,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs/finetune.md"
@@ -35,12 +38,15 @@ RUN = (
     "watch",
     "evaluate",
     "predict",
+    "predict-tiled",
+    "predict-resume",
     "export",
     "own-layout",
     "own-prepare",
     "own-convert",
     "own-split",
     "own-evaluate",
+    "own-ids",
 )
 CHECKED = ("setup", "make-demo", "train-gpu", "demo-app")
 #: Training on 1 epoch (11 iterations) with a validation at 6 and at the end, instead of 10 epochs.
@@ -54,6 +60,13 @@ EXPECT = {
     "watch": r"val/dice_best: [0-9.]+.*\n(.*\n)*.*-> work_dirs/my_vessels_tiny/training_curves.png",
     "evaluate": r"at 0.5; Dice [0-9.]+ / IoU [0-9.]+ / clDice [0-9.]+ at [0-9.]+ \(best on this set\)",
     "predict": r"wrote 2 prediction\(s\) to work_dirs/my_vessels_tiny/predictions \(predictions.json\)",
+    "predict-tiled": r"512x512 image: masks blended from 18 forwards over 9 windows of 256 px "
+    r"\(overlap 0.25, each also mirrored\)\n(.*\n)*"
+    r"wrote 1 prediction\(s\) to work_dirs/my_vessels_tiny/predictions_tiled",
+    "predict-resume": r"predictions.jsonl: line 2: output of 'Image_12R' "
+    r"work_dirs/my_vessels_tiny/predictions/Image_12R_overlay.png is missing: recomputed\n(.*\n)*"
+    r"wrote 2 prediction\(s\) to work_dirs/my_vessels_tiny/predictions \(predictions.json\)\n"
+    r"--skip-existing: 1 reused from an earlier run, 1 predicted now",
     "export": r"Exported \d+ tensors .* to work_dirs/my_vessels_tiny/hf",
     "own-layout": r"wrote data/retina_raw: 28 images \(8 in test.txt\)",
     "own-prepare": r"images: 28 -> 512x512\nmasks: 56, round-trip Dice mean 0.99\d+ min",
@@ -62,7 +75,43 @@ EXPECT = {
     r"train: 16 records, 16 images, 8 groups -> data/retina/train.json",
     "own-evaluate": r"inside the FOV \(masks data/retina/fov/\{stem\}_mask.\*; 6\d.\d % of the pixels\) "
     r"over 8 queries: Dice .* \(fixed\)",
+    "own-ids": r"images: 3 -> 512x384\n"
+    r"masks: 3, round-trip Dice mean 0.9\d+ min 0.9\d+ \(data/eyes_raw/ids/eye\d_ids.png\)"
+    r"(.*\n)*overall: 3 records, 9 objects, 0 px differ .* EXACT\n"
+    r"wrote data/eyes/annotations.json: 3 records, 9 objects in 3 questions\n"
+    r"objects per record \(objects: records\): 3: 3\n"
+    r"3 record\(s\) ask for several objects in one question; 3 questions, "
+    r"\[SEG\] per answer \(\[SEG\]: answers\): 3: 3\n"
+    r"data/eyes/annotations.json: 3 records, 9 objects, 0 problems",
 }
+#: The guide's id map (section 11) and the ids of the synthetic masks the test writes for it.
+ID_TEXTS = {"1": "optic disc", "2": "blood vessel", "300": "fovea"}
+
+
+def write_instance_id_data(folder: Path, size: tuple[int, int] = (1024, 768), n: int = 3) -> None:
+    """``folder/images/eyeN.png`` (RGB) and ``folder/ids/eyeN_ids.png`` (16-bit grey: 0 background,
+    1 a disc, 2 a curved band, 300 a small disc), and the guide's id map ``folder/ids.json``."""
+    w, h = size
+    (folder / "images").mkdir(parents=True)
+    (folder / "ids").mkdir()
+    yy, xx = np.mgrid[0:h, 0:w]
+    s = w / 1024
+    for k in range(n):
+        disc = (xx - (260 + 40 * k) * s) ** 2 + (yy - 380 * s) ** 2 < (60 * s) ** 2
+        band_y = (200 + 60 * k) * s + 80 * s * np.sin(xx / (90 * s))
+        band = (np.abs(yy - band_y) < 5 * s) & ~disc
+        fovea = (xx - 700 * s) ** 2 + (yy - (420 + 20 * k) * s) ** 2 < (30 * s) ** 2
+        ids = np.zeros((h, w), np.uint16)
+        ids[band], ids[disc], ids[fovea] = 2, 1, 300
+        rgb = np.random.default_rng(k).integers(40, 90, (h, w, 3)).astype(np.uint8)
+        rgb[disc], rgb[band], rgb[fovea] = (230, 200, 90), (150, 20, 20), (40, 20, 10)
+        Image.fromarray(rgb).save(folder / f"images/eye{k}.png")
+        Image.fromarray(ids).save(folder / f"ids/eye{k}_ids.png")
+    (folder / "ids.json").write_text(json.dumps(ID_TEXTS))
+
+
+#: Files a block stands for ("your data"), written into the scratch repository before it runs.
+FIXTURES = {"own-ids": lambda root: write_instance_id_data(root / "data/eyes_raw")}
 
 
 def guide_blocks() -> list[tuple[str, str]]:
@@ -122,6 +171,8 @@ def test_the_guide_runs_end_to_end(workdir: Path) -> None:
     blocks = dict(guide_blocks())
     for block_id in RUN:
         start = time.monotonic()
+        if block_id in FIXTURES:
+            FIXTURES[block_id](workdir)
         out = run_block(block_id, blocks[block_id], workdir)
         assert re.search(EXPECT[block_id], out), (
             f"guide block {block_id!r}: no {EXPECT[block_id]!r} in\n{out[-3000:]}"
@@ -140,6 +191,111 @@ def test_the_guide_runs_end_to_end(workdir: Path) -> None:
     val_children = {r["image"][:2] for r in json.loads((workdir / "data/retina/val.json").read_text())}
     train_children = {r["image"][:2] for r in json.loads((workdir / "data/retina/train.json").read_text())}
     assert len(val_children) == 2 and not val_children & train_children  # both eyes on one side
+    # Step 8: tiled + flip-TTA masks at full resolution, settings stored; the resumed run redid one image.
+    settings = json.loads((work / "predictions_tiled/run_settings.json").read_text())["settings"]
+    assert (settings["tile"], settings["flip_tta"], settings["tile_overlap"]) == ("auto", True, 0.25)
+    [tiled] = json.loads((work / "predictions_tiled/predictions.json").read_text())["images"]
+    assert all(Image.open(work / "predictions_tiled" / m).size == (512, 512) for m in tiled["masks"])
+    assert pred["reused"] == 1 and [Path(e["image"]).name for e in pred["images"]] == [
+        "Image_11L.jpg",
+        "Image_12R.jpg",
+    ]
+    assert (work / "predictions/Image_12R_overlay.png").is_file()
+    # Section 11, instance ids: 16-bit masks resized per id; the records rebuild them exactly, one turn each.
+    from projects.sa2va.datasets.instance_ids import read_instance_ids, reconstruct_ids
+
+    eyes = workdir / "data/eyes"
+    records = json.loads((eyes / "annotations.json").read_text())
+    assert len(records) == 3
+    for record in records:
+        assert record["text"] == list(ID_TEXTS.values()) and record["turns"] == [[0, 1, 2]]
+        id_mask = eyes / "ids" / f"{Path(record['image']).stem}_ids.png"
+        assert Image.open(id_mask).mode.startswith("I;16")
+        ids = read_instance_ids(id_mask)
+        assert ids.shape == (384, 512) and set(np.unique(ids).tolist()) == {0, 1, 2, 300}
+        assert np.array_equal(reconstruct_ids(record, *ids.shape), ids)
+
+
+def _guide_section(start: str, end: str) -> str:
+    text = GUIDE.read_text()
+    return text[text.index(start) : text.index(end, text.index(start))]
+
+
+def test_instance_id_sentences(tmp_path: Path, capsys) -> None:
+    """Section 11's sentences on instance ids that no block shows: an id without a text is an error naming
+    file and id, ``--skip-unmapped-ids`` lists each with file and pixel count, two ids with one text are
+    an error, ``--merge-same-text`` makes them one object; the id map forms (JSON per file, CSV); the
+    example question and answer are the dataset's first templates."""
+    from projects.sa2va.datasets import refseg
+
+    section = _guide_section("### Instance-ID masks", "need no extra option")
+    assert f"```json\n{json.dumps(ID_TEXTS)}\n```" in section
+    spec = importlib.util.spec_from_file_location(
+        "masks_to_annotations", ROOT / "tools/masks_to_annotations.py"
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    data = tmp_path / "eyes"
+    write_instance_id_data(data, size=(128, 96), n=2)
+
+    def convert(id_map: dict | str, *flags: str) -> tuple[int, str, list[dict] | None]:
+        name = "map.csv" if isinstance(id_map, str) else "map.json"
+        (tmp_path / name).write_text(id_map if isinstance(id_map, str) else json.dumps(id_map))
+        out = tmp_path / "out.json"
+        out.unlink(missing_ok=True)
+        argv = ["--images", str(data / "images"), "--masks", str(data / "ids"), "--instance-ids"]
+        argv += ["--id-texts", str(tmp_path / name), "--mask-pattern", "{stem}_ids.png", "--out", str(out)]
+        rc = tool.main([*argv, "--summary-only", *flags])
+        captured = capsys.readouterr()
+        return rc, captured.out + captured.err, json.loads(out.read_text()) if out.exists() else None
+
+    rc, out, written = convert({"1": "optic disc", "2": "blood vessel"})
+    assert rc == 1 and written is None
+    assert f"{data}/ids/eye0_ids.png: id 300 (" in out and "--skip-unmapped-ids" in out
+    rc, out, written = convert({"1": "optic disc", "2": "blood vessel"}, "--skip-unmapped-ids")
+    assert rc == 0 and [r["text"] for r in written] == [["optic disc", "blood vessel"]] * 2
+    assert re.search(rf"UNMAPPED id 300 skipped in {re.escape(str(data))}/ids/eye1_ids.png \(\d+ px\)", out)
+    rc, out, written = convert({"1": "spot", "2": "blood vessel", "300": "spot"})
+    assert rc == 1 and written is None and "ids [1, 300] share the text 'spot'" in out
+    rc, out, written = convert({"1": "spot", "2": "blood vessel", "300": "spot"}, "--merge-same-text")
+    assert (
+        rc == 0
+        and written[0]["text"] == ["spot", "blood vessel"]
+        and written[0]["instance_ids"] == [[1, 300], [2]]
+    )
+    per_file = {
+        "*": {"1": "optic disc", "2": "blood vessel", "300": "fovea"},
+        "eye0_ids.png": {"1": "optic cup"},
+    }
+    rc, out, written = convert(per_file, "--one-question")
+    assert rc == 0 and [r["text"][0] for r in written] == ["optic cup", "optic disc"]
+    assert all(r["turns"] == [[0, 1, 2]] for r in written)
+    rc, out, written = convert(
+        "id,text,file\n1,optic disc,\n2,blood vessel,\n300,fovea,\n1,optic cup,eye1_ids.png\n"
+    )
+    assert rc == 0 and [r["text"] for r in written] == [
+        list(ID_TEXTS.values()),
+        ["optic cup", "blood vessel", "fovea"],
+    ]
+    # The example turn is what the dataset writes with its first templates (evaluation's wording).
+    example = re.search(
+        r"evaluation; training draws the wording at random\):\n\n```text\n(.*)\n(.*)\n```", section
+    )
+    stand_in = type(
+        "Templates",
+        (),
+        {
+            k.lower(): getattr(refseg, k)
+            for k in (
+                "QUESTION_TEMPLATES",
+                "ANSWER_TEMPLATES",
+                "MULTI_ANSWER_TEMPLATES",
+                "OBJECT_ANSWER_TEMPLATES",
+            )
+        },
+    )()
+    turn = refseg.RefSegDataset.turn_text(stand_in, tuple(ID_TEXTS.values()), (0, 0, 0))
+    assert example and example.groups() == turn
 
 
 def _make_dry_run(target: str) -> str:
