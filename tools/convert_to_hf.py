@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:
 
 from mmengine.config import DictAction  # noqa: E402
 
-from projects.sa2va.checkpoint.convert import convert_to_hf  # noqa: E402
+from projects.sa2va.engine.export import convert_to_hf  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

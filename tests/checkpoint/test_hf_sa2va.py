@@ -10,9 +10,8 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from xtuner.registry import BUILDER
 
-from projects.sa2va.checkpoint.convert import convert_to_hf, convert_to_reference_pth
+from projects.sa2va.checkpoint.convert import convert_to_reference_pth
 from projects.sa2va.checkpoint.hf_sa2va import (
     ADAPTER_TRAINED_FILE,
     CheckpointMismatchError,
@@ -21,6 +20,8 @@ from projects.sa2va.checkpoint.hf_sa2va import (
     parse_size,
     plan_shards,
 )
+from projects.sa2va.engine.builder import construct_model
+from projects.sa2va.engine.export import convert_to_hf
 from projects.sa2va.structures import Sa2VABatch
 from tests.checkpoint.hf_fixture import REMOTE_CODE, model_cfg, official_key, write_official_folder
 
@@ -75,7 +76,7 @@ def build(folder: Path, family: str, seed: int = 0, **overrides):
     cfg = model_cfg(folder, family)
     cfg.model.update(overrides)
     torch.manual_seed(seed)
-    return BUILDER.build(cfg.model), cfg
+    return construct_model(cfg.model), cfg  # the runners' construction step (it loads `pretrained_pth`)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from projects.sa2va.checkpoint.safe_load import load_checkpoint_file, trainable_file_name
+from projects.sa2va.checkpoint.trainable_pth import load_trainable_checkpoint
 from tests.procs import free_port
 from tests.tiny import build_tiny_model
 
@@ -53,9 +54,9 @@ def test_deepspeed_train_logs_once_writes_weights_and_resumes(tmp_path):
     # Exactly the model's trainable tensors, equal to what DeepSpeed saved (our own file: full unpickling).
     model, _ = build_tiny_model()
     assert set(state) == set(model.state_dict())
-    model.load_trainable_checkpoint(str(tmp_path / "iter_2_trainable.pth"))  # strict
+    load_trainable_checkpoint(model, tmp_path / "iter_2_trainable.pth")  # strict
     with pytest.raises(ValueError, match=r"iter_2_trainable\.pth"):  # the DeepSpeed dir names the file to use
-        model.load_trainable_checkpoint(str(tmp_path / "iter_2.pth"))
+        load_trainable_checkpoint(model, tmp_path / "iter_2.pth")
     ds = torch.load(tmp_path / "iter_2.pth" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
     for k, v in state.items():
         assert torch.equal(v, ds[k].cpu()), k

@@ -3,10 +3,10 @@
 python tools/gpu/check_trainable.py CONFIG NAME=FILE [NAME=FILE ...] [--cfg-options k=v ...]
 
 Builds the config's model once, keeps its initial trainable tensors, then for each file: loads it with
-``Sa2VAModel.load_trainable_checkpoint`` (``torch.load(weights_only=True)``, every trainable key present, no
-other key), and prints the tensor count, the dtypes and the largest change from the initial weights. With
-two or more files, also the largest difference between each file and the first. Exit status 1 when a file
-fails to load or leaves every tensor at its initial value.
+``load_trainable_checkpoint`` (``checkpoint/trainable_pth.py``: ``torch.load(weights_only=True)``, every
+trainable key present, no other key), and prints the tensor count, the dtypes and the largest change from
+the initial weights. With two or more files, also the largest difference between each file and the first.
+Exit status 1 when a file fails to load or leaves every tensor at its initial value.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ if str(ROOT) not in sys.path:
 
 from mmengine.config import DictAction  # noqa: E402
 
-from projects.sa2va.checkpoint.convert import build_model_from_config  # noqa: E402
+from projects.sa2va.checkpoint.trainable_pth import load_trainable_checkpoint  # noqa: E402
+from projects.sa2va.engine.builder import build_model  # noqa: E402
 
 
 def trainable_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--cfg-options", nargs="+", action=DictAction)
     args = p.parse_args(argv)
-    model = build_model_from_config(args.config, args.cfg_options)
+    model = build_model(args.config, None, cfg_options=args.cfg_options)
     init = trainable_copy(model)
     dtypes = sorted({str(v.dtype).replace("torch.", "") for v in model.state_dict().values()})
     values = sum(v.numel() for v in init.values())
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     for arg in args.files:
         name, _, path = arg.partition("=") if "=" in arg else (Path(arg).name, "", arg)
         try:
-            model.load_trainable_checkpoint(path)
+            load_trainable_checkpoint(model, path)
         except Exception as e:  # report every file, then fail
             print(f"{name}: {path}: FAILED to load: {type(e).__name__}: {e}")
             bad += 1

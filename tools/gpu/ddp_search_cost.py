@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from xtuner.registry import BUILDER
 
     from projects.sa2va.datasets.collate import sa2va_collate
+    from projects.sa2va.engine.builder import construct_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("config")
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             if "torch_dtype" in cfg.model.get(part, {}):
                 cfg.model[part].torch_dtype = "float32"
     torch.manual_seed(0)
-    model = BUILDER.build(cfg.model).to(args.device).train()
+    model = construct_model(cfg.model).to(args.device).train()
     dataset = BUILDER.build(cfg.train_dataloader.dataset)
     batch = model.data_preprocessor(sa2va_collate([dataset[0]], digests=False), True)
     ddp = DistributedDataParallel(model, find_unused_parameters=True)

@@ -39,6 +39,7 @@ from ..checkpoint.safe_load import (
     load_checkpoint_file,
     trainable_state_from_checkpoint,
 )
+from ..checkpoint.trainable_pth import load_trainable_checkpoint
 from ..models.builder import build_component
 from ..models.sa2va import Sa2VAModel
 from .config_file import read_config
@@ -84,12 +85,23 @@ def construct_model(model_cfg: dict | Sa2VAModel, where: str = "config") -> Sa2V
     (``Sa2VARunner.build_model``, ``Sa2VAFlexibleRunner``), so training and every later rebuild make the
     model the same way. A built model is returned as it is.
 
+    ``model_cfg['pretrained_pth']`` (optional, not an argument of the model): a trainable-weights ``.pth``
+    loaded right after the model is built (LoRA applied) by
+    :func:`~projects.sa2va.checkpoint.trainable_pth.load_trainable_checkpoint`; ``None``: nothing loaded.
+
     Raises:
         TypeError: ``model_cfg`` builds something else than a Sa2VA model (``where`` names the config).
     """
+    pretrained_pth = None
+    if isinstance(model_cfg, dict):
+        model_cfg = copy.copy(model_cfg)
+        pretrained_pth = model_cfg.pop("pretrained_pth", None)
     model = build_component(model_cfg)
     if not isinstance(model, Sa2VAModel):
         raise TypeError(f"{where}: `model` builds a {type(model).__name__}, not a Sa2VAModel")
+    if pretrained_pth is not None:
+        load_trainable_checkpoint(model, pretrained_pth)
+        _logger().info(f"construct_model: loaded the trainable tensors of {pretrained_pth} (pretrained_pth)")
     return model
 
 

@@ -191,7 +191,6 @@ class Sa2VAModel(BaseModel):
             (:meth:`logits_to_probs`): ``'low'`` through the SAM2 input size first (the official
             inference), ``'full'`` straight to the image size. ``None`` (default): the mask loss's
             ``resolution``, i.e. the way the logits were trained.
-        pretrained_pth: a trainable-weights checkpoint (``.pth``) to start from; loaded after LoRA.
         feature_cache: frozen-feature cache settings (``dict(mode='memory' | 'disk' | 'off', dir=...,
             max_bytes=..., dtype=...)``, see :mod:`.feature_cache`); ``None`` = off. Needs the ViT and
             the SAM2 image encoder frozen. The leaf config decides (on when augmentation is off).
@@ -221,7 +220,6 @@ class Sa2VAModel(BaseModel):
         lm_logits: str = "supervised",
         seg_hidden_shift: int = 0,
         output_resolution: str | None = None,
-        pretrained_pth: str | None = None,
         load_weights: Any = None,
         skip_init: bool | None = None,
         init_device: str | torch.device | None = None,
@@ -282,8 +280,6 @@ class Sa2VAModel(BaseModel):
             self._load_base_weights(load_weights, tuple(uninitialised))
             self.mllm.resize_token_embeddings()
             self._apply_trainability()
-        if pretrained_pth is not None:
-            self.load_trainable_checkpoint(pretrained_pth)
         self.feature_cache = build_feature_cache(feature_cache)
         if self.feature_cache is not None:
             for part in ("vision_model", "sam2_image_encoder"):
@@ -383,24 +379,6 @@ class Sa2VAModel(BaseModel):
                 f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
             )
         return super().load_state_dict(state_dict, strict=False, assign=assign)
-
-    def load_trainable_checkpoint(self, path: str) -> None:
-        """Load a ``.pth`` of trainable tensors (``{'state_dict': ...}`` or a bare dict), safely.
-
-        A state in the reference naming (``mllm.model.*``, full or trainable-only, e.g. from
-        ``tools/convert_to_pth.py``) goes through :func:`~..checkpoint.reference_pth.load_reference_state`.
-        """
-        from ..checkpoint.reference_pth import is_reference_state, load_reference_state
-        from ..checkpoint.safe_load import load_checkpoint_file, trainable_state_from_checkpoint
-
-        sd = trainable_state_from_checkpoint(load_checkpoint_file(path))
-        if is_reference_state(sd):
-            load_reference_state(self, sd, source=str(path))
-            return
-        try:
-            self.load_state_dict(sd, strict=True)
-        except KeyError as e:
-            raise KeyError(f"{path}: {e}") from None
 
     # --- forward -----------------------------------------------------------------------------------
     def _maybe_no_grad(self, part: str) -> contextlib.AbstractContextManager:
