@@ -13,6 +13,16 @@ Building Sa2VA at real size is dominated by random number generation on the host
   initialisation afterwards overwrites every tensor anyway (transformers ``_init_weights`` of an LM,
   ``InternVisionModel._init_weights``): the default Kaiming init of their ``nn.Linear`` is not drawn.
 * :func:`default_dtype`: tensors are created in the target dtype (no float32 copy converted later).
+
+Why not build on the meta device and materialise afterwards (``torch.device('meta')`` + ``to_empty``):
+``to_empty`` leaves every tensor uninitialised, including the ones constructors compute rather than draw
+and that no checkpoint holds (non-persistent RoPE ``inv_freq`` buffers of the LLMs and of Qwen-VL's vision
+tower, SAM2's ``freqs_cis``, ``torch.ones`` norm weights); each family would need code that recomputes them,
+in SAM2's case inside a package we depend on. And the random-weight configs (the tiny demo, ``*_random``)
+rely on the exact sequence of random draws at build time: their frozen parts are a function of the seed,
+and an export is rebuilt by drawing the same sequence again (``tests/engine/test_golden_trajectory.py``,
+``tests/engine/test_build_model.py``). The patches here are scoped context managers that restore the
+functions they replace on exit.
 """
 
 from __future__ import annotations

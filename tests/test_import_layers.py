@@ -1,0 +1,189 @@
+"""Imports inside ``projects/sa2va`` run one way: from a higher layer to the same or a lower one.
+
+The layers (``docs/architecture.md`` shows the same table), highest first:
+
+====  ==========================================================  ===========================================
+rank  packages / modules of ``projects.sa2va``                    role
+====  ==========================================================  ===========================================
+4     ``configs``                                                 config files: name classes of every layer
+3     ``app``, ``inference``, ``engine``, ``benchmark``, ``cli``  applications: serve, predict, train, measure
+2     ``datasets``, ``evaluation``, ``checkpoint``                data in, metrics out, weights in and out
+1     ``models``                                                  the networks and their losses
+0     ``structures``, ``pixels``, ``digests``, package root       shared types and pure functions
+====  ==========================================================  ===========================================
+
+A module may import a module of its own rank or of a lower rank. Every import counts: at module level,
+inside a function (a "lazy" import), or under ``if TYPE_CHECKING:``. ``tools/`` (above everything) and
+``tests/`` are outside the package and not checked.
+
+``KNOWN_UPWARD`` lists the upward imports that are not fixed yet, each with the reason; the test fails on
+any upward import not in it, and on an entry that no longer occurs (so the list only shrinks).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "projects.sa2va"
+
+LAYERS: dict[str, int] = {
+    "configs": 4,
+    "app": 3,
+    "inference": 3,
+    "engine": 3,
+    "benchmark": 3,
+    "cli": 3,
+    "datasets": 2,
+    "evaluation": 2,
+    "checkpoint": 2,
+    "models": 1,
+    "structures": 0,
+    "pixels": 0,
+    "digests": 0,
+    "special_tokens": 0,
+    "hf_folder": 0,
+    "": 0,  # projects/sa2va/__init__.py
+}
+
+#: (importing module, imported module) -> why it is still there. Shrink it; never grow it.
+_TILING = "inference/tiling.py (numpy only) serves evaluation and the predictor: to move below both"
+KNOWN_UPWARD: dict[tuple[str, str], str] = {
+    ("evaluation.evaluate", "engine.builder"): (
+        "evaluate_checkpoint builds the model from a config and a checkpoint (an application's job): "
+        "to move with it into the application layer"
+    ),
+    ("evaluation.evaluate", "inference.run_records"): (
+        "run_records (stdlib only) serves tools/test.py and tools/predict.py: to move below both"
+    ),
+    ("evaluation.evaluate", "inference.tiling"): _TILING,
+    ("evaluation.tiled", "inference.tiling"): _TILING,
+    ("evaluation.resolution", "inference.tiling"): _TILING,
+    ("models.presets", "configs"): (
+        "presets read the model shapes from the _base_ model configs (their one source) for the lab "
+        "benchmarks and test fixtures: to move with the benchmarks out of the library (issue 17, bench/)"
+    ),
+}
+
+
+def layer_of(module: str) -> int:
+    """Rank of ``module`` (dotted, relative to :data:`PACKAGE`, e.g. ``'models.sa2va'``)."""
+    top = module.split(".", 1)[0]
+    if top not in LAYERS:
+        raise KeyError(f"module {PACKAGE}.{module} is in no layer: add its package to LAYERS")
+    return LAYERS[top]
+
+
+def module_name(path: Path, package_dir: Path) -> str:
+    """``.../projects/sa2va/models/sa2va.py`` -> ``'models.sa2va'`` (``__init__`` -> its package)."""
+    parts = list(path.relative_to(package_dir).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(source: str, module: str, is_package: bool) -> list[tuple[int, str]]:
+    """``(line, imported module relative to PACKAGE)`` for every import of a ``projects.sa2va`` module.
+
+    ``module`` is the importing module's name relative to :data:`PACKAGE` (``''`` for the root).
+    ``from X import name`` counts as an import of ``X.name`` when ``X`` is the package root (``name`` is
+    then a module such as ``structures``), else of ``X``.
+    """
+    out: list[tuple[int, str]] = []
+    own = [PACKAGE, *module.split(".")] if module else [PACKAGE]
+    base = own if is_package else own[:-1]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                target = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target == PACKAGE:
+                names = [f"{PACKAGE}.{a.name}" for a in node.names]
+            else:
+                names = [target]
+        else:
+            continue
+        for name in names:
+            if name == PACKAGE or name.startswith(PACKAGE + "."):
+                out.append((node.lineno, name[len(PACKAGE) + 1 :]))
+    return out
+
+
+def upward_imports(package_dir: Path) -> list[tuple[str, int, str, str]]:
+    """Every upward import under ``package_dir``: ``(file, line, importing module, imported module)``."""
+    found = []
+    for path in sorted(package_dir.rglob("*.py")):
+        module = module_name(path, package_dir)
+        rank = layer_of(module)
+        for line, target in imported_modules(path.read_text(), module, path.name == "__init__.py"):
+            if layer_of(target) > rank:
+                found.append((str(path.relative_to(package_dir.parents[1])), line, module, target))
+    return found
+
+
+def test_no_new_upward_import() -> None:
+    found = upward_imports(ROOT / "projects" / "sa2va")
+    new = [
+        f"{f}:{line}: {m} imports {t} (rank {layer_of(m)} -> {layer_of(t)})"
+        for f, line, m, t in found
+        if (m, t) not in KNOWN_UPWARD
+    ]
+    assert not new, "upward imports (see tests/test_import_layers.py for the layers):\n" + "\n".join(new)
+    stale = sorted(set(KNOWN_UPWARD) - {(m, t) for _, _, m, t in found})
+    assert not stale, f"KNOWN_UPWARD entries that no longer occur (remove them): {stale}"
+
+
+def _write(root: Path, rel: str, text: str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_checker_catches_planted_upward_imports(tmp_path: Path) -> None:
+    pkg = tmp_path / "projects" / "sa2va"
+    _write(pkg, "__init__.py", "")
+    _write(pkg, "structures.py", "")
+    _write(pkg, "models/__init__.py", "")
+    _write(pkg, "engine/__init__.py", "")
+    _write(pkg, "engine/builder.py", "from ..models import sa2va\n")  # downward: fine
+    _write(pkg, "datasets/__init__.py", "")
+    _write(pkg, "datasets/collate.py", "from .. import structures\nfrom ..models.sa2va import X\n")  # fine
+    _write(
+        pkg,
+        "models/sa2va.py",
+        "from typing import TYPE_CHECKING\n"
+        "from ..structures import Batch\n"
+        "if TYPE_CHECKING:\n"
+        "    from ..datasets.collate import sa2va_collate\n"  # line 4: upward, type-only
+        "def load():\n"
+        "    from projects.sa2va.checkpoint.safe_load import load\n"  # line 6: upward, lazy
+        "    import projects.sa2va.engine.builder\n",  # line 7: upward, absolute
+    )
+    found = upward_imports(pkg)
+    assert [(f, line, t) for f, line, _, t in found] == [
+        ("projects/sa2va/models/sa2va.py", 4, "datasets.collate"),
+        ("projects/sa2va/models/sa2va.py", 6, "checkpoint.safe_load"),
+        ("projects/sa2va/models/sa2va.py", 7, "engine.builder"),
+    ]
+
+
+def test_checker_names_unknown_packages(tmp_path: Path) -> None:
+    pkg = tmp_path / "projects" / "sa2va"
+    _write(pkg, "__init__.py", "")
+    _write(pkg, "newpkg/__init__.py", "")
+    try:
+        upward_imports(pkg)
+    except KeyError as e:
+        assert "projects.sa2va.newpkg is in no layer" in str(e)
+    else:
+        raise AssertionError("a package outside LAYERS was accepted")
+
+
+if __name__ == "__main__":
+    for f, line, m, t in upward_imports(ROOT / "projects" / "sa2va"):
+        print(f"{f}:{line}: {m} -> {t}")
