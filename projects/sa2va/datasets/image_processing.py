@@ -18,7 +18,8 @@ roundings of the ImageNet constants). Pass those for outputs that match the offi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -36,6 +37,8 @@ __all__ = [
     "IMG_START_TOKEN",
     "SAM2_INFER_MEAN",
     "SAM2_INFER_STD",
+    "InternVLImageProcessor",
+    "VisionInputs",
     "dynamic_tiles",
     "find_closest_grid",
     "image_token_string",
@@ -199,3 +202,105 @@ def image_token_string(num_tiles: int, num_image_token: int) -> str:
     if num_tiles < 1 or num_image_token < 1:
         raise ValueError(f"need num_tiles >= 1 and num_image_token >= 1, got {num_tiles}, {num_image_token}")
     return IMG_START_TOKEN + IMG_CONTEXT_TOKEN * (num_image_token * num_tiles) + IMG_END_TOKEN
+
+
+@dataclass
+class VisionInputs:
+    """The MLLM input of one image and the number of image-slot tokens it takes in the prompt.
+
+    Attributes:
+        pixel_values: InternVL tiles ``[T, 3, S, S]`` (uint8, or float32 ImageNet-normalised), or Qwen-VL
+            patches ``[P, 3*t*p*p]`` float32 (normalised by the Hugging Face processor).
+        image_grid_thw: Qwen-VL ``[1, 3]`` long patch grid; ``None`` for InternVL.
+        slots: image-slot tokens (``<IMG_CONTEXT>`` / ``<|image_pad|>``) of the image in the prompt.
+    """
+
+    pixel_values: torch.Tensor
+    image_grid_thw: torch.Tensor | None
+    slots: int
+
+
+class InternVLImageProcessor:
+    """InternVL dynamic tiling: image -> ``[T, 3, S, S]`` tiles and its ``<IMG_CONTEXT>`` count.
+
+    Args:
+        tile_size: InternViT input side ``S`` (448 in every released model).
+        min_tiles / max_tiles / use_thumbnail: :func:`dynamic_tiles` (official: 1 / 12 / True).
+        num_image_token: LLM tokens per tile; ``None``: ``(tile_size / patch_size * downsample_ratio)^2``
+            (256 for 448 px tiles of 14 px patches and the 0.5 pixel shuffle).
+        patch_size / downsample_ratio: InternViT patch side and the pixel-shuffle ratio (for the default).
+
+    Attributes:
+        image_tokens: ``(start, slot, end)`` token strings that stand for an image in the text.
+        internvl_tokens: whether the tokenizer needs the InternVL tokens added (``add_sa2va_tokens``).
+    """
+
+    image_tokens: ClassVar[tuple[str, str, str]] = (IMG_START_TOKEN, IMG_CONTEXT_TOKEN, IMG_END_TOKEN)
+    internvl_tokens: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        tile_size: int = 448,
+        min_tiles: int = 1,
+        max_tiles: int = 12,
+        use_thumbnail: bool = True,
+        num_image_token: int | None = None,
+        patch_size: int = 14,
+        downsample_ratio: float = 0.5,
+    ) -> None:
+        tile_grids(min_tiles, max_tiles)  # validates the range
+        if tile_size < 1 or patch_size < 1 or tile_size % patch_size:
+            raise ValueError(
+                f"tile_size ({tile_size}) must be a positive multiple of patch_size ({patch_size})"
+            )
+        self.tile_size = int(tile_size)
+        self.min_tiles = int(min_tiles)
+        self.max_tiles = int(max_tiles)
+        self.use_thumbnail = bool(use_thumbnail)
+        if num_image_token is None:
+            num_image_token = int((tile_size // patch_size * downsample_ratio) ** 2)
+        if num_image_token < 1:
+            raise ValueError(f"num_image_token must be >= 1, got {num_image_token}")
+        self.num_image_token = int(num_image_token)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(tile_size={self.tile_size}, min_tiles={self.min_tiles}, "
+            f"max_tiles={self.max_tiles}, use_thumbnail={self.use_thumbnail}, "
+            f"num_image_token={self.num_image_token})"
+        )
+
+    def tiles(self, image: Image.Image) -> list[Image.Image]:
+        """The image's RGB tiles (:func:`dynamic_tiles`)."""
+        return dynamic_tiles(
+            image,
+            min_num=self.min_tiles,
+            max_num=self.max_tiles,
+            tile_size=self.tile_size,
+            use_thumbnail=self.use_thumbnail,
+        )
+
+    def preprocess(self, image: Image.Image, *, normalize: bool = True) -> VisionInputs:
+        """Tiles ``[T, 3, S, S]`` (float32 normalised, or uint8 with ``normalize=False``) and their slots."""
+        tiles = self.tiles(image)
+        return VisionInputs(
+            pixel_values=internvl_pixel_values(tiles, normalize=normalize),
+            image_grid_thw=None,
+            slots=len(tiles) * self.num_image_token,
+        )
+
+    def num_tiles(self, width: int, height: int) -> int:
+        """Tiles of a ``width x height`` image (no decoding), thumbnail included."""
+        cols, rows = find_closest_grid(
+            width=width,
+            height=height,
+            grids=tile_grids(self.min_tiles, self.max_tiles),
+            tile_size=self.tile_size,
+        )
+        n = cols * rows
+        return n + 1 if self.use_thumbnail and n > 1 else n
+
+    def num_slots(self, width: int, height: int) -> int:
+        """``<IMG_CONTEXT>`` tokens of a ``width x height`` image (no decoding)."""
+        return self.num_tiles(width, height) * self.num_image_token

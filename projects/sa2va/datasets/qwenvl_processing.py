@@ -13,11 +13,14 @@ resample), as the official training does; the text side is
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from PIL import Image
 from transformers import Qwen2VLImageProcessorFast
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+from .image_processing import VisionInputs
 
 __all__ = ["SA2VA_MAX_PIXELS", "SA2VA_MIN_PIXELS", "QwenVLImageProcessor"]
 
@@ -37,9 +40,13 @@ class QwenVLImageProcessor:
 
     Attributes:
         image_tokens: ``(start, slot, end)`` token strings that stand for an image in the text.
+        num_image_token: image-slot tokens per "tile" (1: the slots are counted directly).
+        internvl_tokens: whether the tokenizer needs the InternVL tokens (no: the family has its own).
     """
 
-    image_tokens = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
+    image_tokens: ClassVar[tuple[str, str, str]] = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
+    num_image_token: ClassVar[int] = 1
+    internvl_tokens: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -89,6 +96,26 @@ class QwenVLImageProcessor:
             images=[image], min_pixels=self.min_pixels, max_pixels=self.max_pixels, return_tensors="pt"
         )
         return out["pixel_values"].float(), out["image_grid_thw"].long()
+
+    def preprocess(self, image: Image.Image, *, normalize: bool = True) -> VisionInputs:
+        """Patches ``[P, D]`` float32, grid ``[1, 3]`` and ``<|image_pad|>`` count of one RGB image.
+
+        The Hugging Face processor always rescales and normalises, so ``normalize`` has no effect here
+        (there is no uint8 form of the patches)."""
+        pixel_values, grid = self(image)
+        return VisionInputs(
+            pixel_values=pixel_values, image_grid_thw=grid, slots=int(grid.prod()) // self.merge_size**2
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(patch_size={self.patch_size}, merge_size={self.merge_size}, "
+            f"min_pixels={self.min_pixels}, max_pixels={self.max_pixels})"
+        )
+
+    def num_slots(self, width: int, height: int) -> int:
+        """``<|image_pad|>`` tokens of a ``width x height`` image (:meth:`num_tokens`)."""
+        return self.num_tokens(width, height)
 
     def grid(self, width: int, height: int) -> tuple[int, int]:
         """``(h, w)`` patch grid of a ``width x height`` image (no decoding)."""

@@ -2,6 +2,8 @@
 # trains on a CPU in seconds. Same code paths as the real model; nothing is downloaded.
 from xtuner.utils import PROMPT_TEMPLATE
 
+from projects.sa2va.datasets.image_processing import InternVLImageProcessor
+from projects.sa2va.datasets.processor import Sa2VAProcessor
 from projects.sa2va.models.internvl import Qwen2InternVL
 from projects.sa2va.models.losses import MaskLoss
 from projects.sa2va.models.sa2va import Sa2VAModel
@@ -13,6 +15,15 @@ tokenizer = dict(type=build_tiny_tokenizer)
 vit_image_size = 224
 sam2_image_size = 256
 num_image_token = 64  # (224 / 14)^2 / 4
+# Tokenizer, template, image tiling and SAM2 input of this model: the dataset and the predictor take it.
+# One tile per image (a 512x512 image gets one tile from the real 448-px ViT too).
+processor = dict(
+    type=Sa2VAProcessor,
+    tokenizer=tokenizer,
+    template=template,
+    image_processor=dict(type=InternVLImageProcessor, tile_size=vit_image_size, max_tiles=1),
+    sam2_size=sam2_image_size,
+)
 # The dataset fields that follow this model; leaf configs: `train_dataloader.dataset.update(dataset_inputs)`.
 # One tile per image (a 512x512 image gets one tile from the real 448-px ViT too).
 dataset_inputs = dict(

@@ -2,6 +2,7 @@
 # M-RoPE, SAM2 Hiera 4x16 at 256 px): transformers' Qwen2.5-VL classes at tiny sizes.
 from mmengine.config import read_base
 
+from projects.sa2va.datasets.processor import Sa2VAProcessor
 from projects.sa2va.models.qwenvl import Qwen2_5_VLSa2VA
 
 with read_base():
@@ -17,6 +18,13 @@ image_processor.update(
 )
 dataset_inputs = dict(
     tokenizer=tokenizer, template=template, image_processor=image_processor, sam2_image_size=sam2_image_size
+)
+processor = dict(
+    type=Sa2VAProcessor,
+    tokenizer=tokenizer,
+    template=template,
+    image_processor=image_processor,
+    sam2_size=sam2_image_size,
 )
 tiny_qwen2_5vl_config = dict(
     text_config=dict(

@@ -2,6 +2,7 @@
 # SAM2 Hiera 4x16 at 256 px) that trains on a CPU in seconds: transformers' Qwen3-VL classes at tiny sizes.
 from mmengine.config import read_base
 
+from projects.sa2va.datasets.processor import Sa2VAProcessor
 from projects.sa2va.datasets.qwenvl_processing import QwenVLImageProcessor
 from projects.sa2va.models.qwenvl import Qwen3VLSa2VA
 from projects.sa2va.models.qwenvl_tokenizer import build_tiny_qwenvl_tokenizer
@@ -21,6 +22,13 @@ image_processor = dict(
 )
 dataset_inputs = dict(
     tokenizer=tokenizer, template=template, image_processor=image_processor, sam2_image_size=sam2_image_size
+)
+processor = dict(
+    type=Sa2VAProcessor,
+    tokenizer=tokenizer,
+    template=template,
+    image_processor=image_processor,
+    sam2_size=sam2_image_size,
 )
 tiny_qwen3vl_config = dict(
     text_config=dict(
