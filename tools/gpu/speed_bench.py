@@ -8,8 +8,8 @@ for the GPU box set-up).
 
 Every row goes through :func:`projects.sa2va.benchmark.harness.run_one` (the throughput pass times
 ``Sa2VAModel(mode='loss')``, so ``lm_logits`` decides the LM head there). Its profiling pass (the ``LLM f+b``
-column and the harness's LLM MFU) runs a staged copy of the step; here that copy is replaced by one that takes
-the row's ``lm_logits`` path, so the LLM time is that of the step that was timed. ``LLM MFU`` counts the LLM
+column and the harness's LLM MFU) runs a staged copy of the step that takes the row's ``lm_logits`` path too,
+so the LLM time is that of the step that was timed. ``LLM MFU`` counts the LLM
 FLOPs as the harness does (the head at every position); ``LLM MFU*`` counts the head only at the supervised
 positions, the FLOPs the supervised path needs (the honest figure for its rows).
 
@@ -62,64 +62,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def install_lm_path_in_staged_step(hb) -> None:
-    """Replace the harness's profiling step by one that takes the model's ``lm_logits`` path (module doc).
-
-    Stages and timers as the harness's ``Trainer.staged_step`` of 2026-12-06; the cached encoders run through
-    :meth:`Sa2VAModel.encode_images` (the model's own call of the cache); the LLM stage runs ``mllm.decode`` +
-    :meth:`Sa2VAModel.lm_loss_supervised` when ``lm_logits == 'supervised'``, the full logits +
-    :meth:`Sa2VAModel.lm_loss` otherwise.
-    """
-
-    def staged_step(self, data: dict, timer) -> torch.Tensor:
-        m = self.model
-        with timer("h2d"):
-            data = m.data_preprocessor(data, True)
-        batch = data["data"]
-        with self.autocast():
-            if m.feature_cache is not None:
-                with timer("cache"):
-                    vit_tokens, feats = m.encode_images(batch)
-            else:
-                with timer("vit"), torch.no_grad():
-                    vit_tokens = m.mllm.encode_vit(batch.pixel_values.to(self.device, non_blocking=True))
-                with timer("sam2_encoder"), torch.no_grad():
-                    feats = m.grounding_encoder.encode_image(
-                        batch.g_pixel_values.to(self.device, non_blocking=True)
-                    )
-            with timer("llm_fwd"):
-                inputs = dict(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    vit_tokens=vit_tokens,
-                    image_slots_checked=batch.seg_counts is not None,
-                )
-                if m.lm_logits == "supervised":
-                    lm_hidden, hidden = m.mllm.decode(**inputs)
-                    loss_lm = m.lm_loss_supervised(lm_hidden, batch.labels, batch.lm_positions)
-                else:
-                    logits, hidden = m.mllm(**inputs)
-                    loss_lm = m.lm_loss(logits, batch.labels)
-                loss_lm = m.lm_loss_weight * loss_lm
-                pos, counts = m.seg_positions(batch.input_ids, batch.seg_counts)
-                seg = m.text_hidden_fcs(hidden.flatten(0, 1).index_select(0, pos))
-            with timer("decoder_fwd"):
-                seg_leaf = seg.detach().requires_grad_(True)
-                obj_to_img = torch.div(pos, hidden.shape[1], rounding_mode="floor")
-                masks = m.grounding_encoder.decode_masks(feats, seg_leaf, obj_to_img)["masks"]
-                mask_losses = m.loss_mask(masks, batch.masks, counts)
-                loss_dec = sum(mask_losses.values())
-        with timer("decoder_bwd"):
-            loss_dec.backward()
-        with timer("llm_bwd"):
-            torch.autograd.backward([loss_lm, seg], [torch.ones_like(loss_lm), seg_leaf.grad])
-        with timer("optimizer"):
-            self.optimizer_step()
-        return (loss_lm + loss_dec).detach()
-
-    hb.Trainer.staged_step = staged_step
-
-
 def supervised_fraction(samples: list[dict]) -> tuple[float, float]:
     """(mean tokens per sample, mean supervised positions per sample) of the preprocessed samples."""
     from projects.sa2va.datasets.collate import sa2va_collate
@@ -152,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     from projects.sa2va.benchmark import harness as hb
 
     MMLogger.get_instance("sa2va_speed", log_level="WARNING")
-    install_lm_path_in_staged_step(hb)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -323,11 +323,10 @@ class Trainer:
         with timer("h2d"):
             data = m.data_preprocessor(data, True)
         batch = data["data"]
-        cache = m.feature_cache
         with self.autocast():
-            if cache is not None:
+            if m.feature_cache is not None:
                 with timer("cache"):
-                    vit_tokens, feats = cache.encode(m, batch)
+                    vit_tokens, feats = m.encode_images(batch)  # the model's own call of the cache
             else:
                 with timer("vit"), torch.no_grad():
                     vit_tokens = m.mllm.encode_vit(batch.pixel_values.to(self.device, non_blocking=True))
@@ -336,15 +335,22 @@ class Trainer:
                         batch.g_pixel_values.to(self.device, non_blocking=True)
                     )
             with timer("llm_fwd"):
-                logits, hidden = m.mllm(
+                inputs = dict(
                     input_ids=batch.input_ids,
                     attention_mask=batch.attention_mask,
                     vit_tokens=vit_tokens,
                     image_slots_checked=batch.seg_counts is not None,
                 )
+                # The LM head where the model's training loss applies it (Sa2VAModel.lm_logits).
+                if m.lm_logits == "supervised":
+                    lm_hidden, hidden = m.mllm.decode(**inputs)
+                    loss_lm = m.lm_loss_supervised(lm_hidden, batch.labels, batch.lm_positions)
+                else:
+                    logits, hidden = m.mllm(**inputs)
+                    loss_lm = m.lm_loss(logits, batch.labels)
+                loss_lm = m.lm_loss_weight * loss_lm
                 pos, counts = m.seg_positions(batch.input_ids, batch.seg_counts)
                 seg = m.text_hidden_fcs(hidden.flatten(0, 1).index_select(0, pos))
-                loss_lm = m.lm_loss_weight * m.lm_loss(logits, batch.labels)
             with timer("decoder_fwd"):
                 seg_leaf = seg.detach().requires_grad_(True)
                 obj_to_img = torch.div(pos, hidden.shape[1], rounding_mode="floor")
