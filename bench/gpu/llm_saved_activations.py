@@ -1,0 +1,228 @@
+"""Bytes the LLM part of a Sa2VA training step keeps for backward, counted on the ``meta`` device (no compute,
+no weights), for the reference batch of the 4B shapes: where the reference batch-2 peak goes (issue 19).
+
+    python tools/gpu/llm_saved_activations.py --preset 4b --batch 2 --tokens 382 --supervised 29
+
+Builds the preset's Qwen2 LM (``_base_`` config shapes, 151674-row head as in the benchmark) on ``meta`` with
+PEFT LoRA on the 7 linear layers of each decoder layer (``modules_to_save`` embedding / head), all in bf16
+(what autocast runs on the GPU), and counts, with ``torch.autograd.graph.saved_tensors_hooks``, the bytes of
+every distinct tensor saved for backward during (a) the decoder forward, with and without gradient
+checkpointing, and (b) the LM loss with the head at every position vs at ``--supervised`` positions per
+sample. Views are counted once, by their base tensor. Not counted: autocast's bf16 copies of the fp32 LoRA
+weights (about 2 bytes per LoRA parameter), allocator fragmentation, and the transient tensors of the
+backward itself (the printed logits line gives the transient forward tensors of the LM loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+class FlashLikeAttention(torch.autograd.Function):
+    """Stand-in for SDPA that saves what the GPU's flash / memory-efficient kernels save: q, k, v, the output
+    and the fp32 log-sum-exp ``[B, heads, L]`` (torch's math kernel, the one ``meta`` runs, would save the
+    ``[B, heads, L, L]`` attention matrix instead)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, *args, **kwargs):
+        out = torch.empty_like(q)
+        lse = torch.empty(q.shape[:-1], device=q.device, dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError("counting only")
+
+
+def flash_like_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    return FlashLikeAttention.apply(q, k, v)
+
+
+class SavedBytes:
+    """Context manager: total bytes of distinct non-parameter tensors saved for backward inside it.
+
+    Parameters saved by their layers (weights for the input gradient) are not counted: they are in memory
+    anyway. Views count once, by their base tensor.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.params = {id(p) for p in module.parameters()}
+        self.seen: dict[int, int] = {}
+        self.keep: list[torch.Tensor] = []  # keeps ids unique while counting
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        base = t._base if t._base is not None else t
+        if id(base) not in self.seen and id(base) not in self.params:
+            self.seen[id(base)] = base.numel() * base.element_size()
+            self.keep.append(base)
+        return t
+
+    @staticmethod
+    def unpack(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def __enter__(self) -> SavedBytes:
+        self._sdpa = F.scaled_dot_product_attention
+        torch.nn.functional.scaled_dot_product_attention = flash_like_sdpa
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._ctx.__exit__(*exc)
+        torch.nn.functional.scaled_dot_product_attention = self._sdpa
+
+    @property
+    def total(self) -> int:
+        return sum(self.seen.values())
+
+
+def build_lm(preset: str, layers: int | None):
+    """The preset's Qwen2 causal LM with LoRA, on ``meta``, in bf16."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from projects.sa2va.models.internvl import Qwen2InternVL
+    from projects.sa2va.models.presets import BENCH_VOCAB_SIZE, load_preset
+
+    p = load_preset(preset)
+    cfg = {
+        k: v for k, v in p["llm_config"].items() if k not in ("architectures", "auto_map", "_name_or_path")
+    }
+    if preset != "tiny":
+        cfg["vocab_size"] = BENCH_VOCAB_SIZE
+    if layers is not None:
+        cfg["num_hidden_layers"] = layers
+    config = Qwen2Config(**cfg)
+    config.tie_word_embeddings = False
+    config.use_cache = False
+    with torch.device("meta"):
+        lm = Qwen2ForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.bfloat16)
+        fam = Qwen2InternVL.family
+        lm = get_peft_model(
+            lm,
+            LoraConfig(
+                r=p["lora_r"],
+                lora_alpha=2 * p["lora_r"],
+                lora_dropout=0.05,
+                target_modules=list(fam.lora_targets),
+                modules_to_save=[fam.embed_module, fam.head_module],
+            ),
+        )
+    lm.to(torch.bfloat16)
+    lm.train()
+    # transformers' rotary module opens torch.autocast(device_type='meta'), which torch rejects: the cos / sin
+    # tables (shared by every layer, [B, L, head_dim]) come from this stand-in instead.
+    lm.get_base_model().get_decoder().rotary_emb = MetaRotary(
+        config.hidden_size // config.num_attention_heads
+    )
+    return lm, config
+
+
+class MetaRotary(torch.nn.Module):
+    """``(cos, sin)`` ``[B, L, head_dim]`` bf16 meta tensors in place of the rotary embedding's tables."""
+
+    def __init__(self, head_dim: int) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (*position_ids.shape, self.head_dim)
+        return torch.empty(shape, device="meta", dtype=x.dtype), torch.empty(
+            shape, device="meta", dtype=x.dtype
+        )
+
+
+def decoder_saved(lm, batch: int, tokens: int, checkpointing: bool) -> int:
+    base = lm.get_base_model()
+    if checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_disable()
+    h = base.config.hidden_size
+    embeds = torch.empty(batch, tokens, h, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    with SavedBytes(lm) as s:
+        base.get_decoder()(inputs_embeds=embeds, attention_mask=None, use_cache=False, return_dict=True)
+    return s.total
+
+
+def loss_saved(lm, batch: int, tokens: int, supervised: int | None) -> tuple[int, int]:
+    """(saved bytes, bytes of the forward's logits-sized tensors) of the LM loss."""
+    base = lm.get_base_model()
+    head = base.get_output_embeddings()
+    h = base.config.hidden_size
+    rows = batch * (tokens - 1) if supervised is None else batch * supervised
+    hidden = torch.empty(rows, h, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.zeros(rows, dtype=torch.long, device="meta")
+    with SavedBytes(lm) as s:
+        logits = head(hidden)
+        lf = logits.float()
+        F.cross_entropy(lf, labels, reduction="sum")
+    transient = logits.numel() * logits.element_size() + 2 * lf.numel() * lf.element_size()  # + log_softmax
+    return s.total, transient
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="4b", choices=["tiny", "1b", "4b"])
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument(
+        "--tokens", type=int, default=382, help="tokens per sample (the benchmark's 512-px sample)"
+    )
+    ap.add_argument(
+        "--supervised",
+        type=int,
+        default=29,
+        help="supervised positions per sample (the benchmark's samples: 28.5, printed by speed_bench.py)",
+    )
+    args = ap.parse_args(argv)
+    gib = 2**30
+    per_layer = []
+    for n in (1, 2):
+        lm, config = build_lm(args.preset, n)
+        per_layer.append(decoder_saved(lm, args.batch, args.tokens, checkpointing=False))
+    layer = per_layer[1] - per_layer[0]
+    lm, config = build_lm(args.preset, None)
+    full = decoder_saved(lm, args.batch, args.tokens, checkpointing=False)
+    ckpt = decoder_saved(lm, args.batch, args.tokens, checkpointing=True)
+    all_saved, all_transient = loss_saved(lm, args.batch, args.tokens, None)
+    sup_saved, sup_transient = loss_saved(lm, args.batch, args.tokens, args.supervised)
+    trainable = sum(p.numel() for p in lm.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in lm.parameters() if not p.requires_grad)
+    originals = 2 * config.vocab_size * config.hidden_size
+    print(
+        f"{args.preset} shapes, {config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab "
+        f"{config.vocab_size}, batch {args.batch} x {args.tokens} tokens, bf16"
+    )
+    print(
+        f"decoder saved for backward: {full / gib:.2f} GiB ({layer / 2**20:.0f} MiB per layer); "
+        f"with gradient checkpointing: {ckpt / gib:.3f} GiB (+ one layer's {layer / 2**20:.0f} MiB while it "
+        "is recomputed)"
+    )
+    print(
+        f"LM loss, head at every position: saved {all_saved / gib:.2f} GiB, forward logits tensors "
+        f"{all_transient / gib:.2f} GiB; at {args.supervised} supervised positions per sample: saved "
+        f"{sup_saved / gib:.3f} GiB, forward logits tensors {sup_transient / gib:.3f} GiB"
+    )
+    print(
+        f"LLM parameters: {frozen / 1e6:.1f} M frozen (bf16 {2 * frozen / gib:.2f} GiB, of which the "
+        f"embedding and head originals that modules_to_save keeps but training never reads: "
+        f"{2 * originals / gib:.2f} GiB); {trainable / 1e6:.1f} M trainable (fp32 weight + gradient + "
+        f"2 AdamW states: {16 * trainable / gib:.2f} GiB; foreach AdamW allocates a "
+        f"{4 * trainable / gib:.2f} GiB sqrt temporary during the step)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

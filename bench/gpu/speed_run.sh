@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Issue 19 speed/memory run on ONE GPU (about 6-8 minutes on an H100), random weights:
+#   1. Sa2VA-4B and Sa2VA-1B shapes (tools/gpu/speed_bench.py over projects/sa2va/benchmark/harness.py):
+#      reference batch 2 with the LM head at every position (lm_logits='all', the old path) and at the
+#      supervised positions only (the default), batch 2 + gradient checkpointing (foreach AdamW, then fused
+#      AdamW), the feature-cache batch 16 on both paths, then larger feature-cache batches until one runs out
+#      of memory (the largest that fits);
+#   2. Sa2VA-Qwen3-VL-4B shapes through tools/train.py (20 iterations, batch 2, as tools/gpu/qwen3vl_run.sh),
+#      default path, then lm_logits='all' as the baseline (skipped when past the time budget).
+# Prints the card, then one table per part; everything also lands in $OUT (default ./gpu_out).
+#
+# On the lent GPU box (kit with the transformers 4.57 stack, see ../shared/gpu/README.md; carry .whl):
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+#     && export PYTHONPATH=/tmp/site:$PWD && OUT=$OUT bash tools/gpu/speed_run.sh
+# CPU smoke run of the same script (tiny models, 2 steps; the tiny Qwen3-VL demo for one epoch, 10 iterations):
+#   SMOKE=1 PY=.venv/bin/python bash tools/gpu/speed_run.sh
+# Knobs: PARTS ("bench qwen"), MODELS (4b,1b), OPT_BATCHES ("4b:16,24,32,48;1b:16,32,64,96"), STEPS (10),
+# QWEN_BASELINE (1), BUDGET_S (430 on a GPU, none in SMOKE mode: part-2 runs that would start later than this
+# many seconds after the start are skipped, so that one call stays under ~8 minutes).
+set -euo pipefail
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+PY=${PY:-python3}
+SMOKE=${SMOKE:-0}
+PARTS=${PARTS:-bench qwen}
+QWEN_BASELINE=${QWEN_BASELINE:-1}
+if [ "$SMOKE" = 1 ]; then BUDGET_S=${BUDGET_S:-1000000}; else BUDGET_S=${BUDGET_S:-430}; fi
+WD=${WD:-/tmp/sa2va_speed}
+T0=$(date +%s)
+C=projects/sa2va/configs
+
+CARD=cpu
+if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+    CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+fi
+"$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
+    | tee -a "$OUT/gpu.txt"
+
+# --- part 1: InternVL shapes through the benchmark harness -------------------------------------------------
+if [ "$SMOKE" = 1 ]; then
+    bench_args=(--tiny --device cpu --steps 2 --warmup 1 --profile-steps 1 --num-images 4 --workers 0
+                --opt-batches "tiny:2,4")
+else
+    bench_args=(--models "${MODELS:-4b,1b}" --steps "${STEPS:-10}" --warmup 2 --profile-steps 2
+                --opt-batches "${OPT_BATCHES:-4b:16,24,32,48;1b:16,32,64,96}")
+fi
+status=0
+if [[ " $PARTS " == *" bench "* ]]; then
+    "$PY" tools/gpu/speed_bench.py "${bench_args[@]}" --out "$OUT/speed_rows.jsonl" 2>&1 \
+        | tee "$OUT/speed_bench.log" || status=1
+fi
+
+# --- part 2: Sa2VA-Qwen3-VL-4B shapes through the launcher ----------------------------------------------------
+if [ "$SMOKE" = 1 ]; then
+    qcfg=$C/sa2va_tiny_qwen3vl_demo.py
+    qopts=(train_cfg.max_epochs=1)
+    qname=qwen3vl_tiny
+else
+    qcfg=$C/sa2va_qwen3vl_4b_random.py
+    qopts=()
+    qname=qwen3vl_4b
+fi
+qruns=()
+qwen_run() {  # name lm_logits
+    local name=$1 mode=$2 t
+    if [ $(( $(date +%s) - T0 )) -gt "$BUDGET_S" ]; then
+        echo "[speed] skipped $name: past BUDGET_S=$BUDGET_S s" | tee -a "$OUT/gpu.txt"
+        return 0
+    fi
+    t=$(date +%s)
+    if "$PY" tools/train.py "$qcfg" --work-dir "$WD/$name" \
+        --cfg-options model.lm_logits="$mode" "${qopts[@]}" > "$OUT/$name.log" 2>&1; then
+        echo "[speed] $name: $(( $(date +%s) - t )) s wall" | tee -a "$OUT/gpu.txt"
+        qruns+=("$name")
+    else
+        tail -40 "$OUT/$name.log"; echo "FAILED: $name (log: $OUT/$name.log)"; status=1
+    fi
+}
+if [[ " $PARTS " == *" qwen "* ]]; then
+    qwen_run "${qname}_supervised" supervised
+    if [ "$QWEN_BASELINE" = 1 ]; then qwen_run "${qname}_all" all; fi
+fi
+
+if [ "${#qruns[@]}" -gt 0 ]; then
+"$PY" - "$WD" "$OUT" "$CARD" "${qruns[@]}" <<'PYEOF'
+import glob
+import json
+import os
+import sys
+
+wd, out, card, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+batch = 2  # _base_/dataset_refseg.py
+lines = [
+    "| card | run | LM head | records | first loss | last loss | s/iter (last logged window) | samples/s "
+    "| peak memory (MiB) |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+for name in names:
+    found = sorted(glob.glob(f"{wd}/{name}/*/vis_data/scalars.json"))
+    recs = [json.loads(line) for line in open(found[-1]) if '"loss"' in line] if found else []
+    if not recs:
+        lines.append(f"| {card} | {name} | | 0 | | | | | |  (no loss records: see {name}.log)")
+        continue
+    # mmengine logs time and losses as means over its last 10 iterations: the last record of a 20-iteration
+    # run covers iterations 11-20, past the warm-up.
+    t = recs[-1]["time"]
+    mem = max(r.get("memory", 0) for r in recs)
+    mode = name.rsplit("_", 1)[-1]
+    lines.append(
+        f"| {card} | {name} | {mode} | {len(recs)} | {recs[0]['loss']:.3f} | {recs[-1]['loss']:.3f} | {t:.3f} "
+        f"| {batch / t:.2f} | {mem} |"
+    )
+print("\n".join(lines))
+with open(os.path.join(out, "qwen3vl_speed.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+PYEOF
+fi
+echo "[speed] total $(( $(date +%s) - T0 )) s"
+exit $status
