@@ -1,9 +1,9 @@
 """Training speed and memory of Sa2VA at real shapes (random weights), reference vs optimised step.
 
     # one H200 (the repo is the cwd; the GPU wheel kit installed to /tmp/site, see ../shared/gpu/README.md)
-    PYTHONPATH=/tmp/site:$PWD python3 tools/benchmark.py --models 1b,4b --configs ref,opt,opt-b2
+    PYTHONPATH=/tmp/site:$PWD python3 bench/benchmark.py --models 1b,4b --configs ref,opt,opt-b2
     # CPU smoke run
-    python tools/benchmark.py --tiny --steps 2
+    python bench/benchmark.py --tiny --steps 2
 
 Builds each model once (``Sa2VAModel`` with InternViT-300M + Qwen2.5-0.5B / -3B + SAM2 Hiera-L, LoRA
 r=128, bf16 frozen weights and fp32 trainable ones on CUDA), trains it on preprocessed samples of the

@@ -1,8 +1,8 @@
 """Per-sample cost of the training data pipeline (DataLoader worker side) for both pixel formats.
 
-    python tools/benchmark_data.py [CONFIG] [--samples 32] [--batch-size 16]
+    python bench/benchmark_data.py [CONFIG] [--samples 32] [--batch-size 16]
 
-CONFIG defaults to tools/gpu/scaling_1b_cfg.py (512x512 CHASE_DB1 images, 5 masks each, one 448-px tile,
+CONFIG defaults to bench/gpu/scaling_1b_cfg.py (512x512 CHASE_DB1 images, 5 masks each, one 448-px tile,
 the 1024-px SAM2 input). Prints a table (see projects/sa2va/benchmark/data_pipeline.py).
 """
 
@@ -23,7 +23,7 @@ from projects.sa2va.benchmark.data_pipeline import format_table, run  # noqa: E4
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("config", nargs="?", default="tools/gpu/scaling_1b_cfg.py")
+    p.add_argument("config", nargs="?", default="bench/gpu/scaling_1b_cfg.py")
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=16)
     a = p.parse_args(argv)

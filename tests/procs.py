@@ -1,4 +1,4 @@
-"""Test helpers for the scripts run as subprocesses from the repo root (tools/*.sh, tools/gpu/*)."""
+"""Test helpers for the scripts run as subprocesses from the repo root (tools/*.sh, bench/gpu/*)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ def free_port() -> int:
 
 
 def run_gpu_script(script: str, timeout: float = 900, **env: str) -> tuple[int, str]:
-    """``bash tools/gpu/<script>`` on CPU with ``PYTHON`` = this interpreter, a free ``PORT`` and ``env``;
+    """``bash bench/gpu/<script>`` on CPU with ``PYTHON`` = this interpreter, a free ``PORT`` and ``env``;
     returns (exit status, stdout + stderr)."""
     full_env = {**os.environ, "PYTHON": sys.executable, "PORT": str(free_port()), **env}
     proc = subprocess.run(
-        ["bash", f"tools/gpu/{script}"],
+        ["bash", f"bench/gpu/{script}"],
         cwd=ROOT,
         env=full_env,
         capture_output=True,

@@ -3,7 +3,7 @@
 # ./.whl (after ../shared/gpu/fetch_wheels.sh), so `tools/train.py --deepspeed ...` can run on the lent GPU
 # box. DeepSpeed is source-only on PyPI: built here into a pure wheel with DS_BUILD_OPS=0 against the
 # project's torch (.venv); its CUDA ops are JIT-compiled on the GPU box when used. About 7 MiB in all.
-#   bash tools/gpu/add_deepspeed_wheels.sh
+#   bash bench/gpu/add_deepspeed_wheels.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}

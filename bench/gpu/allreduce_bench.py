@@ -1,6 +1,6 @@
 """All-reduce bandwidth between the GPUs of one host, at the size of Sa2VA's gradients (torchrun, NCCL).
 
-torchrun --nproc-per-node 2 tools/gpu/allreduce_bench.py [--mib 64 512 1344] [--iters 20]
+torchrun --nproc-per-node 2 bench/gpu/allreduce_bench.py [--mib 64 512 1344] [--iters 20]
 
 Prints one table row per size: time per fp32 all-reduce and the bus bandwidth (``2 (n-1)/n * bytes / s``,
 NCCL's convention). 1344 MiB is one step's trainable gradients of the Sa2VA-1B recipe (352 M parameters:

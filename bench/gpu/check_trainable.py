@@ -1,6 +1,6 @@
 """Load trainable-weight files into a config's model strictly (as tools/convert_to_hf.py does); compare them.
 
-python tools/gpu/check_trainable.py CONFIG NAME=FILE [NAME=FILE ...] [--cfg-options k=v ...]
+python bench/gpu/check_trainable.py CONFIG NAME=FILE [NAME=FILE ...] [--cfg-options k=v ...]
 
 Builds the config's model once, keeps its initial trainable tensors, then for each file: loads it with
 ``load_trainable_checkpoint`` (``checkpoint/trainable_pth.py``: ``torch.load(weights_only=True)``, every

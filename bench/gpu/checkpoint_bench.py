@@ -1,7 +1,7 @@
 """Time and memory of writing, loading and exporting a Sa2VA-4B-shaped official HF folder (random bf16).
 
-PYTHONPATH=/tmp/site:$PWD python3 tools/gpu/checkpoint_bench.py --preset 4b --device cuda --workdir /tmp/ckb
-python tools/gpu/checkpoint_bench.py --preset tiny --device cpu --workdir /tmp/ckb   # smoke test
+PYTHONPATH=/tmp/site:$PWD python3 bench/gpu/checkpoint_bench.py --preset 4b --device cuda --workdir /tmp/ckb
+python bench/gpu/checkpoint_bench.py --preset tiny --device cpu --workdir /tmp/ckb   # smoke test
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from projects.sa2va.checkpoint.bench import PRESETS, format_table, run_checkpoint_bench  # noqa: E402
+from bench.harness.checkpoint_io import PRESETS, format_table, run_checkpoint_bench  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,6 @@
 """Cost of DDP's ``find_unused_parameters=True`` graph search on a config's training graph.
 
-python tools/gpu/ddp_search_cost.py CONFIG [--device cpu|cuda] [--repeats 5]
+python bench/gpu/ddp_search_cost.py CONFIG [--device cpu|cuda] [--repeats 5]
 
 Builds the config's model (on ``--device``, fp32 on the CPU), wraps it in a 1-rank DDP (gloo on the CPU,
 NCCL on CUDA) with ``find_unused_parameters=True``, runs one training forward on the first sample of the

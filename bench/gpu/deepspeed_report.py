@@ -1,10 +1,10 @@
 """Compare data-parallel runs of one config at the same global batch: DDP and DeepSpeed ZeRO stages.
 
-python tools/gpu/deepspeed_report.py BASELINE NAME=WORK_DIR [NAME=WORK_DIR ...] --global-batch 64 \
+python bench/gpu/deepspeed_report.py BASELINE NAME=WORK_DIR [NAME=WORK_DIR ...] --global-batch 64 \
     [--accum 2] [--warmup 10] [--rel-tol 0.02]
 
 BASELINE and each WORK_DIR hold LossRecorderHook records (``train_losses.rank<r>.jsonl`` per rank or one
-``train_losses.jsonl``; see tools/gpu/scaling_report.py); BASELINE may be ``NAME=PATH`` too. Every run
+``train_losses.jsonl``; see bench/gpu/scaling_report.py); BASELINE may be ``NAME=PATH`` too. Every run
 uses ``--accum`` micro-batches per optimiser step. Prints one row per run: samples/s after ``--warmup``
 steps, the largest |loss difference| to the baseline over their common optimiser steps (pass: below
 ``--rel-tol`` times the baseline's first loss), the last step's loss and the peak CUDA memory of rank 0.

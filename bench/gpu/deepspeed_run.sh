@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # DDP and DeepSpeed ZeRO stages on the 2-GPU box, same config and global batch: Sa2VA-1B shapes (random weights),
 # BATCH samples per GPU x ACCUM micro-batches per optimiser step, STEPS steps, a checkpoint at the end.
-# Then: a table of samples/s, loss difference to DDP and peak memory (tools/gpu/deepspeed_report.py), and the
-# trainable weights of every run loaded strictly into the config's model (tools/gpu/check_trainable.py).
+# Then: a table of samples/s, loss difference to DDP and peak memory (bench/gpu/deepspeed_report.py), and the
+# trainable weights of every run loaded strictly into the config's model (bench/gpu/check_trainable.py).
 #
-# From the repo root on the GPU box (kit from ../shared/gpu/fetch_wheels.sh + tools/gpu/add_deepspeed_wheels.sh,
+# From the repo root on the GPU box (kit from ../shared/gpu/fetch_wheels.sh + bench/gpu/add_deepspeed_wheels.sh,
 # carried as .whl):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-#       .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && bash tools/gpu/deepspeed_run.sh
+#       .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && bash bench/gpu/deepspeed_run.sh
 #
 # STAGES: the --deepspeed names to run after DDP (default "zero2 zero3"; projects/sa2va/configs/deepspeed/).
 # DDP=0 skips the DDP run and compares against BASELINE (a work dir or records file of an earlier DDP run).
@@ -20,7 +20,7 @@ ACCUM=${ACCUM:-2}
 STAGES=${STAGES:-zero2 zero3}
 DDP=${DDP:-1}
 RUNS=${RUNS:-/tmp/sa2va_deepspeed}  # work dirs; emptied first
-CFG=${CFG:-tools/gpu/scaling_1b_cfg.py}
+CFG=${CFG:-bench/gpu/scaling_1b_cfg.py}
 WARMUP=${WARMUP:-10}
 ITERS=$((STEPS * ACCUM))
 rm -rf "$RUNS"
@@ -53,7 +53,7 @@ done
 du -sh "$RUNS"/*/iter_"$ITERS"* 2>/dev/null || true
 
 status=0
-"$PYTHON" tools/gpu/deepspeed_report.py "${BASELINE:?set BASELINE when DDP=0}" "${runs[@]}" \
+"$PYTHON" bench/gpu/deepspeed_report.py "${BASELINE:?set BASELINE when DDP=0}" "${runs[@]}" \
     --global-batch "$((2 * BATCH * ACCUM))" --accum "$ACCUM" --warmup "$WARMUP" || status=1
-"$PYTHON" tools/gpu/check_trainable.py "$CFG" "${files[@]}" || status=1
+"$PYTHON" bench/gpu/check_trainable.py "$CFG" "${files[@]}" || status=1
 exit $status

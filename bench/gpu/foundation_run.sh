@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Foundation GPU run (issue 2): the tiny config, then Sa2VA-1B shapes (random weights) for 20 iterations in
 # bf16 on one GPU, through the same launcher users run. Prints a table; logs go to $OUT (default ./gpu_out).
-#   bash tools/gpu/foundation_run.sh
+#   bash bench/gpu/foundation_run.sh
 # On the lent GPU box, after installing the wheel kit (see ../shared/gpu/README.md):
-#   export PYTHONPATH=/tmp/site:$PWD; bash tools/gpu/foundation_run.sh
+#   export PYTHONPATH=/tmp/site:$PWD; bash bench/gpu/foundation_run.sh
 set -euo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"

@@ -1,7 +1,7 @@
 """Bytes the LLM part of a Sa2VA training step keeps for backward, counted on the ``meta`` device (no compute,
 no weights), for the reference batch of the 4B shapes: where the reference batch-2 peak goes (issue 19).
 
-    python tools/gpu/llm_saved_activations.py --preset 4b --batch 2 --tokens 382 --supervised 29
+    python bench/gpu/llm_saved_activations.py --preset 4b --batch 2 --tokens 382 --supervised 29
 
 Builds the preset's Qwen2 LM (``_base_`` config shapes, 151674-row head as in the benchmark) on ``meta`` with
 PEFT LoRA on the 7 linear layers of each decoder layer (``modules_to_save`` embedding / head), all in bf16

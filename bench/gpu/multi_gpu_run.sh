@@ -2,8 +2,8 @@
 # Issue 8: Sa2VA-4B shapes (random weights) with the reference recipe (batch 2 x accumulation 16 per GPU)
 # on NGPUS GPUs of one host: STEPS optimiser steps, then resume from the last checkpoint for RESUME_STEPS
 # more, then export with tools/convert_to_hf.py; prints one table row (also written to $REPORT).
-#   NGPUS=8 bash tools/gpu/multi_gpu_run.sh                  # the 8-GPU machine: 50 + 10 steps
-#   NGPUS=2 STEPS=20 RESUME_STEPS=4 bash tools/gpu/multi_gpu_run.sh
+#   NGPUS=8 bash bench/gpu/multi_gpu_run.sh                  # the 8-GPU machine: 50 + 10 steps
+#   NGPUS=2 STEPS=20 RESUME_STEPS=4 bash bench/gpu/multi_gpu_run.sh
 # On the lent GPU box, after installing the wheel kit: export PYTHONPATH=/tmp/site:$PWD first.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -38,7 +38,7 @@ t3=$(date +%s)
 "$PY" - "$WD" "$NGPUS" "$STEPS" "$ACC" "$BATCH" "$REPORT" $((t1 - t0)) $((t2 - t1)) $((t3 - t2)) <<'PYEOF'
 import re, sys
 from pathlib import Path
-sys.path.insert(0, "tools/gpu")
+sys.path.insert(0, "bench/gpu")
 from scaling_report import optimiser_steps, run_records
 wd, ngpus, steps, acc, batch, report = Path(sys.argv[1]), *map(int, sys.argv[2:6]), sys.argv[6]
 t_train, t_resume, t_export = map(int, sys.argv[7:10])

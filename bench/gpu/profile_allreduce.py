@@ -1,9 +1,9 @@
 """Where a DDP gradient sync spends its time: the NCCL all-reduce kernels of ``ProfileItersHook`` traces.
 
-python tools/gpu/profile_allreduce.py WORK_DIR [--keep DIR]
+python bench/gpu/profile_allreduce.py WORK_DIR [--keep DIR]
 
 Reads ``profile.rank<r>.json`` (or ``.json.gz``, or the ``.nccl.json`` subsets ``--keep`` writes) of every
-rank in WORK_DIR (``tools/gpu/scaling_1b_profile_cfg.py`` writes them) and prints, per rank and per profiled
+rank in WORK_DIR (``bench/gpu/scaling_1b_profile_cfg.py`` writes them) and prints, per rank and per profiled
 iteration (from one ``DistributedDataParallel.forward`` to the next): the forward's host time, the number
 of gradient buckets reduced, their total and longest kernel time, and the other all-reduces (scalars such
 as the logged losses; DDP's ``Int`` map of unused parameters).

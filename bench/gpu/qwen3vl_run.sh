@@ -3,9 +3,9 @@
 # then Qwen3-VL-4B shapes (random weights) for 20 iterations in bf16 on one GPU, then the Sa2VA-1B
 # (InternVL) shapes on the same card for comparison, all through the launcher users run. Prints a table
 # (qwen3vl.md); logs go to $OUT (default ./gpu_out).
-#   bash tools/gpu/qwen3vl_run.sh                 # RUNS="tiny_qwen3vl sa2va_qwen3vl_4b_random" skips the 1B row
+#   bash bench/gpu/qwen3vl_run.sh                 # RUNS="tiny_qwen3vl sa2va_qwen3vl_4b_random" skips the 1B row
 # On the lent GPU box, after installing the wheel kit with the transformers 4.57 stack (../shared/gpu/README.md):
-#   export PYTHONPATH=/tmp/site:$PWD; bash tools/gpu/qwen3vl_run.sh
+#   export PYTHONPATH=/tmp/site:$PWD; bash bench/gpu/qwen3vl_run.sh
 set -euo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"

@@ -1,6 +1,6 @@
-"""Compare two runs of tools/gpu/scaling_run.sh (1 GPU vs N GPUs, same global batch): throughput and losses.
+"""Compare two runs of bench/gpu/scaling_run.sh (1 GPU vs N GPUs, same global batch): throughput and losses.
 
-python tools/gpu/scaling_report.py WORK_DIR_1GPU WORK_DIR_NGPU --gpus 2 --global-batch 32 \
+python bench/gpu/scaling_report.py WORK_DIR_1GPU WORK_DIR_NGPU --gpus 2 --global-batch 32 \
     [--accum-1 2 --accum-n 1] [--warmup 10]
 
 Both runs' loss records (LossRecorderHook, one record per micro-batch iteration: ``train_losses.jsonl``
@@ -35,7 +35,7 @@ def rank_records(work_dir: str | Path) -> list[dict[int, dict]]:
     """A run's records by rank: ``train_losses.jsonl`` (one entry), ``train_losses.rank<r>.jsonl`` by rank,
     or the one records file given as ``work_dir``."""
     work_dir = Path(work_dir)
-    if work_dir.is_file():  # one records file (e.g. a copy kept in docs/gpu_runs)
+    if work_dir.is_file():  # one records file (e.g. a copy kept in bench/records)
         return [read_loss_records(work_dir)]
     if (work_dir / "train_losses.jsonl").exists():
         return [read_loss_records(work_dir / "train_losses.jsonl")]

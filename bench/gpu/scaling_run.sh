@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Data-parallel scaling on the 2-GPU box: Sa2VA-1B shapes (random weights), the same global batch on 1 GPU
 # and on 2 GPUs (DDP through tools/dist.sh), STEPS optimiser steps each, then a table of samples/s, the
-# scaling factor and the loss-curve difference (tools/gpu/scaling_report.py).
+# scaling factor and the loss-curve difference (bench/gpu/scaling_report.py).
 #
 # From the repo root on the GPU box (kit built by ../shared/gpu/fetch_wheels.sh, carried as .whl):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-#       .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && bash tools/gpu/scaling_run.sh
+#       .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && bash bench/gpu/scaling_run.sh
 #
 # MODE=accum (default; how a recipe scales): every GPU runs micro-batches of BATCH samples; the 2-GPU run
 #   accumulates ACCUM (default 1) of them per GPU per optimiser step, the 1-GPU run 2*ACCUM: global batch
@@ -26,7 +26,7 @@ BATCH=${BATCH:-16}
 ACCUM=${ACCUM:-1}
 GLOBAL_BATCH=${GLOBAL_BATCH:-32}
 RUNS=${RUNS:-/tmp/sa2va_scaling_$MODE}  # work dirs; emptied first
-CFG=${CFG:-tools/gpu/scaling_1b_cfg.py}
+CFG=${CFG:-bench/gpu/scaling_1b_cfg.py}
 WARMUP=${WARMUP:-10}
 case "$MODE" in
 accum) B1=$BATCH A1=$((2 * ACCUM)) BN=$BATCH AN=$ACCUM GLOBAL_BATCH=$((2 * BATCH * ACCUM)) ;;
@@ -48,5 +48,5 @@ CUDA_VISIBLE_DEVICES=0,1 PORT=${PORT:-29611} bash tools/dist.sh train "$CFG" 2 -
     --cfg-options train_dataloader.batch_size="$BN" optim_wrapper.accumulative_counts="$AN" \
     train_cfg.max_iters="$((STEPS * AN))" ${EXTRA_OPTS:-} 2>&1 | show
 
-"$PYTHON" tools/gpu/scaling_report.py "$RUNS/gpu1" "$RUNS/gpu2" --gpus 2 --global-batch "$GLOBAL_BATCH" \
+"$PYTHON" bench/gpu/scaling_report.py "$RUNS/gpu1" "$RUNS/gpu2" --gpus 2 --global-batch "$GLOBAL_BATCH" \
     --accum-1 "$A1" --accum-n "$AN" --warmup "$WARMUP"

@@ -4,7 +4,7 @@ Reads the ``report.json`` that ``tools/test.py`` writes for each seed (``--fov-m
 section) and prints one row per seed plus the mean and the sample standard deviation over seeds, at the
 threshold chosen on the validation set (``at_best``) and at 0.5.
 
-    python tools/gpu/seeds_report.py --run 0=W/seed0/eval/report.json:12 --run 1=... [--json OUT.json]
+    python bench/gpu/seeds_report.py --run 0=W/seed0/eval/report.json:12 --run 1=... [--json OUT.json]
 
 ``--run NAME=REPORT[:ITERATIONS]``: the iteration count is optional and only printed.
 """

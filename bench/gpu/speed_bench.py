@@ -1,10 +1,10 @@
 """Issue 19 speed/memory rows for Sa2VA-1B / -4B shapes: the LM head at every position vs only at the
 supervised positions, the reference batch 2 with and without gradient checkpointing (foreach and fused
-AdamW), and the largest optimised batch that fits the card. Run by ``tools/gpu/speed_run.sh`` (see there
+AdamW), and the largest optimised batch that fits the card. Run by ``bench/gpu/speed_run.sh`` (see there
 for the GPU box set-up).
 
-    PYTHONPATH=/tmp/site:$PWD python3 tools/gpu/speed_bench.py --models 4b,1b            # one GPU
-    python tools/gpu/speed_bench.py --tiny --steps 2 --warmup 1 --profile-steps 1          # CPU smoke run
+    PYTHONPATH=/tmp/site:$PWD python3 bench/gpu/speed_bench.py --models 4b,1b            # one GPU
+    python bench/gpu/speed_bench.py --tiny --steps 2 --warmup 1 --profile-steps 1          # CPU smoke run
 
 Every row goes through :func:`projects.sa2va.benchmark.harness.run_one` (the throughput pass times
 ``Sa2VAModel(mode='loss')``, so ``lm_logits`` decides the LM head there). Its profiling pass (the ``LLM f+b``

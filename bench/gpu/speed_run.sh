@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Issue 19 speed/memory run on ONE GPU (about 6-8 minutes on an H100), random weights:
-#   1. Sa2VA-4B and Sa2VA-1B shapes (tools/gpu/speed_bench.py over projects/sa2va/benchmark/harness.py):
+#   1. Sa2VA-4B and Sa2VA-1B shapes (bench/gpu/speed_bench.py over projects/sa2va/benchmark/harness.py):
 #      reference batch 2 with the LM head at every position (lm_logits='all', the old path) and at the
 #      supervised positions only (the default), batch 2 + gradient checkpointing (foreach AdamW, then fused
 #      AdamW), the feature-cache batch 16 on both paths, then larger feature-cache batches until one runs out
 #      of memory (the largest that fits);
-#   2. Sa2VA-Qwen3-VL-4B shapes through tools/train.py (20 iterations, batch 2, as tools/gpu/qwen3vl_run.sh),
+#   2. Sa2VA-Qwen3-VL-4B shapes through tools/train.py (20 iterations, batch 2, as bench/gpu/qwen3vl_run.sh),
 #      default path, then lm_logits='all' as the baseline (skipped when past the time budget).
 # Prints the card, then one table per part; everything also lands in $OUT (default ./gpu_out).
 #
 # On the lent GPU box (kit with the transformers 4.57 stack, see ../shared/gpu/README.md; carry .whl):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-#     && export PYTHONPATH=/tmp/site:$PWD && OUT=$OUT bash tools/gpu/speed_run.sh
+#     && export PYTHONPATH=/tmp/site:$PWD && OUT=$OUT bash bench/gpu/speed_run.sh
 # CPU smoke run of the same script (tiny models, 2 steps; the tiny Qwen3-VL demo for one epoch, 10 iterations):
-#   SMOKE=1 PY=.venv/bin/python bash tools/gpu/speed_run.sh
+#   SMOKE=1 PY=.venv/bin/python bash bench/gpu/speed_run.sh
 # Knobs: PARTS ("bench qwen"), MODELS (4b,1b), OPT_BATCHES ("4b:16,24,32,48;1b:16,32,64,96"), STEPS (10),
 # QWEN_BASELINE (1), BUDGET_S (430 on a GPU, none in SMOKE mode: part-2 runs that would start later than this
 # many seconds after the start are skipped, so that one call stays under ~8 minutes).
@@ -47,7 +47,7 @@ else
 fi
 status=0
 if [[ " $PARTS " == *" bench "* ]]; then
-    "$PY" tools/gpu/speed_bench.py "${bench_args[@]}" --out "$OUT/speed_rows.jsonl" 2>&1 \
+    "$PY" bench/gpu/speed_bench.py "${bench_args[@]}" --out "$OUT/speed_rows.jsonl" 2>&1 \
         | tee "$OUT/speed_bench.log" || status=1
 fi
 

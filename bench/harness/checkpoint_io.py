@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from ..models.internvl import Qwen2InternVL
-from ..models.presets import BENCH_VOCAB_SIZE, load_preset
-from ..models.sa2va import Sa2VAModel
-from ..models.sam2_grounding import SAM2GroundingEncoder
-from ..models.tokenizer import build_tiny_tokenizer
-from .hf_sa2va import HFSa2VALoader, export_hf_folder, hf_weight_files
+from projects.sa2va.checkpoint.hf_sa2va import HFSa2VALoader, export_hf_folder, hf_weight_files
+from projects.sa2va.models.internvl import Qwen2InternVL
+from projects.sa2va.models.presets import BENCH_VOCAB_SIZE, load_preset
+from projects.sa2va.models.sa2va import Sa2VAModel
+from projects.sa2va.models.sam2_grounding import SAM2GroundingEncoder
+from projects.sa2va.models.tokenizer import build_tiny_tokenizer
 
 __all__ = ["PRESETS", "BenchRow", "format_table", "run_checkpoint_bench"]
 

@@ -4,7 +4,7 @@
 # is enough there) and the wheel kit .whl built for the transformers 4.57 stack (the official sa2va.py imports
 # transformers.AutoVideoProcessor, which 4.48 lacks):
 #     KIT_TRANSFORMERS=4.57.1 KIT_TOKENIZERS=0.22.1 KIT_HUB=0.36.0 bash ../shared/gpu/fetch_wheels.sh
-#     bash tools/gpu/add_deepspeed_wheels.sh      # only for OFFICIAL_STEP=ds
+#     bash bench/gpu/add_deepspeed_wheels.sh      # only for OFFICIAL_STEP=ds
 # The official InternViT code imports timm.models.layers.DropPath: the box's timm (1.0.29) is expected to serve
 # (not yet run there); if it does not, append timm==1.0.17 (the official pin) to the fetch_wheels.sh call.
 # The kit's xtuner 0.2.0 serves the official InternVLMLLM (xtuner/model/internvl.py is AST-identical in

@@ -1,4 +1,4 @@
-"""tools/benchmark.py runs end to end on the CPU with the tiny model; the FLOP formulas and the sampler."""
+"""bench/benchmark.py runs end to end on the CPU with the tiny model; the FLOP formulas and the sampler."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_benchmark_tiny_smoke():
     cmd = [
         sys.executable,
-        str(ROOT / "tools/benchmark.py"),
+        str(ROOT / "bench/benchmark.py"),
         "--tiny",
         "--steps",
         "1",
@@ -109,7 +109,7 @@ def test_data_pipeline_benchmark_tool(tmp_path):
     out = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "tools/benchmark_data.py"),
+            str(ROOT / "bench/benchmark_data.py"),
             "projects/sa2va/configs/sa2va_tiny_demo.py",
             "--samples",
             "4",

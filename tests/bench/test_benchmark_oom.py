@@ -1,4 +1,4 @@
-"""tools/benchmark.py when configurations run out of memory (CPU, tiny model): the row reads
+"""bench/benchmark.py when configurations run out of memory (CPU, tiny model): the row reads
 "out of memory at batch N on <device>", memory is freed, the other rows are measured and the table is
 completed; the exit status is 1 only when every row failed. OOMs are injected through a fake step:
 ``torch.OutOfMemoryError`` (what CUDA raises) and a real failed CPU allocation."""

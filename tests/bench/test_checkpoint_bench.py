@@ -1,11 +1,11 @@
-"""CPU smoke test of tools/gpu/checkpoint_bench.py (tiny preset)."""
+"""CPU smoke test of bench/gpu/checkpoint_bench.py (tiny preset)."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
-TOOL = Path(__file__).resolve().parents[2] / "tools/gpu/checkpoint_bench.py"
+TOOL = Path(__file__).resolve().parents[2] / "bench/gpu/checkpoint_bench.py"
 
 
 def test_tiny_bench_runs_and_prints_a_table(capsys, tmp_path):

@@ -1,4 +1,4 @@
-"""tools/gpu/ddp_search_cost.py on the tiny model (CPU, gloo): it prints the node count and the timing."""
+"""bench/gpu/ddp_search_cost.py on the tiny model (CPU, gloo): it prints the node count and the timing."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_ddp_search_cost_on_the_tiny_config():
     cmd = [
         sys.executable,
-        "tools/gpu/ddp_search_cost.py",
-        "tests/engine/configs/tiny_scaling.py",
+        "bench/gpu/ddp_search_cost.py",
+        "tests/bench/configs/tiny_scaling.py",
         "--repeats",
         "3",
     ]
@@ -25,7 +25,7 @@ def test_ddp_search_cost_on_the_tiny_config():
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     row = re.search(
-        r"\| tests/engine/configs/tiny_scaling.py \| cpu \| (\d+) \| ([\d.]+) / ([\d.]+) \|", proc.stdout
+        r"\| tests/bench/configs/tiny_scaling.py \| cpu \| (\d+) \| ([\d.]+) / ([\d.]+) \|", proc.stdout
     )
     assert row, proc.stdout
     nodes, fastest, median = int(row[1]), float(row[2]), float(row[3])

@@ -1,4 +1,4 @@
-"""tools/gpu/deepspeed_run.sh and its report on CPU: DDP, then DeepSpeed (ZeRO stage 0: gloo cannot run the
+"""bench/gpu/deepspeed_run.sh and its report on CPU: DDP, then DeepSpeed (ZeRO stage 0: gloo cannot run the
 ZeRO-2/3 partition all-gather) with xtuner-style precision sections that would cast the whole model to
 bf16. The same config must give the same initial weights and the same losses under both, and both runs'
 trainable weights must load strictly into the config's model."""
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools" / "gpu"))
+sys.path.insert(0, str(ROOT / "bench" / "gpu"))
 import deepspeed_report  # noqa: E402
 from scaling_report import read_loss_records  # noqa: E402
 
@@ -46,8 +46,8 @@ def test_report_rows_tolerance_and_a_failed_run(tmp_path, capsys):
 def test_deepspeed_run_on_cpu_matches_ddp(tmp_path):
     rc, out = run_gpu_script(
         "deepspeed_run.sh",
-        CFG="tests/engine/configs/tiny_scaling.py",
-        STAGES="tests/engine/configs/ds_cpu_zero0_xtuner_precision.json",
+        CFG="tests/bench/configs/tiny_scaling.py",
+        STAGES="tests/bench/configs/ds_cpu_zero0_xtuner_precision.json",
         BATCH="2",
         ACCUM="2",
         STEPS="2",

@@ -1,4 +1,4 @@
-"""tools/gpu/profile_allreduce.py on Chrome traces in torch.profiler's format (the event fields it writes for
+"""bench/gpu/profile_allreduce.py on Chrome traces in torch.profiler's format (the event fields it writes for
 NCCL kernels and ``record_function`` annotations): per-iteration all-reduce kernel time, the ``.gz`` and
 ``--keep`` subset files, and clear errors for traces it cannot use."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools" / "gpu"))
+sys.path.insert(0, str(ROOT / "bench" / "gpu"))
 import profile_allreduce  # noqa: E402
 
 KERNEL = "ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)"

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
-from projects.sa2va.engine.hooks import ProfileItersHook
+from bench.harness.profile_hook import ProfileItersHook
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_profile_configs_load_and_bad_window_is_rejected():
-    cfg = Config.fromfile(str(ROOT / "tools/gpu/scaling_1b_profile_cfg.py"))
+    cfg = Config.fromfile(str(ROOT / "bench/gpu/scaling_1b_profile_cfg.py"))
     assert [h["type"] for h in cfg.custom_hooks][-1] is ProfileItersHook
     with pytest.raises(ValueError, match="start=0"):
         ProfileItersHook(start=0)
@@ -27,7 +27,7 @@ def test_profile_of_two_iterations_on_cpu(tmp_path):
     cmd = [
         sys.executable,
         "tools/train.py",
-        "tests/engine/configs/tiny_profile.py",
+        "tests/bench/configs/tiny_profile.py",
         "--work-dir",
         str(tmp_path),
     ]

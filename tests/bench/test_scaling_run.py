@@ -1,4 +1,4 @@
-"""tools/gpu/scaling_run.sh and its report: optimiser steps from micro-batch records, and the whole script
+"""bench/gpu/scaling_run.sh and its report: optimiser steps from micro-batch records, and the whole script
 on CPU (tiny model, gloo) in its default mode, where 1 rank accumulates 2 micro-batches per step."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools" / "gpu"))
+sys.path.insert(0, str(ROOT / "bench" / "gpu"))
 import scaling_report  # noqa: E402
 
 from tests.procs import run_gpu_script  # noqa: E402
@@ -81,7 +81,7 @@ def test_step_timing_splits_sync_micro_batches_and_measures_the_rank_spread(tmp_
 def test_scaling_run_on_cpu_accumulation_mode(tmp_path):
     rc, out = run_gpu_script(
         "scaling_run.sh",
-        CFG="tests/engine/configs/tiny_scaling.py",
+        CFG="tests/bench/configs/tiny_scaling.py",
         BATCH="2",
         STEPS="4",
         WARMUP="1",

@@ -1,4 +1,4 @@
-"""tools/gpu/seeds_report.py: per-seed rows, mean and sample spread, named errors for incomplete reports."""
+"""bench/gpu/seeds_report.py: per-seed rows, mean and sample spread, named errors for incomplete reports."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "gpu"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "gpu"))
 import seeds_report
 
 

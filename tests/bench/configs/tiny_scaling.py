@@ -1,5 +1,5 @@
 # ruff: noqa: F403, F405
-# tools/gpu/scaling_run.sh's settings on the tiny CPU model (tests/tools/test_scaling_run.py): iteration-
+# bench/gpu/scaling_run.sh's settings on the tiny CPU model (tests/bench/test_scaling_run.py): iteration-
 # based, constant lr, no dropout or random point sampling, per-rank losses recorded per iteration.
 from mmengine.config import read_base
 
@@ -18,6 +18,6 @@ val_cfg = None
 val_evaluator = None
 default_hooks.checkpoint.update(interval=100000, save_last=False, save_best=None)
 default_hooks.logger.interval = 1
-# Per-rank loss files, averaged by tools/gpu/scaling_report.py: no cross-rank collective per iteration
+# Per-rank loss files, averaged by bench/gpu/scaling_report.py: no cross-rank collective per iteration
 # (reduce="mean" would add one, a barrier DDP does not have inside an accumulation cycle).
 custom_hooks = [dict(type=LossRecorderHook, all_ranks=True)]
