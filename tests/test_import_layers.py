@@ -16,6 +16,9 @@ A module may import a module of its own rank or of a lower rank. Every import co
 inside a function (a "lazy" import), or under ``if TYPE_CHECKING:``. ``tools/`` (above everything) and
 ``tests/`` are outside the package and not checked.
 
+The product (``projects/sa2va`` and ``tools/``) never imports the lab, the top-level ``bench`` package
+(benchmarks, GPU scripts, profiling); ``bench`` imports the product.
+
 ``KNOWN_UPWARD`` lists the upward imports that are not fixed yet, each with the reason; the test fails on
 any upward import not in it, and on an entry that no longer occurs (so the list only shrinks).
 """
@@ -136,6 +139,45 @@ def test_no_new_upward_import() -> None:
     assert not new, "upward imports (see tests/test_import_layers.py for the layers):\n" + "\n".join(new)
     stale = sorted(set(KNOWN_UPWARD) - {(m, t) for _, _, m, t in found})
     assert not stale, f"KNOWN_UPWARD entries that no longer occur (remove them): {stale}"
+
+
+#: The lab's top-level package, which the product must not import.
+LAB = "bench"
+
+
+def lab_imports(paths: list[Path]) -> list[tuple[str, int, str]]:
+    """``(file, line, module)`` for every import of :data:`LAB` (``bench`` or ``bench.*``) in ``paths``.
+
+    Only absolute imports can reach the top-level ``bench`` from ``projects/sa2va`` or ``tools/``.
+    """
+    found = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            found += [(str(path), node.lineno, n) for n in names if n == LAB or n.startswith(LAB + ".")]
+    return found
+
+
+def test_product_never_imports_the_lab() -> None:
+    paths = sorted((ROOT / "projects" / "sa2va").rglob("*.py")) + sorted((ROOT / "tools").rglob("*.py"))
+    assert len(paths) > 50, "the scan found too few files to mean anything"
+    found = [f"{Path(f).relative_to(ROOT)}:{line}: imports {name}" for f, line, name in lab_imports(paths)]
+    assert not found, "the product imports the lab (bench/):\n" + "\n".join(found)
+
+
+def test_lab_check_catches_planted_imports(tmp_path: Path) -> None:
+    _write(tmp_path, "a.py", "import bench.harness.speed as hb\nimport benchmark\n")
+    _write(tmp_path, "b.py", "def f():\n    from bench import harness\n    from .bench import x\n")
+    found = lab_imports([tmp_path / "a.py", tmp_path / "b.py"])
+    assert [(Path(f).name, line, n) for f, line, n in found] == [
+        ("a.py", 1, "bench.harness.speed"),
+        ("b.py", 2, "bench"),
+    ]
 
 
 def _write(root: Path, rel: str, text: str) -> None:

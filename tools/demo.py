@@ -74,7 +74,7 @@ def main() -> int:
             )
         print(
             "(a random tiny model with a frozen random SAM2 encoder cannot learn thin vessels in a minute\n"
-            " on a CPU; docs/gpu_runs/README.md shows a real learning run: test Dice 0.75 at full resolution)"
+            " on a CPU; bench/records/README.md shows a real learning run: test Dice 0.75 at full resolution)"
         )
     ckpts = sorted(work_dir.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
     if not ckpts:
