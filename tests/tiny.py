@@ -28,19 +28,25 @@ def build_tiny_model(seed: int = 0, **model_overrides):
     return BUILDER.build(cfg.model), cfg
 
 
+def tiny_processor(cfg, image_processor: dict | None = None, **changes) -> dict:
+    """A copy of the config's ``processor`` dict with ``image_processor`` fields and processor fields changed
+    (e.g. ``tiny_processor(cfg, dict(max_tiles=12), sam2_resample="bilinear")``)."""
+    import copy
+
+    proc = copy.deepcopy(cfg.processor)
+    proc.image_processor.update(image_processor or {})
+    for key, value in changes.items():  # replaced, not merged (a template dict is a whole template)
+        proc[key] = value
+    return proc
+
+
 def build_tiny_dataset(cfg, ann: str = "annotations_train.json", **overrides):
-    """RefSegDataset over the bundled CHASE_DB1 sample, sized for the tiny model."""
+    """RefSegDataset over the bundled CHASE_DB1 sample with the config's processor (the tiny model's: one
+    224-px tile per 512x512 image, as the real 448-px ViT gets one tile, and the 256-px SAM2 input)."""
     from projects.sa2va.datasets.refseg import RefSegDataset
 
     kwargs = dict(
-        ann_file=str(DATA_ROOT / ann),
-        image_root=str(DATA_ROOT / "images"),
-        tokenizer=cfg.tokenizer,
-        template=cfg.template,
-        tile_size=cfg.vit_image_size,
-        num_image_token=cfg.num_image_token,
-        sam2_image_size=cfg.sam2_image_size,
-        max_tiles=1,  # one tile per 512x512 image, as the real 448-px ViT gets
+        ann_file=str(DATA_ROOT / ann), image_root=str(DATA_ROOT / "images"), processor=cfg.processor
     )
     kwargs.update(overrides)
     return RefSegDataset(**kwargs)

@@ -115,7 +115,9 @@ def model_cfg(folder: str | Path, family: str) -> Config:
     cfg.model.load_weights = dict(type=HFSa2VALoader, path=folder)
     cfg.image_processor = dict(type=QwenVLImageProcessor, path=folder, **processor_kwargs(family))
     cfg.tokenizer = tok
-    cfg.dataset_inputs.update(tokenizer=tok, image_processor=cfg.image_processor)
+    cfg.processor.tokenizer = tok
+    cfg.processor.image_processor = cfg.image_processor
+    cfg.dataset_inputs = dict(processor=cfg.processor)
     return cfg
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from mmengine.config import Config
+from xtuner.registry import BUILDER
 from xtuner.utils import PROMPT_TEMPLATE
 
 from projects.sa2va.checkpoint.hf_sa2va import HFSa2VALoader
@@ -59,9 +60,9 @@ def test_hf_config_builds_on_a_tiny_folder(leaf, family, tiny_folders):
     cfg = Config.fromfile(str(leaf))
     folder = str(tiny_folders[family])
     tiny = Config.fromfile(str(TINY_MODEL_CFG))
-    # What a user edits: `path` (three places in the leaf) -> the folder.
+    # What a user edits: `path` (re-pointed in the leaf: tokenizer, mllm, load_weights, processor).
     assert cfg.model.mllm.path == cfg.model.load_weights.path == cfg.model.mllm.tokenizer.path == cfg.path
-    assert cfg.train_dataloader.dataset.tokenizer == cfg.model.mllm.tokenizer
+    assert cfg.train_dataloader.dataset.processor.path == cfg.processor.path == cfg.path
     cfg.merge_from_dict(
         {
             "model.mllm.path": folder,
@@ -74,6 +75,9 @@ def test_hf_config_builds_on_a_tiny_folder(leaf, family, tiny_folders):
     torch.manual_seed(0)
     model = construct_model(cfg.model)  # as the runners build it (`pretrained_pth` is the builder's)
     assert model.mllm.path == folder
-    # The leaf's training template is the folder's (config.json `template`).
+    # The leaf's training template is the folder's (config.json `template`), through its processor too.
     assert dict(PROMPT_TEMPLATE[model.mllm.template]) == cfg.template.to_dict()
+    processor = BUILDER.build(dict(cfg.train_dataloader.dataset.processor, path=folder))
+    assert processor.template == cfg.template.to_dict()
+    assert processor.num_image_token == model.mllm.num_image_token
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0

@@ -30,7 +30,7 @@ from projects.sa2va.models.internlm2_tokenizer import INTERNLM2_AUTO_MAP, Intern
 from projects.sa2va.models.tokenizer import load_tokenizer
 from tests.checkpoint.hf_fixture import TEMPLATES, model_cfg, official_key, write_official_folder
 from tests.models.test_sa2va_training import NO_GRAD_TRAINABLE, batch_of, train_steps
-from tests.tiny import TINY_MODEL_CFG, build_tiny_dataset
+from tests.tiny import TINY_MODEL_CFG, build_tiny_dataset, tiny_processor
 
 FAMILIES = ("qwen2", "internlm2", "internvl3")
 QUESTION = "Please segment the blood vessel."
@@ -59,8 +59,9 @@ def folder_tensors(folder: Path) -> dict[str, torch.Tensor]:
 def dataset(folder: Path, family: str, **overrides):
     cfg = Config.fromfile(str(TINY_MODEL_CFG))
     template = overrides.pop("template", PROMPT_TEMPLATE[TEMPLATES[family]])
+    tok = dict(type=load_tokenizer, path=str(folder))
     return build_tiny_dataset(
-        cfg, tokenizer=dict(type=load_tokenizer, path=str(folder)), template=template, **overrides
+        cfg, processor=tiny_processor(cfg, tokenizer=tok, template=template), **overrides
     )
 
 
@@ -212,7 +213,7 @@ def test_training_conversation_equals_the_official_tokenisation(folders, family,
         for tiles in (1, 2):
             objects, wording, _ = ds.sample_plan(index)
             texts = [ds.record(index)["text"][o] for o in objects]
-            ids, labels = ds.conversation(texts, wording, tiles)
+            ids, labels = ds.conversation(texts, wording, tiles * ds.num_image_token)
             official = _official_conversation(ds, template, index, tiles, system)
             assert ids == official["input_ids"]
             assert labels == official["labels"]

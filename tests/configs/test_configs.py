@@ -48,14 +48,7 @@ def shrink_to_tiny(cfg: Config) -> None:
     cfg.model.grounding_encoder.pop("torch_dtype", None)
     cfg.model.pop("load_weights", None)
     cfg.model.lora = tiny.model.lora
-    ds = cfg.train_dataloader.dataset
-    ds.update(
-        tokenizer=tiny.tokenizer,
-        tile_size=tiny.vit_image_size,
-        num_image_token=tiny.num_image_token,
-        sam2_image_size=tiny.sam2_image_size,
-        max_tiles=1,
-    )
+    cfg.train_dataloader.dataset.processor = tiny.processor
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,8 @@ from PIL import Image
 from projects.sa2va.configs import config_path
 from projects.sa2va.datasets import refseg
 from projects.sa2va.datasets.augment import SegAugment
+from projects.sa2va.datasets.image_processing import InternVLImageProcessor
+from projects.sa2va.datasets.processor import Sa2VAProcessor
 from projects.sa2va.datasets.refseg import RefSegDataset
 from projects.sa2va.datasets.samplers import LengthGroupedSampler
 from projects.sa2va.engine.loops import _SkipOnceSampler
@@ -49,12 +51,13 @@ def make_dataset(data, **overrides) -> RefSegDataset:
     kwargs = dict(
         ann_file=str(data / "ann.json"),
         image_root=str(data / "images"),
-        tokenizer=tiny.tokenizer,
-        template=tiny.template,
-        tile_size=56,
-        num_image_token=4,
-        max_tiles=6,
-        sam2_image_size=64,
+        processor=dict(
+            type=Sa2VAProcessor,
+            tokenizer=tiny.tokenizer,
+            template=tiny.template,
+            image_processor=dict(type=InternVLImageProcessor, tile_size=56, num_image_token=4, max_tiles=6),
+            sam2_size=64,
+        ),
         objects_per_image=3,
         repeats=3,
     )

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from projects.sa2va.datasets.collate import sa2va_collate
-from tests.tiny import DATA_ROOT, build_tiny_dataset
+from projects.sa2va.special_tokens import IMG_CONTEXT_TOKEN
+from tests.tiny import DATA_ROOT, build_tiny_dataset, tiny_processor
 
 
 def decode(ds, ids) -> str:
@@ -23,7 +24,9 @@ def test_conversation_layout_and_labels(tiny_dataset):
     text = decode(ds, ids)
     # one image block with 64 context tokens (tiny ViT: 224 px -> 16x16 patches -> 64 after the shuffle)
     assert text.count("<img>") == 1 and text.count("</img>") == 1
-    assert ids.count(ds.img_context_id) == 64 * item["pixel_values"].shape[0]
+    assert (
+        ids.count(ds.tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)) == 64 * item["pixel_values"].shape[0]
+    )
     assert text.startswith("<|im_start|>user\n<img>")
     assert text.count("<|im_start|>user\n") == 5 and text.count("[SEG]") == 5
     # labels: only assistant answers and their <|im_end|>
@@ -46,11 +49,13 @@ def test_tensors_and_masks(tiny_dataset):
 
 
 def test_dynamic_tiling_adds_tiles_and_context_tokens(tiny_model_and_cfg):
-    ds = build_tiny_dataset(tiny_model_and_cfg[1], max_tiles=12)
+    ds = build_tiny_dataset(
+        tiny_model_and_cfg[1], processor=tiny_processor(tiny_model_and_cfg[1], dict(max_tiles=12))
+    )
     item = ds[0]
     # 512x512 at 224-px tiles: a 3x3 grid + thumbnail (InternVL's rule)
     assert item["pixel_values"].shape[0] == 10
-    assert item["input_ids"].tolist().count(ds.img_context_id) == 10 * 64
+    assert item["input_ids"].tolist().count(ds.tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)) == 10 * 64
 
 
 def test_object_choice_subset_and_repeat(tiny_dataset):
@@ -104,7 +109,7 @@ def test_float32_pixel_format_equals_uint8_normalised(tiny_model_and_cfg):
     for key in ("pixel_values", "g_pixel_values"):
         assert torch.equal(normalize_pixels(u8[key]), f32[key])
     with pytest.raises(ValueError, match="pixel_format='float32'"):
-        build_tiny_dataset(cfg, sam2_resample="bilinear")
+        build_tiny_dataset(cfg, processor=tiny_processor(cfg, sam2_resample="bilinear"))
     with pytest.raises(ValueError, match="'uint8' or 'float32'"):
         build_tiny_dataset(cfg, pixel_format="fp16")
 

@@ -25,12 +25,7 @@ def dataset(cfg, ann: Path, root: Path, **kwargs) -> RefSegDataset:
     return RefSegDataset(
         ann_file=str(ann),
         image_root=str(root),
-        tokenizer=cfg.tokenizer,
-        template=cfg.template,
-        tile_size=cfg.vit_image_size,
-        num_image_token=cfg.num_image_token,
-        sam2_image_size=cfg.sam2_image_size,
-        max_tiles=1,
+        processor=cfg.processor,
         objects_per_image=1,
         random_templates=False,
         **kwargs,

@@ -72,7 +72,7 @@ def test_upsampler_is_a_trainable_part_that_learns(upsampler_model):
     assert names and model.trainable["mask_upsampler"] == "full"
     assert all(n in model.trainable_keys() for n in names)
     assert model.parameter_counts()["mask_upsampler"][0] > 0
-    dataset = build_tiny_dataset(cfg, objects_per_image=1, max_tiles=1)
+    dataset = build_tiny_dataset(cfg, objects_per_image=1)
     data = model.data_preprocessor(sa2va_collate([dataset[0], dataset[1]]), True)
     out = model(**data, mode="tensor")
     # SAM2 at 256 px -> 64x64 logits -> the upsampler's 256x256.
@@ -95,7 +95,7 @@ def test_uint8_and_float32_batches_give_identical_outputs(upsampler_model):
     model, cfg = upsampler_model
     outs = []
     for fmt in ("uint8", "float32"):
-        dataset = build_tiny_dataset(cfg, objects_per_image=1, max_tiles=1, pixel_format=fmt)
+        dataset = build_tiny_dataset(cfg, objects_per_image=1, pixel_format=fmt)
         batch = sa2va_collate([dataset[0], dataset[1]])
         assert batch["data"].g_pixel_values.dtype == getattr(torch, fmt)
         model.eval()

@@ -150,7 +150,7 @@ def test_skip_existing_refuses_another_checkpoint_or_precision(setup, tmp_path):
                 str(out),
                 "--skip-existing",
                 "--cfg-options",
-                "val_dataloader.dataset.max_tiles=3",
+                "val_dataloader.dataset.processor.image_processor.max_tiles=3",
             ]
         )
     with pytest.raises(SystemExit, match=r"tile: stored 'off', now 'on'"):

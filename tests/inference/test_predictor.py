@@ -16,8 +16,10 @@ from projects.sa2va.datasets.image_processing import (
     IMAGENET_STD,
     SAM2_INFER_MEAN,
     SAM2_INFER_STD,
+    InternVLImageProcessor,
     image_token_string,
 )
+from projects.sa2va.datasets.processor import Sa2VAProcessor
 from projects.sa2va.datasets.refseg import RefSegDataset
 from projects.sa2va.inference.predictor import Sa2VAPredictor, load_threshold
 
@@ -28,21 +30,16 @@ ONE_SEG = "Sure, [SEG]."
 
 
 def _dataset(overfit, **kw) -> RefSegDataset:
-    """The bundled CHASE_DB1 records, one object each, fixed wording, tiling as the test predictor."""
-    cfg = overfit.predictor
+    """The bundled CHASE_DB1 records, one object each, fixed wording, the test predictor's processor."""
+    assert overfit.predictor.template == dict(PROMPT_TEMPLATE.qwen_chat)
     return RefSegDataset(
         ann_file=str(ROOT / "data/chase_db1/annotations.json"),
         image_root=str(ROOT / "data/chase_db1/images"),
-        tokenizer=cfg.tokenizer,
-        template=PROMPT_TEMPLATE.qwen_chat,
+        processor=overfit.predictor.processor,
         objects_per_image=1,
         random_templates=False,
         question_templates=("Please segment the {text}.",),
         answer_templates=(ONE_SEG,),
-        tile_size=cfg.tile_size,
-        max_tiles=overfit.max_tiles,
-        num_image_token=cfg.num_image_token,
-        sam2_image_size=cfg.sam2_size,
         **kw,
     )
 
@@ -124,9 +121,7 @@ def test_seg_embedding_and_probs_equal_training_forward(overfit) -> None:
     with torch.no_grad():
         out = model.forward_tensors(batch)
         trained = model.predict(batch)[0]
-    exact = Sa2VAPredictor(
-        model, template="qwen_chat", max_tiles=overfit.max_tiles, official_normalisation=False
-    )
+    exact = Sa2VAPredictor(model, processor=p.processor, official_normalisation=False)
     pred = exact.predict([overfit.images["01L"]], PROMPT)[0]
     seq = exact.preprocess(overfit.images["01L"], PROMPT).prompt_ids + pred.token_ids
     assert item["input_ids"][: len(seq)].tolist() == seq  # same tokens as the training sequence
@@ -168,7 +163,7 @@ def test_seg_embedding_equals_generate_hidden_states(overfit) -> None:
 def test_official_normalisation_only_changes_sam2_input(overfit) -> None:
     p = overfit.predictor
     assert p.official_normalisation
-    exact = Sa2VAPredictor(p.model, max_tiles=overfit.max_tiles, official_normalisation=False)
+    exact = Sa2VAPredictor(p.model, processor=p.processor, official_normalisation=False)
     image = np.full((40, 60, 3), 128, dtype=np.uint8)
     a, b = p.preprocess(image, PROMPT), exact.preprocess(image, PROMPT)
     torch.testing.assert_close(a.pixel_values, b.pixel_values)
@@ -190,7 +185,7 @@ def test_threshold_file_is_honoured(overfit, tmp_path: Path) -> None:
     path = tmp_path / "best_threshold.json"
     path.write_text(json.dumps({"threshold": t}))
     assert load_threshold(path) == t
-    tuned = Sa2VAPredictor(p.model, max_tiles=overfit.max_tiles, threshold=load_threshold(path))
+    tuned = Sa2VAPredictor(p.model, processor=p.processor, threshold=load_threshold(path))
     pred = tuned.predict([overfit.images["01L"]], PROMPT)[0]
     assert pred.threshold == t
     np.testing.assert_array_equal(pred.masks, pred.probs > t)
@@ -236,8 +231,24 @@ def test_input_errors(overfit) -> None:
         p.predict([im], PROMPT, max_new_tokens=0)
     with pytest.raises(ValueError, match="threshold"):
         p.predict([im], PROMPT, threshold=2.0)
+    parts = dict(tokenizer=p.tokenizer, image_processor=p.image_processor, sam2_size=p.sam2_size)
     with pytest.raises(KeyError, match="no_such_template"):
-        Sa2VAPredictor(p.model, template="no_such_template")
+        Sa2VAPredictor(p.model, processor=dict(type=Sa2VAProcessor, template="no_such_template", **parts))
+    # A processor that does not fit the model is refused, naming what differs.
+    with pytest.raises(ValueError, match="SAM2 input 1024 px, the model's 256 px"):
+        Sa2VAPredictor(p.model, processor=Sa2VAProcessor(template="qwen_chat", **dict(parts, sam2_size=1024)))
+    tiles_448 = InternVLImageProcessor(tile_size=448, num_image_token=64)
+    with pytest.raises(ValueError, match="448 px tiles, the vision model takes 224 px"):
+        Sa2VAPredictor(
+            p.model, processor=Sa2VAProcessor(template="qwen_chat", **dict(parts, image_processor=tiles_448))
+        )
+    with pytest.raises(ValueError, match="256 image tokens per tile, the model 64"):
+        Sa2VAPredictor(
+            p.model,
+            processor=Sa2VAProcessor(
+                template="qwen_chat", **dict(parts, image_processor=InternVLImageProcessor())
+            ),
+        )
     with pytest.raises(FileNotFoundError, match=r"missing\.py"):
         Sa2VAPredictor.from_config(ROOT / "missing.py")
 
@@ -258,7 +269,7 @@ def test_from_hf_folder_loads_weights_and_folder_settings(tmp_path: Path) -> Non
         expected = f.get_tensor("text_hidden_fcs.0.weight")
     torch.testing.assert_close(p.model.text_hidden_fcs[0].weight, expected, rtol=0, atol=0)
     assert p.template["INSTRUCTION"] == PROMPT_TEMPLATE.qwen_chat["INSTRUCTION"]  # the folder's template
-    assert p.use_thumbnail and p.max_tiles == 1  # folder defaults, explicit override wins
+    assert p.image_processor.use_thumbnail and p.image_processor.max_tiles == 1  # folder's; override wins
     assert p.autocast_dtype == torch.bfloat16  # bf16 frozen parts next to fp32 trainable ones
     pred = p.predict([np.zeros((48, 64, 3), dtype=np.uint8)], PROMPT, max_new_tokens=4)[0]
     n = pred.token_ids.count(p.seg_token_id)

@@ -131,13 +131,11 @@ def test_predictor_defaults_and_errors(overfit) -> None:
 
     p = overfit.predictor
     assert p.tiling.mode == "off" and p.flip_tta is False
-    q = Sa2VAPredictor(
-        p.model, tiling="auto", flip_tta=True, window_batch_size=9, max_tiles=overfit.max_tiles
-    )
+    q = Sa2VAPredictor(p.model, tiling="auto", flip_tta=True, window_batch_size=9, processor=p.processor)
     with _ForwardCounter(q.model) as counter:
         pred = q.predict([overfit.images["01L"]], PROMPT)[0]
     assert pred.views == 18 and counter.sizes == [1, 9, 9]
     with pytest.raises(ValueError, match="tile mode"):
         p.predict([overfit.images["01L"]], PROMPT, tiling="always")
     with pytest.raises(ValueError, match="window_batch_size"):
-        Sa2VAPredictor(p.model, window_batch_size=0)
+        Sa2VAPredictor(p.model, processor=p.processor, window_batch_size=0)

@@ -17,13 +17,13 @@ from projects.sa2va.models.feature_cache import (
     build_feature_cache,
     module_fingerprint,
 )
-from tests.tiny import build_tiny_dataset, build_tiny_model
+from tests.tiny import build_tiny_dataset, build_tiny_model, tiny_processor
 
 
 @pytest.fixture(scope="module")
 def model_and_data():
     model, cfg = build_tiny_model(seed=3)
-    ds = build_tiny_dataset(cfg, max_tiles=1)
+    ds = build_tiny_dataset(cfg)
     samples = [ds[0], ds[1]]
     return model, cfg, samples
 
@@ -110,8 +110,10 @@ def test_weights_change_invalidates(model_and_data):
 def test_image_content_and_preprocessing_change_the_keys(model_and_data):
     model, cfg, samples = model_and_data
     # The SAM2 resize method is part of the key; bilinear values are not integers, so float32 pixels.
-    base = build_tiny_dataset(cfg, max_tiles=1, pixel_format="float32")[0]
-    bilinear = build_tiny_dataset(cfg, max_tiles=1, sam2_resample="bilinear", pixel_format="float32")[0]
+    base = build_tiny_dataset(cfg, pixel_format="float32")[0]
+    bilinear = build_tiny_dataset(
+        cfg, processor=tiny_processor(cfg, sam2_resample="bilinear"), pixel_format="float32"
+    )[0]
     assert bilinear["input_ids"].tolist() == base["input_ids"].tolist()
     assert tensor_digest(bilinear["pixel_values"]) == tensor_digest(base["pixel_values"])
     assert tensor_digest(bilinear["g_pixel_values"]) != tensor_digest(base["g_pixel_values"])
@@ -133,7 +135,7 @@ def test_image_content_and_preprocessing_change_the_keys(model_and_data):
 
 def test_uint8_and_float32_pixels_give_the_same_features_under_their_own_keys(model_and_data):
     model, cfg, samples = model_and_data
-    base = build_tiny_dataset(cfg, max_tiles=1, pixel_format="float32")[0]
+    base = build_tiny_dataset(cfg, pixel_format="float32")[0]
     assert samples[0]["pixel_values"].dtype == torch.uint8
     try:
         cache = set_cache(model, dict(mode="memory"))

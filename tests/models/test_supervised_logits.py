@@ -20,7 +20,7 @@ from projects.sa2va.datasets.collate import sa2va_collate
 from projects.sa2va.models.sa2va import IGNORE_INDEX, supervised_positions
 from projects.sa2va.models.tokenizer import load_tokenizer
 from tests.checkpoint.hf_fixture import model_cfg, write_official_folder
-from tests.tiny import build_tiny_dataset, build_tiny_model
+from tests.tiny import build_tiny_dataset, build_tiny_model, tiny_processor
 
 ITERATIONS = 20
 LOSS_TOL = 1e-5
@@ -42,7 +42,9 @@ def _build(family: str, tmp_path_factory):
     model = BUILDER.build(cfg.model)
     tiny = Config.fromfile(str(config_path("_base_/model_tiny")))
     tok = dict(type=load_tokenizer, path=str(folder))
-    return model, build_tiny_dataset(tiny, tokenizer=tok, template=PROMPT_TEMPLATE["internlm2_chat"])
+    return model, build_tiny_dataset(
+        tiny, processor=tiny_processor(tiny, tokenizer=tok, template=PROMPT_TEMPLATE["internlm2_chat"])
+    )
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -52,8 +52,8 @@ COMMON=(train_dataloader.dataset.ann_file="$WD/split/train.json" val_dataloader.
 EVAL_OPTS=()
 if [ "$SMOKE" = 1 ]; then
     S=256
-    SIZE_OPTS=(model.grounding_encoder.overrides.image_size=$S train_dataloader.dataset.sam2_image_size=$S
-               val_dataloader.dataset.sam2_image_size=$S)
+    SIZE_OPTS=(model.grounding_encoder.overrides.image_size=$S train_dataloader.dataset.processor.sam2_size=$S
+               val_dataloader.dataset.processor.sam2_size=$S)
     COMMON+=("${SIZE_OPTS[@]}" train_cfg.max_iters=4 train_cfg.val_interval=2 train_dataloader.batch_size=2
              train_dataloader.num_workers=0 train_dataloader.persistent_workers=False train_dataloader.pin_memory=False
              custom_hooks.0.calibrate_at=3 custom_hooks.0.skip=1 default_hooks.logger.interval=1)

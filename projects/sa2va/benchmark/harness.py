@@ -35,6 +35,8 @@ import torch
 from mmengine.logging import MMLogger
 
 from ..datasets.collate import sa2va_collate
+from ..datasets.image_processing import InternVLImageProcessor
+from ..datasets.processor import Sa2VAProcessor
 from ..datasets.refseg import RefSegDataset
 from ..models.feature_cache import build_feature_cache
 from ..models.internvl import Qwen2InternVL
@@ -143,16 +145,22 @@ def load_samples(
     from xtuner.utils import PROMPT_TEMPLATE
 
     root = Path(data_root)
+    processor = Sa2VAProcessor(
+        tokenizer=tokenizer,
+        template=PROMPT_TEMPLATE.qwen_chat,
+        # one 448 tile + no thumbnail: what InternVL's tiling gives a 512x512 image
+        image_processor=InternVLImageProcessor(
+            tile_size=shape.vit_image_size,
+            max_tiles=1,
+            num_image_token=(shape.vit_image_size // 14) ** 2 // 4,
+        ),
+        sam2_size=shape.sam2_image_size,
+    )
     ds = RefSegDataset(
         ann_file=str(root / "annotations.json"),
         image_root=str(root / "images"),
-        tokenizer=tokenizer,
-        template=PROMPT_TEMPLATE.qwen_chat,
+        processor=processor,
         objects_per_image=5,
-        max_tiles=1,  # one 448 tile + no thumbnail: what InternVL's tiling gives a 512x512 image
-        tile_size=shape.vit_image_size,
-        num_image_token=(shape.vit_image_size // 14) ** 2 // 4,
-        sam2_image_size=shape.sam2_image_size,
         check_images=False,
     )
     n = min(num_images, len(ds))

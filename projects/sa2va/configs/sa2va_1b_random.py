@@ -14,6 +14,6 @@ max_iters = 20
 optim_wrapper.accumulative_counts = 1
 param_scheduler = []  # constant lr: 20 iterations measure speed, not convergence
 train_cfg = dict(type=Sa2VATrainLoop, max_iters=max_iters)  # the project's loop, counted in iterations
-train_dataloader.dataset.update(tokenizer=tokenizer, template=template, repeats=10)
+train_dataloader.dataset.update(repeats=10, **dataset_inputs)
 default_hooks.logger.interval = 5
 default_hooks.checkpoint.interval = max_iters

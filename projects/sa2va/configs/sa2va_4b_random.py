@@ -15,6 +15,6 @@ optimiser_steps = 50
 max_iters = optimiser_steps * accumulative_counts
 param_scheduler = []  # constant lr: the run measures speed, memory, resume and export, not convergence
 train_cfg = dict(type=Sa2VATrainLoop, max_iters=max_iters)
-train_dataloader.dataset.update(tokenizer=tokenizer, template=template, repeats=100)
+train_dataloader.dataset.update(repeats=100, **dataset_inputs)
 default_hooks.logger.interval = accumulative_counts
 default_hooks.checkpoint.interval = max_iters

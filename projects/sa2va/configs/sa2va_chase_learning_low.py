@@ -44,7 +44,8 @@ augment = dict(
     contrast=0.15,
     gamma=(0.8, 1.25),
 )
-sizes = dict(dataset_inputs, sam2_image_size=sam2_image_size)  # the base's is 256 px
+processor.sam2_size = sam2_image_size  # the base's is 256 px
+sizes = dict(processor=processor)
 train_dataloader.update(batch_size=8, num_workers=10, persistent_workers=True, pin_memory=True)
 # CHASE_DB1 records hold one object: 1 (text, mask) pair per sample instead of 5 identical copies.
 train_dataloader.dataset.update(sizes, objects_per_image=1, repeats=25, augment=augment)

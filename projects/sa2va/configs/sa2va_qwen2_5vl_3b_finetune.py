@@ -13,13 +13,12 @@ path = "models/Sa2VA-Qwen2_5-VL-3B"
 data_root = "data/chase_db1"
 
 tokenizer.path = path
-image_processor.path = path
+processor.path = path
 model.mllm.update(path=path, tokenizer=tokenizer)
 model.load_weights.path = path
-dataset_inputs = dict(tokenizer=tokenizer, template=template, image_processor=image_processor)
 train_dataloader.dataset.update(
     ann_file=data_root + "/annotations_train.json",
     image_root=data_root + "/images",
+    processor=processor,
     repeats=10,
-    **dataset_inputs,
 )

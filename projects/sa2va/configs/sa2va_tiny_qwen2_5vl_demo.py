@@ -7,5 +7,6 @@ with read_base():
     from ._base_.model_tiny_qwen2_5vl import *
 
 work_dir = "work_dirs/sa2va_tiny_qwen2_5vl_demo"
-train_dataloader.dataset.update(dataset_inputs)
-val_dataloader.dataset.update(dataset_inputs)
+# Replaced, not merged: the tiny demo's processor has InternVL tiling.
+train_dataloader.dataset.processor = processor
+val_dataloader.dataset.processor = processor

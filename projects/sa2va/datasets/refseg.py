@@ -37,21 +37,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..models.builder import build_component
-from ..models.tokenizer import add_sa2va_tokens
 from .annotations import decode_record_masks, load_annotations, record_turns
 from .image_io import read_image, read_image_size
-from .image_processing import (
-    IMG_CONTEXT_TOKEN,
-    IMG_END_TOKEN,
-    IMG_START_TOKEN,
-    dynamic_tiles,
-    find_closest_grid,
-    internvl_pixel_values,
-    sam2_pixel_values,
-    tile_grids,
-)
+from .processor import Sa2VAProcessor
 from .prompt import IMAGE_PLACEHOLDER, image_question, instruction_text, prefix_ids  # noqa: F401 (re-export)
-from .prompt import encode_with_image as _encode_with_image
 
 QUESTION_TEMPLATES: tuple[str, ...] = (
     "Please segment the {text}.",
@@ -130,8 +119,8 @@ class RefSegDataset(Dataset):
     Args:
         ann_file: ``annotations.json`` (list of ``{"image", "text", "mask"}`` records).
         image_root: folder the records' ``image`` paths are relative to.
-        tokenizer: tokenizer object or config dict (Sa2VA's special tokens are added if missing).
-        template: chat template dict (``xtuner.utils.PROMPT_TEMPLATE.qwen_chat`` etc.).
+        processor: the model's :class:`~.processor.Sa2VAProcessor` (or its config dict): tokenizer,
+            chat template, MLLM image processor (InternVL tiling or the Qwen-VL processor), SAM2 input.
         objects_per_image: turns per sample (5 in the reference); a turn is one (text, mask) pair, or
             several objects asked for together (the record's ``"turns"``); ``None`` = all, in order.
         repeats: how many times the records are repeated per epoch.
@@ -141,16 +130,11 @@ class RefSegDataset(Dataset):
             (``{objects}`` placeholder; per object ``{text}`` and one ``[SEG]``).
         random_templates: pick wordings at random (training) or always the first (evaluation).
         system: optional system prompt.
-        tile_size: InternViT input size (448); ``min_tiles`` / ``max_tiles`` / ``use_thumbnail``:
-            InternVL dynamic tiling.
-        num_image_token: LLM tokens per tile (256 = (448/14)^2 / 4).
-        sam2_image_size: SAM2 input side (1024).
-        sam2_resample: how the image is resized to it: ``'pil_bicubic'`` (the reference's PIL resize)
-            or ``'bilinear'``.
         pixel_format: ``'uint8'`` (default): ``pixel_values`` / ``g_pixel_values`` are the uint8 pixels,
             normalised on the device by the model (4x fewer bytes through the workers, shared and
             pinned memory; the normalised values are bit-identical); ``'float32'``: normalised here
-            (needed for ``sam2_resample='bilinear'``, whose values are not integers).
+            (needed for the processor's ``sam2_resample='bilinear'``, whose values are not integers).
+            Qwen-VL patches are always float32 (the Hugging Face processor normalises them).
         max_length: a longer sequence is an error (never silently truncated: it would lose [SEG]s).
         augment: optional :class:`~projects.sa2va.datasets.augment.SegAugment` (or config dict).
         seed: base seed of every random choice.
@@ -164,8 +148,7 @@ class RefSegDataset(Dataset):
         *,
         ann_file: str,
         image_root: str,
-        tokenizer: Any,
-        template: dict,
+        processor: Sa2VAProcessor | dict,
         objects_per_image: int | None = 5,
         repeats: int = 1,
         question_templates: tuple[str, ...] | list[str] = QUESTION_TEMPLATES,
@@ -174,19 +157,11 @@ class RefSegDataset(Dataset):
         object_answer_templates: tuple[str, ...] | list[str] = OBJECT_ANSWER_TEMPLATES,
         random_templates: bool = True,
         system: str | None = None,
-        tile_size: int = 448,
-        min_tiles: int = 1,
-        max_tiles: int = 12,
-        use_thumbnail: bool = True,
-        num_image_token: int = 256,
-        sam2_image_size: int = 1024,
-        sam2_resample: str = "pil_bicubic",
         pixel_format: str = "uint8",
         max_length: int = 8192,
         augment: Any = None,
         seed: int = 0,
         check_images: bool = True,
-        image_processor: Any = None,
         allow_outside_root: bool = False,
     ) -> None:
         super().__init__()
@@ -213,10 +188,15 @@ class RefSegDataset(Dataset):
                 raise ValueError(f"object answer template {a!r} must contain exactly one [SEG]")
         if pixel_format not in ("uint8", "float32"):
             raise ValueError(f"pixel_format must be 'uint8' or 'float32', got {pixel_format!r}")
-        if pixel_format == "uint8" and sam2_resample != "pil_bicubic":
+        self.processor: Sa2VAProcessor = build_component(processor)
+        if not isinstance(self.processor, Sa2VAProcessor):
+            raise TypeError(
+                f"{ann_file}: processor must be a Sa2VAProcessor, got {type(self.processor).__name__}"
+            )
+        if pixel_format == "uint8" and self.processor.sam2_resample != "pil_bicubic":
             raise ValueError(
-                f"sam2_resample={sam2_resample!r} gives non-integer SAM2 inputs: use pixel_format='float32' "
-                "(or sam2_resample='pil_bicubic')"
+                f"sam2_resample={self.processor.sam2_resample!r} gives non-integer SAM2 inputs: use "
+                "pixel_format='float32' (or sam2_resample='pil_bicubic')"
             )
         self.ann_file = str(ann_file)
         self.image_root = Path(image_root)
@@ -225,9 +205,6 @@ class RefSegDataset(Dataset):
         )
         if not self.records:
             raise ValueError(f"{ann_file}: no records")
-        self.tokenizer = build_component(tokenizer)
-        add_sa2va_tokens(self.tokenizer, internvl_tokens=image_processor is None)  # Qwen-VL: its own
-        self.template = dict(template)
         self.objects_per_image = objects_per_image
         self.repeats = repeats
         self.question_templates = tuple(question_templates)
@@ -240,36 +217,35 @@ class RefSegDataset(Dataset):
         ]
         self.random_templates = random_templates
         self.system = system
-        self.tile_size = tile_size
-        self.min_tiles = min_tiles
-        self.max_tiles = max_tiles
-        self.use_thumbnail = use_thumbnail
-        self.num_image_token = num_image_token
-        self.sam2_image_size = sam2_image_size
-        self.sam2_resample = sam2_resample
         self.pixel_format = pixel_format
         self.max_length = max_length
         self.augment = build_component(augment)
-        # A Qwen-VL family: its image processor replaces the InternVL tiling (tile_size / min_tiles /
-        # max_tiles / use_thumbnail / num_image_token are then unused); one "tile" is one image token.
-        self.image_processor = build_component(image_processor)
-        if self.image_processor is not None:
-            self.num_image_token = 1
         self.seed = seed
-        tok = self.tokenizer
-        self.img_start_id = tok.convert_tokens_to_ids(IMG_START_TOKEN)
-        self.img_end_id = tok.convert_tokens_to_ids(IMG_END_TOKEN)
-        self.img_context_id = tok.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        if pad is None:
-            raise ValueError("tokenizer has neither a pad nor an eos token")
-        self.pad_token_id = int(pad)
+        self.pad_token_id = self.processor.pad_token_id
         self._lengths: list[int] | None = None
         self._image_sizes: dict[str, tuple[int, int]] = {}
         self._turn_lengths: dict[tuple[str | tuple[str, ...], Wording, bool], int] = {}
 
     def __len__(self) -> int:
         return len(self.records) * self.repeats
+
+    # --- the processor's parts, read by tools and tests ------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def template(self) -> dict:
+        return self.processor.template
+
+    @property
+    def num_image_token(self) -> int:
+        """Image-slot tokens per InternVL tile (1 for Qwen-VL, whose slots are counted directly)."""
+        return self.processor.num_image_token
+
+    @property
+    def sam2_image_size(self) -> int:
+        return self.processor.sam2_size
 
     # --- pieces ----------------------------------------------------------------------------------
     def record(self, index: int) -> dict:
@@ -322,20 +298,9 @@ class RefSegDataset(Dataset):
         """Object indices in ``[SEG]`` order (one per mask of the sample)."""
         return [i for o in objects for i in ((o,) if isinstance(o, int) else o)]
 
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    def encode_with_image(self, text: str, num_tiles: int) -> list[int]:
-        """Encode ``text``, replacing the single ``<image>`` by ``<img><IMG_CONTEXT>*n</img>`` ids."""
-        tokens = {} if self.image_processor is None else {"image_tokens": self.image_processor.image_tokens}
-        return _encode_with_image(
-            self.tokenizer, text, num_tiles=num_tiles, num_image_token=self.num_image_token, **tokens
-        )
-
     def _system_ids(self) -> list[int]:
         """Ids before the first turn: the tokenizer's BOS (``[]`` for Qwen2), then the system prompt."""
-        system = self.encode(self.template["SYSTEM"].format(system=self.system)) if self.system else []
-        return prefix_ids(self.tokenizer) + system
+        return self.processor.system_ids(self.system)
 
     def turn_text(self, text: str | tuple[str, ...], wording: Wording) -> tuple[str, str]:
         """``(question, answer)`` strings of one turn: ``text`` is one object's text, or the texts of a
@@ -352,40 +317,34 @@ class RefSegDataset(Dataset):
         return self.question_templates[qi].format(text=join_texts(texts)), answer
 
     def _turn_ids(
-        self, text: str | tuple[str, ...], wording: Wording, first: bool, num_tiles: int
+        self, text: str | tuple[str, ...], wording: Wording, first: bool, slots: int
     ) -> tuple[list[int], ...]:
-        """``(question ids, answer ids, separator ids)`` of one turn."""
-        t = self.template
+        """``(question ids, answer ids, separator ids)`` of one turn (:meth:`Sa2VAProcessor.turn_ids`)."""
         question, answer = self.turn_text(text, wording)
-        if first:
-            question = image_question(question)
-        q_ids = self.encode_with_image(instruction_text(t, question), num_tiles)
-        a_ids = self.encode(answer + t.get("SUFFIX", ""))
-        if not t.get("SUFFIX_AS_EOS", False):  # xtuner: BOS before every later turn, EOS after each answer
-            q_ids = q_ids if first else prefix_ids(self.tokenizer) + q_ids
-            a_ids = [*a_ids, self.tokenizer.eos_token_id]
-        return q_ids, a_ids, self.encode(t.get("SEP", ""))
+        return self.processor.turn_ids(question, answer, first=first, slots=slots)
 
     def conversation(
-        self, texts: list[str | tuple[str, ...]], wording: list[Wording], num_tiles: int
+        self, texts: list[str | tuple[str, ...]], wording: list[Wording], slots: int
     ) -> tuple[list[int], list[int]]:
         """Token ids and labels of the conversation with the given wording per turn.
 
         Args:
             texts: per turn, the object's text, or a tuple of texts (a turn of several objects).
             wording: per turn, :meth:`choose_wording`'s template indices.
+            slots: image-slot tokens of the image (``<IMG_CONTEXT>`` / ``<|image_pad|>``), in the first turn.
         """
         input_ids = self._system_ids()
         labels = [-100] * len(input_ids)
         for turn, (text, words) in enumerate(zip(texts, wording, strict=True)):
-            q_ids, a_ids, sep_ids = self._turn_ids(text, tuple(words), turn == 0, num_tiles)
+            q_ids, a_ids, sep_ids = self._turn_ids(text, tuple(words), turn == 0, slots)
             input_ids += q_ids + a_ids + sep_ids
             labels += [-100] * len(q_ids) + a_ids + [-100] * len(sep_ids)
         return input_ids, labels
 
     # --- lengths without decoding -----------------------------------------------------------------
-    def num_tiles(self, index: int) -> int:
-        """InternVL tiles of sample ``index``'s image, from its size (header only; augmentation keeps it)."""
+    def image_slots(self, index: int) -> int:
+        """Image-slot tokens of sample ``index``'s image, from its size (the header only; augmentation
+        keeps the size)."""
         rec = self.record(index)
         name = str(rec["image"])
         if name not in self._image_sizes:
@@ -395,26 +354,21 @@ class RefSegDataset(Dataset):
             except (OSError, ValueError) as e:
                 raise OSError(f"{self.ann_file}: cannot read the size of image {path}: {e}") from e
         width, height = self._image_sizes[name]
-        if self.image_processor is not None:  # Qwen-VL: image tokens of the resized patch grid
-            return self.image_processor.num_tokens(width, height)
-        grids = tile_grids(self.min_tiles, self.max_tiles)
-        cols, rows = find_closest_grid(width=width, height=height, grids=grids, tile_size=self.tile_size)
-        n = cols * rows
-        return n + 1 if self.use_thumbnail and n > 1 else n
+        return self.processor.num_slots(width, height)
 
     def _turn_length(self, text: str | tuple[str, ...], wording: Wording, first: bool) -> int:
-        """Tokens of one turn without the ``<IMG_CONTEXT>`` tokens (cached per wording and text)."""
+        """Tokens of one turn without the image-slot tokens (cached per wording and text)."""
         key = (text, tuple(wording), first)
         if key not in self._turn_lengths:
             parts = self._turn_ids(text, tuple(wording), first, 1)
-            self._turn_lengths[key] = sum(map(len, parts)) - (self.num_image_token if first else 0)
+            self._turn_lengths[key] = sum(map(len, parts)) - (1 if first else 0)
         return self._turn_lengths[key]
 
     def sample_length(self, index: int) -> int:
         """``len(self[index]['input_ids'])``, exactly, without reading the image data or the masks."""
         objects, wording, _ = self.sample_plan(index)
         texts = self.turn_texts(self.record(index), objects)
-        n = self._system_length + self.num_image_token * self.num_tiles(index)
+        n = self._system_length + self.image_slots(index)
         for turn, (text, words) in enumerate(zip(texts, wording)):
             n += self._turn_length(text, words, turn == 0)
         return n
@@ -488,69 +442,27 @@ class RefSegDataset(Dataset):
         turn_texts = self.turn_texts(rec, chosen)
         flat = self.flat_objects(chosen)  # one per [SEG], in answer order
         texts = [rec["text"][i] for i in flat]
-        if self.image_processor is not None:
-            return self._qwenvl_item(rec_idx, rec, image, masks[flat], texts, turn_texts, wording)
-        tiles = dynamic_tiles(
-            image,
-            min_num=self.min_tiles,
-            max_num=self.max_tiles,
-            tile_size=self.tile_size,
-            use_thumbnail=self.use_thumbnail,
-        )
-        input_ids, labels = self.conversation(turn_texts, wording, len(tiles))
-        if len(input_ids) > self.max_length:
-            raise ValueError(
-                f"{self.ann_file}: record {rec_idx} ({rec['image']}): {len(input_ids)} tokens > "
-                f"max_length={self.max_length}; raise max_length or lower max_tiles/objects_per_image"
-            )
         normalize = self.pixel_format == "float32"
-        return {
-            "input_ids": torch.tensor(input_ids, dtype=torch.long),
-            "labels": torch.tensor(labels, dtype=torch.long),
-            "pixel_values": internvl_pixel_values(tiles, normalize=normalize),
-            "g_pixel_values": sam2_pixel_values(
-                np.asarray(image), size=self.sam2_image_size, resample=self.sam2_resample, normalize=normalize
-            ),
-            "masks": torch.from_numpy(masks[flat].astype(np.uint8)),
-            "image_id": str(rec["image"]),
-            "texts": texts,
-            "pad_token_id": self.pad_token_id,
-        }
-
-    def _qwenvl_item(
-        self,
-        rec_idx: int,
-        rec: dict,
-        image: Image.Image,
-        masks: np.ndarray,
-        texts: list[str],
-        turn_texts: list[str | tuple[str, ...]],
-        wording: list[Wording],
-    ) -> dict[str, Any]:
-        """The item for a Qwen-VL family: ``pixel_values [P, D]`` patches and ``image_grid_thw [1, 3]``.
-
-        ``masks [n, H, W]`` and ``texts`` (n) are one per ``[SEG]``; ``turn_texts`` one per turn."""
-        pixel_values, grid = self.image_processor(image)
-        n_tokens = int(grid.prod()) // self.image_processor.merge_size**2
-        input_ids, labels = self.conversation(turn_texts, wording, n_tokens)
+        vision = self.processor.image_inputs(image, normalize=normalize)
+        input_ids, labels = self.conversation(turn_texts, wording, vision.slots)
         if len(input_ids) > self.max_length:
             raise ValueError(
                 f"{self.ann_file}: record {rec_idx} ({rec['image']}): {len(input_ids)} tokens > "
-                f"max_length={self.max_length}; raise max_length or lower max_pixels/objects_per_image"
+                f"max_length={self.max_length}; raise max_length or lower the image processor's "
+                "max_tiles / max_pixels or objects_per_image"
             )
-        return {
+        item = {
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
-            "pixel_values": pixel_values,
-            "image_grid_thw": grid,
-            "g_pixel_values": sam2_pixel_values(
-                np.asarray(image),
-                size=self.sam2_image_size,
-                resample=self.sam2_resample,
-                normalize=self.pixel_format == "float32",
-            ),
-            "masks": torch.from_numpy(masks.astype(np.uint8)),
-            "image_id": str(rec["image"]),
-            "texts": texts,
-            "pad_token_id": self.pad_token_id,
+            "pixel_values": vision.pixel_values,
         }
+        if vision.image_grid_thw is not None:  # Qwen-VL: pixel_values [P, D] patches of this grid
+            item["image_grid_thw"] = vision.image_grid_thw
+        item.update(
+            g_pixel_values=self.processor.sam2_inputs(np.asarray(image), normalize=normalize),
+            masks=torch.from_numpy(masks[flat].astype(np.uint8)),
+            image_id=str(rec["image"]),
+            texts=texts,
+            pad_token_id=self.pad_token_id,
+        )
+        return item

@@ -5,9 +5,10 @@ grad) and follows the official Hugging Face ``predict_forward``:
 
 1. prompt = ``<image>\\n`` + question in the chat template's ``INSTRUCTION`` (no system prompt), with
    ``<image>`` -> ``<img>`` + ``<IMG_CONTEXT>`` * (tokens per tile * tiles) + ``</img>``, built by the
-   same helpers as :class:`~projects.sa2va.datasets.refseg.RefSegDataset`;
-2. InternVL dynamic tiles (PIL bicubic) for the ViT; the image resized (PIL bicubic, aspect not kept) to
-   the SAM2 input size for SAM2;
+   model's :class:`~projects.sa2va.datasets.processor.Sa2VAProcessor`, the one
+   :class:`~projects.sa2va.datasets.refseg.RefSegDataset` trains with;
+2. the processor's image input (InternVL dynamic tiles, PIL bicubic; or the Qwen-VL patches) for the
+   vision tower; the image resized (PIL bicubic, aspect not kept) to the SAM2 input size for SAM2;
 3. greedy decoding from the prompt embeddings (image tokens written in), left-padded for a batch,
    stopping at the template's ``STOP_WORDS`` or eos;
 4. the ``[SEG]`` embeddings are taken the way training takes them: one teacher-forced forward of the
@@ -43,6 +44,7 @@ ImageNet constants; pass ``official_normalisation=False`` to match training inst
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,23 +57,13 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from PIL import Image
 from transformers import GenerationConfig
-from xtuner.utils import PROMPT_TEMPLATE
 
 from ..datasets.image_io import to_rgb
-from ..datasets.image_processing import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SAM2_INFER_MEAN,
-    SAM2_INFER_STD,
-    dynamic_tiles,
-    internvl_pixel_values,
-    sam2_pixel_values,
-)
-from ..datasets.prompt import encode_with_image, image_question, instruction_text, prefix_ids
-from ..datasets.qwenvl_processing import QwenVLImageProcessor
+from ..datasets.image_processing import IMAGENET_MEAN, IMAGENET_STD, SAM2_INFER_MEAN, SAM2_INFER_STD
+from ..datasets.processor import HF_LLM_ADAPTERS, HF_QWENVL_ADAPTERS, Sa2VAProcessor, hf_adapter  # noqa: F401
 from ..models.builder import build_component
-from ..models.internvl import InternLM2InternVL, InternVLMLLM, Qwen2InternVL, read_hf_config
-from ..models.qwenvl import Qwen2_5_VLSa2VA, Qwen3VLSa2VA, QwenVLMLLM
+from ..models.internvl import read_hf_config
+from ..models.qwenvl import QwenVLMLLM
 from ..models.sa2va import SEG_TOKEN, Sa2VAModel
 from ..models.tokenizer import load_tokenizer
 from ..structures import Sa2VABatch
@@ -91,20 +83,14 @@ THRESHOLD_FILE = "best_threshold.json"
 
 ImageLike = Image.Image | np.ndarray
 
-#: Model config used by :meth:`Sa2VAPredictor.from_hf` (its weights come from the folder).
+#: Model config used by :meth:`Sa2VAPredictor.from_hf` (its weights come from the folder). The adapter
+#: class is read from the folder (:data:`HF_LLM_ADAPTERS` / :data:`HF_QWENVL_ADAPTERS`, in
+#: :mod:`projects.sa2va.datasets.processor`).
 HF_MODEL_CONFIG = Path(__file__).resolve().parents[1] / "configs/_base_/model_sa2va_qwen2.py"
-#: ``llm_config.architectures`` of an HF folder -> the InternVL adapter class.
-HF_LLM_ADAPTERS: dict[str, type[InternVLMLLM]] = {
-    "Qwen2ForCausalLM": Qwen2InternVL,
-    "InternLM2ForCausalLM": InternLM2InternVL,
-}
 #: Model config used by :meth:`Sa2VAPredictor.from_hf` for the Qwen-VL families.
 HF_QWENVL_MODEL_CONFIG = Path(__file__).resolve().parents[1] / "configs/_base_/model_sa2va_qwen3vl.py"
-#: ``text_config.model_type`` of a Sa2VA Qwen-VL folder -> the Qwen-VL adapter class.
-HF_QWENVL_ADAPTERS: dict[str, type[QwenVLMLLM]] = {
-    "qwen3_vl_text": Qwen3VLSa2VA,
-    "qwen2_5_vl_text": Qwen2_5_VLSa2VA,
-}
+#: :class:`Sa2VAProcessor` tiling settings :meth:`Sa2VAPredictor.from_config` / ``from_hf`` take as overrides.
+TILING_KEYS = ("min_tiles", "max_tiles", "use_thumbnail")
 
 
 @dataclass
@@ -193,11 +179,10 @@ class Sa2VAPredictor:
 
     Args:
         model: a built :class:`Sa2VAModel` (its weights loaded); put in eval mode here.
-        template: xtuner chat template dict, or its name in ``PROMPT_TEMPLATE``; ``None``: the model's
-            (``model.mllm.template``, from the HF ``config.json`` or the LLM family).
-        min_tiles / max_tiles / use_thumbnail: InternVL dynamic tiling (official: 1 / 12 / True).
-        image_processor: the Qwen-VL families' image processor (:class:`QwenVLImageProcessor` or its
-            config dict); required for a Qwen-VL model, refused for an InternVL one.
+        processor: the model's :class:`~projects.sa2va.datasets.processor.Sa2VAProcessor` (or its config
+            dict): tokenizer, chat template, image processor (InternVL tiling or the Qwen-VL processor) and
+            SAM2 input size; checked against the model (image tokens per tile, tile size, image-slot and
+            ``[SEG]`` ids, SAM2 input side).
         threshold: default mask threshold (0.5 as the official code, or a tuned one).
         official_normalisation: SAM2 input normalised with the bf16-rounded ImageNet constants as the
             official predictor (True) or with the exact constants as training (False).
@@ -217,11 +202,7 @@ class Sa2VAPredictor:
         self,
         model: Sa2VAModel,
         *,
-        template: dict | str | None = None,
-        min_tiles: int = 1,
-        max_tiles: int = 12,
-        use_thumbnail: bool = True,
-        image_processor: Any = None,
+        processor: Sa2VAProcessor | dict,
         threshold: float = 0.5,
         official_normalisation: bool = True,
         device: str | torch.device | None = None,
@@ -236,11 +217,11 @@ class Sa2VAPredictor:
             model = model.to(device)
         self.model = model.eval()
         self.device = next(model.parameters()).device
-        self.tokenizer = model.tokenizer
-        self.template = self._resolve_template(template)
-        self.min_tiles = int(min_tiles)
-        self.max_tiles = int(max_tiles)
-        self.use_thumbnail = bool(use_thumbnail)
+        self.processor: Sa2VAProcessor = build_component(processor)
+        if not isinstance(self.processor, Sa2VAProcessor):
+            raise TypeError(f"Sa2VAPredictor needs a Sa2VAProcessor, got {type(self.processor).__name__}")
+        self.tokenizer = self.processor.tokenizer
+        self.template = self.processor.template
         self.threshold = _check_threshold(threshold, "Sa2VAPredictor")
         self.official_normalisation = bool(official_normalisation)
         self.tiling = TilingOptions.parse(tiling)
@@ -258,28 +239,18 @@ class Sa2VAPredictor:
         if autocast is None:
             autocast = bool(low)
         self.autocast_dtype: torch.dtype | None = (low.pop() if low else torch.bfloat16) if autocast else None
-        self.image_processor = build_component(image_processor)
-        qwen_vl = isinstance(model.mllm, QwenVLMLLM)
-        if qwen_vl and self.image_processor is None:
-            raise ValueError(f"{type(model.mllm).__name__} needs an image_processor (QwenVLImageProcessor)")
-        if not qwen_vl and self.image_processor is not None:
-            raise ValueError(f"{type(model.mllm).__name__} takes InternVL tiles, not an image_processor")
-        vision_config = getattr(model.mllm, "vision_config", None)
-        self.tile_size = int(vision_config.image_size) if not qwen_vl else 0
-        self.num_image_token = int(model.mllm.num_image_token)
-        self.sam2_size = int(model.grounding_encoder.image_size)
+        self.image_processor = self.processor.image_processor
+        self.num_image_token = self.processor.num_image_token
+        self.sam2_size = self.processor.sam2_size
         self.seg_token_id = int(model.seg_token_idx)
+        self._check_processor()
         tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        if pad is None:
-            raise ValueError("tokenizer has neither a pad nor an eos token")
-        self.pad_token_id = int(pad)
+        self.pad_token_id = self.processor.pad_token_id
         self.stop_token_ids, self.stop_strings = self._stop_criteria()
         # Ids removed from the returned text: every special token except [SEG].
         self._strip_ids = set(tok.all_special_ids) - {self.seg_token_id}
         MMLogger.get_current_instance().info(
-            f"Sa2VAPredictor: device {self.device}, tiles {self.min_tiles}..{self.max_tiles} of "
-            f"{self.tile_size} px (thumbnail {self.use_thumbnail}), SAM2 {self.sam2_size} px with "
+            f"Sa2VAPredictor: device {self.device}, {self.image_processor!r}, SAM2 {self.sam2_size} px with "
             f"{'official bf16-rounded' if self.official_normalisation else 'exact'} ImageNet constants, "
             f"threshold {self.threshold}, stop ids {self.stop_token_ids}, autocast {self.autocast_dtype}, "
             f"tiling {self.tiling.mode} (window {self.tiling.window_for(self.sam2_size)} px, overlap "
@@ -298,6 +269,7 @@ class Sa2VAPredictor:
         seed: int | None = None,
         threshold: float | None = None,
         threshold_file: str | Path | None = None,
+        processor: Sa2VAProcessor | dict | None = None,
         **kwargs: Any,
     ) -> Sa2VAPredictor:
         """Build the model of an mmengine config, load a trainable-weights checkpoint, wrap it.
@@ -314,16 +286,18 @@ class Sa2VAPredictor:
                 (:func:`~projects.sa2va.engine.builder.build_model`).
             threshold / threshold_file: the default mask threshold, given or read from a JSON file
                 (:func:`load_threshold`); at most one of them; neither: 0.5.
-            **kwargs: other :class:`Sa2VAPredictor` arguments. ``template``, ``min_tiles``,
-                ``max_tiles`` and ``use_thumbnail`` default to the config's ``template`` and its
-                validation (else training) dataset, when present.
+            processor: the :class:`Sa2VAProcessor` or its config dict; ``None``: the config's
+                ``processor``, else its validation (test, training) dataset's. A config dict without
+                ``sam2_size`` gets the built model's SAM2 input side.
+            **kwargs: other :class:`Sa2VAPredictor` arguments, and ``min_tiles`` / ``max_tiles`` /
+                ``use_thumbnail``, which override the processor config's InternVL tiling.
         """
         from ..engine.builder import build_model, load_config
 
         cfg = load_config(config_path, cfg_options)
         model = build_model(cfg, checkpoint, seed=seed)
-        for key, value in _config_defaults(cfg).items():
-            kwargs.setdefault(key, value)
+        tiling = {k: kwargs.pop(k) for k in TILING_KEYS if kwargs.get(k) is not None}
+        kwargs["processor"] = _processor_config(cfg, processor, tiling, model, config_path)
         kwargs["threshold"] = _pick_threshold(threshold, threshold_file)
         return cls(model, device=device, **kwargs)
 
@@ -350,23 +324,15 @@ class Sa2VAPredictor:
                 tokenizer class by family without remote code); default :data:`HF_MODEL_CONFIG`. The
                 InternVL adapter class is chosen from ``llm_config.architectures`` (:data:`HF_LLM_ADAPTERS`).
             device / cfg_options: as :meth:`from_config` (``cfg_options`` win over the above).
-            **kwargs: as :meth:`from_config`; the template and tiling default to the folder's
-                ``template``, ``min_dynamic_patch``, ``max_dynamic_patch``, ``use_thumbnail``.
+            **kwargs: as :meth:`from_config`; the processor is
+                :meth:`Sa2VAProcessor.from_pretrained` of the folder (template and tiling from its
+                ``config.json``; ``template``, ``min_tiles``, ``max_tiles``, ``use_thumbnail`` here
+                override them).
         """
         folder = Path(folder)
         hf = read_hf_config(folder)
-        if "text_config" in hf and "vision_config" in hf:
-            return cls._from_qwenvl_folder(
-                folder, hf, checkpoint, model_config, device, cfg_options, **kwargs
-            )
-        archs = (hf.get("llm_config") or {}).get("architectures") or []
-        adapters = [HF_LLM_ADAPTERS[a] for a in archs if a in HF_LLM_ADAPTERS]
-        if not adapters:
-            raise ValueError(
-                f"{folder / 'config.json'}: llm_config.architectures = {archs!r}; supported: "
-                f"{sorted(HF_LLM_ADAPTERS)}"
-            )
-        adapter = adapters[0]
+        adapter = hf_adapter(folder, hf)
+        default_config = HF_QWENVL_MODEL_CONFIG if issubclass(adapter, QwenVLMLLM) else HF_MODEL_CONFIG
         overrides = {
             "model.mllm.type": adapter,
             "model.mllm.path": str(folder),
@@ -374,65 +340,39 @@ class Sa2VAPredictor:
             "model.load_weights.path": str(folder),
             **(cfg_options or {}),
         }
-        kwargs.setdefault("template", hf.get("template") or adapter.family.default_template)
-        for key, hf_key in (
-            ("min_tiles", "min_dynamic_patch"),
-            ("max_tiles", "max_dynamic_patch"),
-            ("use_thumbnail", "use_thumbnail"),
+        processor = dict(type=Sa2VAProcessor.from_pretrained, path=str(folder))
+        if kwargs.get("template") is not None:
+            processor["template"] = kwargs.pop("template")
+        kwargs.setdefault("processor", processor)
+        return cls.from_config(
+            model_config or default_config, checkpoint, device=device, cfg_options=overrides, **kwargs
+        )
+
+    def _check_processor(self) -> None:
+        """Refuse a processor that does not fit the model (image tokens, tile size, ids, SAM2 side)."""
+        mllm, p = self.model.mllm, self.processor
+        where = f"Sa2VAPredictor: {p!r} does not fit {type(mllm).__name__}"
+        if p.num_image_token != int(mllm.num_image_token):
+            raise ValueError(
+                f"{where}: {p.num_image_token} image tokens per tile, the model {mllm.num_image_token}"
+            )
+        vision = getattr(mllm, "vision_config", None)
+        tile_size = getattr(p.image_processor, "tile_size", None)
+        if (
+            tile_size is not None
+            and vision is not None
+            and int(getattr(vision, "image_size", tile_size)) != tile_size
         ):
-            if hf.get(hf_key) is not None:
-                kwargs.setdefault(key, hf[hf_key])
-        return cls.from_config(
-            model_config or HF_MODEL_CONFIG, checkpoint, device=device, cfg_options=overrides, **kwargs
-        )
-
-    @classmethod
-    def _from_qwenvl_folder(
-        cls,
-        folder: Path,
-        hf: dict,
-        checkpoint: str | Path | None,
-        model_config: str | Path | None,
-        device: str | torch.device,
-        cfg_options: dict | None,
-        **kwargs: Any,
-    ) -> Sa2VAPredictor:
-        """:meth:`from_hf` for a Sa2VA Qwen-VL folder: adapter by ``text_config.model_type``, the folder's
-        tokenizer and image processor (``preprocessor_config.json``) at Sa2VA's pixel budget."""
-        text_type = (hf.get("text_config") or {}).get("model_type")
-        if text_type not in HF_QWENVL_ADAPTERS:
-            raise ValueError(
-                f"{folder / 'config.json'}: text_config.model_type = {text_type!r}; supported Qwen-VL "
-                f"families: {sorted(HF_QWENVL_ADAPTERS)}"
-            )
-        adapter = HF_QWENVL_ADAPTERS[text_type]
-        overrides = {
-            "model.mllm.type": adapter,
-            "model.mllm.path": str(folder),
-            "model.mllm.tokenizer": dict(_delete_=True, type=load_tokenizer, path=str(folder)),
-            "model.load_weights.path": str(folder),
-            **(cfg_options or {}),
-        }
-        kwargs.setdefault("template", hf.get("template") or adapter.family.default_template)
-        kwargs.setdefault("image_processor", QwenVLImageProcessor(path=folder))
-        return cls.from_config(
-            model_config or HF_QWENVL_MODEL_CONFIG, checkpoint, device=device, cfg_options=overrides, **kwargs
-        )
-
-    def _resolve_template(self, template: dict | str | None) -> dict:
-        """Template dict from a dict, a ``PROMPT_TEMPLATE`` name, or the model's template name."""
-        if template is None:
-            template = self.model.mllm.template
-        if isinstance(template, str):
-            if template not in PROMPT_TEMPLATE:
-                raise KeyError(
-                    f"unknown chat template {template!r} (xtuner PROMPT_TEMPLATE has no such entry)"
-                )
-            template = PROMPT_TEMPLATE[template]
-        template = dict(template)
-        if "INSTRUCTION" not in template:
-            raise ValueError(f"chat template has no 'INSTRUCTION' entry: {template!r}")
-        return template
+            raise ValueError(f"{where}: {tile_size} px tiles, the vision model takes {vision.image_size} px")
+        slot_id = p.image_token_ids[1]
+        if slot_id != int(mllm.img_context_token_id):
+            raise ValueError(f"{where}: image-slot id {slot_id}, the model's {mllm.img_context_token_id}")
+        seg = p.tokenizer.convert_tokens_to_ids(SEG_TOKEN)
+        if seg != self.seg_token_id:
+            raise ValueError(f"{where}: {SEG_TOKEN} id {seg}, the model's {self.seg_token_id}")
+        sam2 = int(self.model.grounding_encoder.image_size)
+        if p.sam2_size != sam2:
+            raise ValueError(f"{where}: SAM2 input {p.sam2_size} px, the model's {sam2} px")
 
     def _stop_criteria(self) -> tuple[list[int], list[str]]:
         """Stop token ids (eos + single-token ``STOP_WORDS``) and multi-token stop strings."""
@@ -457,54 +397,23 @@ class Sa2VAPredictor:
         tokenizer's BOS where it has one (InternLM2 ``<s>``; none for Qwen2), as the official
         ``predict_forward`` (``tokenizer.encode(prompt_text)``) and training do.
         """
-        text = instruction_text(self.template, image_question(prompt))
-        tokens = {} if self.image_processor is None else {"image_tokens": self.image_processor.image_tokens}
-        return prefix_ids(self.tokenizer) + encode_with_image(
-            self.tokenizer, text, num_tiles=num_tiles, num_image_token=self.num_image_token, **tokens
-        )
+        return self.processor.prompt_ids(prompt, num_tiles * self.num_image_token)
 
     def preprocess(self, image: ImageLike, prompt: str, index: int = 0) -> _Prepared:
-        """Tiles, SAM2 input and prompt ids of one image (see the module docstring)."""
+        """Vision input, SAM2 input and prompt ids of one image (see the module docstring)."""
         arr = _as_rgb_array(image, index)
-        pil = Image.fromarray(arr)
         mean, std = (
             (SAM2_INFER_MEAN, SAM2_INFER_STD)
             if self.official_normalisation
             else (IMAGENET_MEAN, IMAGENET_STD)
         )
-        g_pixel_values = sam2_pixel_values(
-            arr, size=self.sam2_size, mean=mean, std=std, resample="pil_bicubic"
-        )
-        size = (int(arr.shape[0]), int(arr.shape[1]))
-        if self.image_processor is not None:  # Qwen-VL: patches + grid; one "tile" per image token
-            patches, grid = self.image_processor(pil)
-            n_tokens = int(grid.prod()) // self.image_processor.merge_size**2
-            return _Prepared(
-                pixel_values=patches,
-                g_pixel_values=g_pixel_values,
-                prompt_ids=self.build_prompt_ids(prompt, n_tokens),
-                size=size,
-                image_grid_thw=grid,
-            )
-        tiles = dynamic_tiles(
-            pil,
-            min_num=self.min_tiles,
-            max_num=self.max_tiles,
-            tile_size=self.tile_size,
-            use_thumbnail=self.use_thumbnail,
-        )
-        mean, std = (
-            (SAM2_INFER_MEAN, SAM2_INFER_STD)
-            if self.official_normalisation
-            else (IMAGENET_MEAN, IMAGENET_STD)
-        )
+        vision = self.processor.image_inputs(Image.fromarray(arr))
         return _Prepared(
-            pixel_values=internvl_pixel_values(tiles),
-            g_pixel_values=sam2_pixel_values(
-                arr, size=self.sam2_size, mean=mean, std=std, resample="pil_bicubic"
-            ),
-            prompt_ids=self.build_prompt_ids(prompt, len(tiles)),
+            pixel_values=vision.pixel_values,
+            g_pixel_values=self.processor.sam2_inputs(arr, mean=mean, std=std),
+            prompt_ids=self.processor.prompt_ids(prompt, vision.slots),
             size=(int(arr.shape[0]), int(arr.shape[1])),
+            image_grid_thw=vision.image_grid_thw,
         )
 
     # --- generation ------------------------------------------------------------------------------
@@ -628,9 +537,7 @@ class Sa2VAPredictor:
         prepared = [self.preprocess(a, p, i) for i, (a, p) in enumerate(zip(arrays, prompts))]
         model = self.model
         pixel_values = torch.cat([p.pixel_values for p in prepared]).to(self.device)
-        grid = None
-        if self.image_processor is not None:
-            grid = torch.cat([p.image_grid_thw for p in prepared]).to(self.device)
+        grid = _grids(prepared, self.device)
         with self._autocast():
             vit_tokens = model.mllm.encode_vit(
                 pixel_values, **({} if grid is None else {"image_grid_thw": grid})
@@ -733,9 +640,7 @@ class Sa2VAPredictor:
         probabilities per crop at its own size."""
         prepared = [self.preprocess(np.ascontiguousarray(c), prompt, i) for i, c in enumerate(crops)]
         pixel_values = torch.cat([p.pixel_values for p in prepared]).to(self.device)
-        grid = None
-        if self.image_processor is not None:
-            grid = torch.cat([p.image_grid_thw for p in prepared]).to(self.device)
+        grid = _grids(prepared, self.device)
         with self._autocast():
             vit_tokens = self.model.mllm.encode_vit(
                 pixel_values, **({} if grid is None else {"image_grid_thw": grid})
@@ -789,17 +694,45 @@ def _pick_threshold(threshold: float | None, threshold_file: str | Path | None) 
     return 0.5 if threshold is None else _check_threshold(threshold, "threshold")
 
 
-def _config_defaults(cfg: Config) -> dict[str, Any]:
-    """Predictor defaults from a config: its ``template`` and the tiling of its eval/train dataset."""
-    out: dict[str, Any] = {}
-    template = cfg.get("template")
-    if isinstance(template, dict):
-        out["template"] = dict(template)
+def _grids(prepared: list[_Prepared], device: torch.device) -> torch.Tensor | None:
+    """``[B, 3]`` Qwen-VL patch grids of a batch on ``device``; ``None`` for InternVL tiles."""
+    grids = [p.image_grid_thw for p in prepared]
+    if all(g is None for g in grids):
+        return None
+    return torch.cat(grids).to(device)
+
+
+def _processor_config(
+    cfg: Config,
+    processor: Sa2VAProcessor | dict | None,
+    tiling: dict[str, Any],
+    model: Sa2VAModel,
+    config_path: str | Path,
+) -> Sa2VAProcessor | dict:
+    """The predictor's processor: given, else the config's ``processor``, else its validation (test,
+    training) dataset's; ``tiling`` overrides its InternVL tiling; the model's SAM2 side where unset."""
+    if processor is None:
+        processor = cfg.get("processor")
     for loader in ("val_dataloader", "test_dataloader", "train_dataloader"):
-        dataset = (cfg.get(loader) or {}).get("dataset") or {}
-        keys = ("min_tiles", "max_tiles", "use_thumbnail", "image_processor")
-        found = {k: dataset[k] for k in keys if dataset.get(k) is not None}
-        if found:
-            out.update(found)
+        if processor is not None:
             break
-    return out
+        processor = ((cfg.get(loader) or {}).get("dataset") or {}).get("processor")
+    if processor is None:
+        raise ValueError(
+            f"{config_path}: no `processor` (top level or in a dataloader's dataset): the predictor "
+            "needs the model's Sa2VAProcessor"
+        )
+    if isinstance(processor, Sa2VAProcessor):
+        if tiling:
+            raise ValueError(
+                f"tiling overrides {sorted(tiling)} need a processor config dict, not a built one"
+            )
+        return processor
+    processor = copy.deepcopy(dict(processor))
+    if tiling:
+        if "image_processor" in processor:  # Sa2VAProcessor(image_processor=dict(...))
+            processor["image_processor"] = dict(processor["image_processor"], **tiling)
+        else:  # Sa2VAProcessor.from_pretrained(path, min_tiles=..., ...)
+            processor.update(tiling)
+    processor.setdefault("sam2_size", int(model.grounding_encoder.image_size))
+    return processor

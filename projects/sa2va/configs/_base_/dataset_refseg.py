@@ -13,11 +13,9 @@ train_dataset = dict(
     type=RefSegDataset,
     ann_file=data_root + "/annotations_train.json",
     image_root=data_root + "/images",
-    tokenizer=None,  # set by the model base (tokenizer) in the leaf config
-    template=None,
+    processor=None,  # the model base's `processor` (tokenizer, template, tiling, SAM2 input), set in the leaf
     objects_per_image=5,
     repeats=1,
-    max_tiles=12,
     augment=None,
     seed=0,
 )

@@ -3,6 +3,8 @@
 # 151936-row vocabulary (embeddings are only ever grown), so the head costs what it costs in Sa2VA-1B.
 from xtuner.utils import PROMPT_TEMPLATE
 
+from projects.sa2va.datasets.image_processing import InternVLImageProcessor
+from projects.sa2va.datasets.processor import Sa2VAProcessor
 from projects.sa2va.models.internvl import Qwen2InternVL
 from projects.sa2va.models.losses import MaskLoss
 from projects.sa2va.models.sa2va import Sa2VAModel
@@ -11,6 +13,14 @@ from projects.sa2va.models.tokenizer import build_tiny_tokenizer
 
 template = PROMPT_TEMPLATE.qwen_chat
 tokenizer = dict(type=build_tiny_tokenizer)
+# 448-px tiles (1..12, thumbnail; 256 tokens each) and the 1024-px SAM2 input, as the released Sa2VA-1B.
+processor = dict(
+    type=Sa2VAProcessor,
+    tokenizer=tokenizer,
+    template=template,
+    image_processor=dict(type=InternVLImageProcessor),
+)
+dataset_inputs = dict(processor=processor)
 internvit_300m = dict(
     hidden_size=1024,
     intermediate_size=4096,

@@ -1,7 +1,7 @@
 # Sa2VA with an InternLM2 LLM (Sa2VA-8B / -26B) loaded from an official Hugging Face folder: the Qwen2 base's
 # parts, recipe and feature cache with the InternLM2 adapter and the internlm2_chat template. `load_tokenizer`
 # opens the folder's InternLM2 (sentencepiece) tokenizer without remote code. Leaf configs set `path` and
-# re-point the three places that use it (tokenizer, mllm, load_weights).
+# re-point the places that use it (tokenizer, mllm, load_weights, processor).
 from mmengine.config import read_base
 from xtuner.utils import PROMPT_TEMPLATE
 
@@ -15,3 +15,5 @@ template = PROMPT_TEMPLATE.internlm2_chat
 tokenizer.path = path
 model.mllm.update(type=InternLM2InternVL, path=path, tokenizer=tokenizer)
 model.load_weights.path = path
+processor.path = path
+dataset_inputs = dict(processor=processor)

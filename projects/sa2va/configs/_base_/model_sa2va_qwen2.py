@@ -1,8 +1,9 @@
 # Sa2VA with a Qwen2 LLM (Sa2VA-1B / -4B / InternVL3-2B/8B/14B) loaded from an official Hugging Face folder.
-# Leaf configs set `path` and re-point the three places that use it (tokenizer, mllm, load_weights).
+# Leaf configs set `path` and re-point the places that use it (tokenizer, mllm, load_weights, processor).
 from xtuner.utils import PROMPT_TEMPLATE
 
 from projects.sa2va.checkpoint.hf_sa2va import HFSa2VALoader
+from projects.sa2va.datasets.processor import Sa2VAProcessor
 from projects.sa2va.models.internvl import Qwen2InternVL
 from projects.sa2va.models.losses import MaskLoss
 from projects.sa2va.models.sa2va import Sa2VAModel
@@ -12,6 +13,10 @@ from projects.sa2va.models.tokenizer import load_tokenizer
 path = "models/Sa2VA-1B"
 template = PROMPT_TEMPLATE.qwen_chat
 tokenizer = dict(type=load_tokenizer, path=path)  # the folder's tokenizer class, never remote code
+# The folder's tokenizer, template, tiling (config.json) and the SAM2 input: the dataset and predictor take it.
+processor = dict(type=Sa2VAProcessor.from_pretrained, path=path)
+# The dataset fields that follow this model: `train_dataloader.dataset.update(dataset_inputs)`.
+dataset_inputs = dict(processor=processor)
 
 model = dict(
     type=Sa2VAModel,

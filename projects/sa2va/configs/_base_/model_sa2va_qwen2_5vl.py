@@ -9,7 +9,7 @@ with read_base():
 
 path = "models/Sa2VA-Qwen2_5-VL-3B"
 tokenizer.path = path
-image_processor.path = path
 model.mllm.update(type=Qwen2_5_VLSa2VA, path=path, tokenizer=tokenizer)
 model.load_weights.path = path
-dataset_inputs = dict(tokenizer=tokenizer, template=template, image_processor=image_processor)
+processor.path = path
+dataset_inputs = dict(processor=processor)

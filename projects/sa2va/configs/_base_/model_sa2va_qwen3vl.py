@@ -2,10 +2,9 @@
 # text decoder, the Qwen2-family parts and recipe otherwise. The whole vision tower (merger included) is frozen
 # and LoRA goes on the text decoder, as in the official Qwen-VL recipe. Images go through the folder's
 # Qwen-VL image processor (preprocessor_config.json) at Sa2VA's pixel budget. Leaf configs set `path` and
-# re-point the places that use it (tokenizer, image_processor, mllm, load_weights).
+# re-point the places that use it (tokenizer, mllm, load_weights, processor).
 from mmengine.config import read_base
 
-from projects.sa2va.datasets.qwenvl_processing import QwenVLImageProcessor
 from projects.sa2va.models.qwenvl import Qwen3VLSa2VA
 
 with read_base():
@@ -13,9 +12,8 @@ with read_base():
 
 path = "models/Sa2VA-Qwen3-VL-4B"
 tokenizer.path = path
-image_processor = dict(type=QwenVLImageProcessor, path=path)
 model.mllm = dict(type=Qwen3VLSa2VA, path=path, tokenizer=tokenizer, torch_dtype="bfloat16")
 model.load_weights.path = path
 model.trainable = dict(mlp1="frozen")  # no separate projector: the merger belongs to the frozen vision tower
-# The dataset fields that follow this model: `train_dataloader.dataset.update(dataset_inputs)`.
-dataset_inputs = dict(tokenizer=tokenizer, template=template, image_processor=image_processor)
+processor.path = path  # Sa2VAProcessor.from_pretrained: the folder's Qwen-VL image processor
+dataset_inputs = dict(processor=processor)

@@ -3,6 +3,7 @@
 # the 151936-row vocabulary, so the embedding and head cost what they cost in the real model.
 from mmengine.config import read_base
 
+from projects.sa2va.datasets.processor import Sa2VAProcessor
 from projects.sa2va.datasets.qwenvl_processing import QwenVLImageProcessor
 from projects.sa2va.models.qwenvl import Qwen3VLSa2VA
 from projects.sa2va.models.qwenvl_tokenizer import build_tiny_qwenvl_tokenizer
@@ -43,4 +44,5 @@ qwen3vl_4b = dict(
 )
 model.mllm = dict(type=Qwen3VLSa2VA, tokenizer=tokenizer, config=qwen3vl_4b, torch_dtype="bfloat16")
 model.trainable = dict(mlp1="frozen")  # no separate projector: the merger is part of the frozen vision tower
-dataset_inputs = dict(tokenizer=tokenizer, template=template, image_processor=image_processor)
+processor = dict(type=Sa2VAProcessor, tokenizer=tokenizer, template=template, image_processor=image_processor)
+dataset_inputs = dict(processor=processor)

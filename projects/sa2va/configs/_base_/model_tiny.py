@@ -25,15 +25,7 @@ processor = dict(
     sam2_size=sam2_image_size,
 )
 # The dataset fields that follow this model; leaf configs: `train_dataloader.dataset.update(dataset_inputs)`.
-# One tile per image (a 512x512 image gets one tile from the real 448-px ViT too).
-dataset_inputs = dict(
-    tokenizer=tokenizer,
-    template=template,
-    tile_size=vit_image_size,
-    num_image_token=num_image_token,
-    sam2_image_size=sam2_image_size,
-    max_tiles=1,
-)
+dataset_inputs = dict(processor=processor)
 
 tiny_vision_config = dict(
     hidden_size=32,

@@ -16,9 +16,6 @@ image_processor.update(
     min_pixels=28 * 28 * 16,
     max_pixels=28 * 28 * 64,
 )
-dataset_inputs = dict(
-    tokenizer=tokenizer, template=template, image_processor=image_processor, sam2_image_size=sam2_image_size
-)
 processor = dict(
     type=Sa2VAProcessor,
     tokenizer=tokenizer,
@@ -26,6 +23,7 @@ processor = dict(
     image_processor=image_processor,
     sam2_size=sam2_image_size,
 )
+dataset_inputs = dict(processor=processor)
 tiny_qwen2_5vl_config = dict(
     text_config=dict(
         vocab_size=720,

@@ -20,9 +20,6 @@ image_processor = dict(
     min_pixels=32 * 32 * 16,
     max_pixels=32 * 32 * 64,
 )
-dataset_inputs = dict(
-    tokenizer=tokenizer, template=template, image_processor=image_processor, sam2_image_size=sam2_image_size
-)
 processor = dict(
     type=Sa2VAProcessor,
     tokenizer=tokenizer,
@@ -30,6 +27,7 @@ processor = dict(
     image_processor=image_processor,
     sam2_size=sam2_image_size,
 )
+dataset_inputs = dict(processor=processor)
 tiny_qwen3vl_config = dict(
     text_config=dict(
         vocab_size=720,

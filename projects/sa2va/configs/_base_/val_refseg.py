@@ -1,6 +1,6 @@
 # Validation during training: teacher-forced Dice / IoU / clDice on an annotations set, at 0.5 and at the
 # best threshold of that set (projects/sa2va/evaluation/seg_metric.py), every `val_interval` iterations.
-# The leaf config fills the dataset's tokenizer/template/sizes like the training set's and sets
+# The leaf config gives the dataset the model's processor like the training set's and sets
 #   train_cfg.update(val_interval=val_interval)
 #   default_hooks.checkpoint.update(save_best=save_best, rule="greater")   # best_val_dice_best_iter_N.pth
 # Logged keys: val/dice, val/iou, val/cl_dice, val/precision, val/recall, val/cIoU (at 0.5),
@@ -19,8 +19,7 @@ val_dataset = dict(
     type=RefSegDataset,
     ann_file="data/chase_db1/annotations_test.json",
     image_root="data/chase_db1/images",
-    tokenizer=None,  # set in the leaf config, as for train_dataset
-    template=None,
+    processor=None,  # set in the leaf config, as for train_dataset
     objects_per_image=None,  # every object, in order
     random_templates=False,
     augment=None,
