@@ -1,1 +1,0 @@
-"""Speed / memory benchmark of Sa2VA training at real shapes with random weights (``tools/benchmark.py``)."""
