@@ -1,6 +1,6 @@
 # Sa2VA-4B shapes, random weights, the reference recipe (batch 2 x accumulation 16 per GPU), bundled data.
 #   bash tools/dist.sh train projects/sa2va/configs/sa2va_4b_random.py 8 --work-dir work_dirs/sa2va_4b_random
-# Used by tools/gpu/multi_gpu_run.sh (issue 8). `max_iters` counts micro-batches: 16 per optimiser step.
+# Used by bench/gpu/multi_gpu_run.sh (issue 8). `max_iters` counts micro-batches: 16 per optimiser step.
 from mmengine.config import read_base
 
 from projects.sa2va.engine.loops import Sa2VATrainLoop

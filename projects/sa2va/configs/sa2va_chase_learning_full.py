@@ -1,6 +1,6 @@
 # GPU learning run, FULL-RESOLUTION masks: sa2va_chase_learning_low.py with the mask loss at the GT size (512 px)
 #   python tools/train.py projects/sa2va/configs/sa2va_chase_learning_full.py --work-dir work_dirs/chase_full
-#   bash tools/gpu/chase_learning_run.sh
+#   bash bench/gpu/chase_learning_run.sh
 # and the learned upsampler (SAM2 stride-4 features + the image; 2x the 256 logits = 512 px). Same data,
 # schedule and time budget as the reference run.
 from mmengine.config import read_base

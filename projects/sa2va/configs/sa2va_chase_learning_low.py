@@ -1,6 +1,6 @@
 # GPU learning run, REFERENCE mask resolution (loss on 256x256 SAM2 logits vs the nearest-resized 512 px GT).
 #   python tools/train.py projects/sa2va/configs/sa2va_chase_learning_low.py --work-dir work_dirs/chase_low
-#   bash tools/gpu/chase_learning_run.sh     (this and sa2va_chase_learning_full.py, same budget, evaluation, table)
+#   bash bench/gpu/chase_learning_run.sh     (this and sa2va_chase_learning_full.py, same budget, evaluation, table)
 # A small random Sa2VA: SAM2 Hiera-T at 1024 px trained from scratch (image encoder included: no pretrained
 # weights here), tiny InternViT + 2-layer Qwen2 (LoRA) so the language part is cheap; augmentation on.
 # The script trains on a patient-grouped split of annotations_train.json (patients 09, 10 held out for

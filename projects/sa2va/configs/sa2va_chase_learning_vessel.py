@@ -1,6 +1,6 @@
 # GPU learning run toward CHASE_DB1 Dice 0.80, the full-resolution recipe plus soft clDice:
 #   python tools/train.py projects/sa2va/configs/sa2va_chase_learning_vessel.py --work-dir work_dirs/chase_vessel
-#   bash tools/gpu/chase_learning_seeds.sh   (3 seeds side by side on one GPU, FOV scoring, mean and spread)
+#   bash bench/gpu/chase_learning_seeds.sh   (3 seeds side by side on one GPU, FOV scoring, mean and spread)
 # The full-resolution recipe
 # (sa2va_chase_learning_full.py: random SAM2 Hiera-T trained from scratch, loss at the ground-truth size, learned
 # upsampler) plus a soft clDice term, which weighs breaks in thin vessels as much as missing thick ones.
