@@ -14,7 +14,6 @@ template = PROMPT_TEMPLATE.qwen_chat
 tokenizer = dict(type=build_tiny_tokenizer)
 vit_image_size = 224
 sam2_image_size = 256
-num_image_token = 64  # (224 / 14)^2 / 4
 # Tokenizer, template, image tiling and SAM2 input of this model: the dataset and the predictor take it.
 # One tile per image (a 512x512 image gets one tile from the real 448-px ViT too).
 processor = dict(
