@@ -341,8 +341,9 @@ class Sa2VAPredictor:
             **(cfg_options or {}),
         }
         processor = dict(type=Sa2VAProcessor.from_pretrained, path=str(folder))
-        if kwargs.get("template") is not None:
-            processor["template"] = kwargs.pop("template")
+        template = kwargs.pop("template", None)
+        if template is not None:
+            processor["template"] = template
         kwargs.setdefault("processor", processor)
         return cls.from_config(
             model_config or default_config, checkpoint, device=device, cfg_options=overrides, **kwargs
