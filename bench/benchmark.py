@@ -7,7 +7,7 @@
 
 Builds each model once (``Sa2VAModel`` with InternViT-300M + Qwen2.5-0.5B / -3B + SAM2 Hiera-L, LoRA
 r=128, bf16 frozen weights and fp32 trainable ones on CUDA), trains it on preprocessed samples of the
-bundled data under each configuration and prints one table (see projects/sa2va/benchmark/harness.py).
+bundled data under each configuration and prints one table (see bench/harness/speed.py).
 
 A configuration that runs out of memory (CUDA, or the CPU allocator) becomes the row "out of memory at
 batch N on <device name> (<stage>)"; memory is freed and the next configuration runs, so the table is
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from mmengine.logging import MMLogger
 
-    from projects.sa2va.benchmark import harness as hb
+    from bench.harness import speed as hb
 
     MMLogger.get_instance("sa2va_benchmark", log_level="WARNING")
     device = torch.device(args.device)

@@ -3,7 +3,7 @@
     python bench/benchmark_data.py [CONFIG] [--samples 32] [--batch-size 16]
 
 CONFIG defaults to bench/gpu/scaling_1b_cfg.py (512x512 CHASE_DB1 images, 5 masks each, one 448-px tile,
-the 1024-px SAM2 input). Prints a table (see projects/sa2va/benchmark/data_pipeline.py).
+the 1024-px SAM2 input). Prints a table (see bench/harness/data_pipeline.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from projects.sa2va.benchmark.data_pipeline import format_table, run  # noqa: E402
+from bench.harness.data_pipeline import format_table, run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

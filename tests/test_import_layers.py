@@ -6,7 +6,7 @@ The layers (``docs/architecture.md`` shows the same table), highest first:
 rank  packages / modules of ``projects.sa2va``                    role
 ====  ==========================================================  ===========================================
 4     ``configs``                                                 config files: name classes of every layer
-3     ``app``, ``inference``, ``engine``, ``benchmark``, ``cli``  applications: serve, predict, train, measure
+3     ``app``, ``inference``, ``engine``, ``cli``                 applications: serve, predict, train
 2     ``datasets``, ``evaluation``, ``checkpoint``                data in, metrics out, weights in and out
 1     ``models``                                                  the networks and their losses
 0     ``structures``, ``pixels``, ``digests``, package root       shared types and pure functions
@@ -36,7 +36,6 @@ LAYERS: dict[str, int] = {
     "app": 3,
     "inference": 3,
     "engine": 3,
-    "benchmark": 3,
     "cli": 3,
     "datasets": 2,
     "evaluation": 2,
@@ -63,10 +62,6 @@ KNOWN_UPWARD: dict[tuple[str, str], str] = {
     ("evaluation.evaluate", "inference.tiling"): _TILING,
     ("evaluation.tiled", "inference.tiling"): _TILING,
     ("evaluation.resolution", "inference.tiling"): _TILING,
-    ("models.presets", "configs"): (
-        "presets read the model shapes from the _base_ model configs (their one source) for the lab "
-        "benchmarks and test fixtures: to move with the benchmarks out of the library (issue 17, bench/)"
-    ),
 }
 
 

@@ -7,9 +7,9 @@
 #
 # GPU box (run tool, one H200, carry [".whl"], ~8-9 minutes with the defaults):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-#     .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && bash tools/gpu/chase_learning_run.sh
+#     .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && bash bench/gpu/chase_learning_run.sh
 # CPU smoke test (SAM2 at 256 px, 4 iterations, 2 validations, same code path; ~2-4 min on 2 cores):
-#   SMOKE=1 bash tools/gpu/chase_learning_run.sh
+#   SMOKE=1 bash bench/gpu/chase_learning_run.sh
 #
 # Env: TRAIN_SECONDS  training-loop budget per mode, validation included (default 170; start-up ~30 s more)
 #      MODES          default "low full"

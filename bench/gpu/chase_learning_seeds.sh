@@ -5,13 +5,13 @@
 # on the 8 test images (Image_11L..14R) inside the field of view (tools/test.py --fov-masks auto) and on the whole
 # image, with the threshold chosen on held-out training patients 09 and 10 (4 images; the models train on the
 # other 16), flip test-time augmentation when tools/test.py offers it, and print per-seed rows with mean and
-# spread (tools/gpu/seeds_report.py).
+# spread (bench/gpu/seeds_report.py).
 #
 # GPU box (run tool, one GPU, carry [".whl"] and the data folder when it is not the bundled one):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-#     .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && bash tools/gpu/chase_learning_seeds.sh
+#     .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && bash bench/gpu/chase_learning_seeds.sh
 # CPU smoke test (SAM2 at 256 px, 4 iterations, one seed; same code path, a few minutes on 2 cores):
-#   SMOKE=1 SEEDS=0 bash tools/gpu/chase_learning_seeds.sh
+#   SMOKE=1 SEEDS=0 bash bench/gpu/chase_learning_seeds.sh
 #
 # Env: DATA           folder with images/, annotations_train.json, annotations_test.json (default data/chase_db1,
 #                     512x512). Originals (999x960): build with tools/masks_to_annotations.py + split_dataset.py.
@@ -105,6 +105,6 @@ done
     echo "CHASE_DB1 test set (8 images, $DATA), threshold chosen on held-out train patients 09+10 (4 images)"
     echo "config $CFG, upsampler scale $SCALE, ${TRAIN_SECONDS}s training budget per seed, seeds trained side by side on one GPU (SMOKE=$SMOKE), ${TTA:-no TTA}"
     echo "fov = inside the field of view (tools/test.py --fov-masks auto), whole = every pixel"
-    "$PY" tools/gpu/seeds_report.py "${RUNS[@]}" --json "$OUT/seeds.json"
+    "$PY" bench/gpu/seeds_report.py "${RUNS[@]}" --json "$OUT/seeds.json"
 } | tee "$OUT/summary.txt"
 echo "results in $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -27,7 +27,7 @@ rm -rf "$RUNS"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 "$PYTHON" -c "import deepspeed, torch; print('deepspeed', deepspeed.__version__, 'torch', torch.__version__)"
 
-show() { grep -E "train.py:|global batch|Iter\(train\)|Error|error|dist.sh|written to|Saving checkpoint" | cut -c1-240 || true; }
+show() { grep -E "train.py:|DeepSpeed config|switched off|global batch|Iter\(train\)|Error|error|dist.sh|written to|Saving checkpoint" | cut -c1-240 || true; }
 OPTS=(train_dataloader.batch_size="$BATCH" optim_wrapper.accumulative_counts="$ACCUM" train_cfg.max_iters="$ITERS"
     default_hooks.checkpoint.interval="$ITERS")
 port=${PORT:-29621}

@@ -92,8 +92,8 @@ def build_lm(preset: str, layers: int | None):
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from bench.harness.presets import BENCH_VOCAB_SIZE, load_preset
     from projects.sa2va.models.internvl import Qwen2InternVL
-    from projects.sa2va.models.presets import BENCH_VOCAB_SIZE, load_preset
 
     p = load_preset(preset)
     cfg = {

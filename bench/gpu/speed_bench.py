@@ -6,7 +6,7 @@ for the GPU box set-up).
     PYTHONPATH=/tmp/site:$PWD python3 bench/gpu/speed_bench.py --models 4b,1b            # one GPU
     python bench/gpu/speed_bench.py --tiny --steps 2 --warmup 1 --profile-steps 1          # CPU smoke run
 
-Every row goes through :func:`projects.sa2va.benchmark.harness.run_one` (the throughput pass times
+Every row goes through :func:`bench.harness.speed.run_one` (the throughput pass times
 ``Sa2VAModel(mode='loss')``, so ``lm_logits`` decides the LM head there). Its profiling pass (the ``LLM f+b``
 column and the harness's LLM MFU) runs a staged copy of the step that takes the row's ``lm_logits`` path too,
 so the LLM time is that of the step that was timed. ``LLM MFU`` counts the LLM
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from mmengine.logging import MMLogger
 
-    from projects.sa2va.benchmark import harness as hb
+    from bench.harness import speed as hb
 
     MMLogger.get_instance("sa2va_speed", log_level="WARNING")
     device = torch.device(args.device)

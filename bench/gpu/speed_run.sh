@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 19 speed/memory run on ONE GPU (about 6-8 minutes on an H100), random weights:
-#   1. Sa2VA-4B and Sa2VA-1B shapes (bench/gpu/speed_bench.py over projects/sa2va/benchmark/harness.py):
+#   1. Sa2VA-4B and Sa2VA-1B shapes (bench/gpu/speed_bench.py over bench/harness/speed.py):
 #      reference batch 2 with the LM head at every position (lm_logits='all', the old path) and at the
 #      supervised positions only (the default), batch 2 + gradient checkpointing (foreach AdamW, then fused
 #      AdamW), the feature-cache batch 16 on both paths, then larger feature-cache batches until one runs out

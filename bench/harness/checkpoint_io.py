@@ -18,10 +18,11 @@ import torch
 
 from projects.sa2va.checkpoint.hf_sa2va import HFSa2VALoader, export_hf_folder, hf_weight_files
 from projects.sa2va.models.internvl import Qwen2InternVL
-from projects.sa2va.models.presets import BENCH_VOCAB_SIZE, load_preset
 from projects.sa2va.models.sa2va import Sa2VAModel
 from projects.sa2va.models.sam2_grounding import SAM2GroundingEncoder
 from projects.sa2va.models.tokenizer import build_tiny_tokenizer
+
+from .presets import BENCH_VOCAB_SIZE, load_preset
 
 __all__ = ["PRESETS", "BenchRow", "format_table", "run_checkpoint_bench"]
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from ..datasets.collate import sa2va_collate
-from ..models.builder import build_component
+from projects.sa2va.datasets.collate import sa2va_collate
+from projects.sa2va.models.builder import build_component
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any
 
 from mmengine.config import Config
 
-from ..configs import config_path
+from projects.sa2va.configs import config_path
 
 __all__ = ["BENCH_VOCAB_SIZE", "PRESET_CONFIGS", "SAM2_DEFAULT_IMAGE_SIZE", "load_preset"]
 
@@ -22,9 +22,9 @@ PRESET_CONFIGS: dict[str, str] = {
 }
 #: SAM2 input size when a config sets no ``overrides.image_size`` (``sam2_hiera_*.yaml``).
 SAM2_DEFAULT_IMAGE_SIZE = 1024
-#: ``vocab_size`` the 1b / 4b benchmarks (``benchmark/harness.py``, ``checkpoint/bench.py``) put over the
-#: config's: the value their published figures were measured with (the ``_base_`` configs keep Qwen2.5's
-#: padded 151936 rows).
+#: ``vocab_size`` the 1b / 4b benchmarks (``speed.py``, ``checkpoint_io.py``) put over the config's: the
+#: value their published figures were measured with (the ``_base_`` configs keep Qwen2.5's padded 151936
+#: rows).
 BENCH_VOCAB_SIZE = 151674
 
 

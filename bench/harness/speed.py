@@ -34,18 +34,19 @@ from typing import Any
 import torch
 from mmengine.logging import MMLogger
 
-from ..datasets.collate import sa2va_collate
-from ..datasets.image_processing import InternVLImageProcessor
-from ..datasets.processor import Sa2VAProcessor
-from ..datasets.refseg import RefSegDataset
-from ..models.feature_cache import build_feature_cache
-from ..models.internvl import Qwen2InternVL
-from ..models.losses import MaskLoss
-from ..models.presets import BENCH_VOCAB_SIZE, load_preset
-from ..models.sa2va import Sa2VAModel
-from ..models.sam2_grounding import SAM2GroundingEncoder
-from ..models.tokenizer import build_tiny_tokenizer
+from projects.sa2va.datasets.collate import sa2va_collate
+from projects.sa2va.datasets.image_processing import InternVLImageProcessor
+from projects.sa2va.datasets.processor import Sa2VAProcessor
+from projects.sa2va.datasets.refseg import RefSegDataset
+from projects.sa2va.models.feature_cache import build_feature_cache
+from projects.sa2va.models.internvl import Qwen2InternVL
+from projects.sa2va.models.losses import MaskLoss
+from projects.sa2va.models.sa2va import Sa2VAModel
+from projects.sa2va.models.sam2_grounding import SAM2GroundingEncoder
+from projects.sa2va.models.tokenizer import build_tiny_tokenizer
+
 from .flops import SampleFlops, counted_flops, llm_forward_flops, mlp1_forward_flops, vit_forward_flops
+from .presets import BENCH_VOCAB_SIZE, load_preset
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ Sides (each in its own process: both code bases name their package ``projects.sa
   the official code picks (flash-attention 2 when ``flash_attn`` imports, else eager); ``--official-attn
   sdpa`` switches the LLM to PyTorch SDPA after building (an explicit deviation, for a fused-kernel
   comparison when flash-attn is missing).
-* ``ref`` / ``opt``: the toolkit's reference and optimised steps (projects/sa2va/benchmark/harness.py).
+* ``ref`` / ``opt``: the toolkit's reference and optimised steps (bench/harness/speed.py).
 
 Each side runs at batch 2 and then at doubling batches until one runs out of memory: the largest that
 fits is reported. Prints one table (samples/s, peak memory, ratio to the official step at the same
@@ -74,13 +74,13 @@ def free(device: torch.device) -> None:
 def prepare(args: argparse.Namespace, name: str, work: Path) -> None:
     """Write the official side's inputs for model ``name``: InternVL folder, SAM2 checkpoint, samples."""
     sys.path.insert(0, str(ROOT))
+    from bench.harness import speed as hb
     from bench.official.bridge import (
         folder_state,
         hydra_overrides,
         internvl_folder_config,
         write_internvl_folder,
     )
-    from projects.sa2va.benchmark import harness as hb
 
     shape = hb.model_shape(name)
     torch.manual_seed(0)
@@ -312,7 +312,7 @@ def official_worker(args: argparse.Namespace, work: Path) -> None:
 # --- the toolkit side (toolkit environment) ---------------------------------------------------------------
 def ours_worker(args: argparse.Namespace, name: str, work: Path, side: str) -> None:
     sys.path.insert(0, str(ROOT))
-    from projects.sa2va.benchmark import harness as hb
+    from bench.harness import speed as hb
 
     device = torch.device(args.device)
     if device.type == "cuda":

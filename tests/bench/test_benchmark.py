@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from projects.sa2va.benchmark.flops import llm_forward_flops, vit_forward_flops
+from bench.harness.flops import llm_forward_flops, vit_forward_flops
 from projects.sa2va.datasets.samplers import LengthGroupedSampler
 
 ROOT = Path(__file__).resolve().parents[2]

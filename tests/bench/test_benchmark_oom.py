@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from projects.sa2va.benchmark import harness as hb
+from bench.harness import speed as hb
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = [
@@ -32,7 +32,7 @@ ARGS = [
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("tool_benchmark", ROOT / "tools" / "benchmark.py")
+    spec = importlib.util.spec_from_file_location("tool_benchmark", ROOT / "bench" / "benchmark.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

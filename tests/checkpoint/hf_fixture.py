@@ -30,11 +30,11 @@ from safetensors.torch import save_file
 from torch import nn
 from xtuner.registry import BUILDER
 
+from bench.harness.presets import load_preset
 from projects.sa2va.checkpoint.hf_sa2va import HFSa2VALoader
 from projects.sa2va.models.internlm2_tokenizer import build_tiny_internlm2_tokenizer
 from projects.sa2va.models.internvit import InternVisionConfig
 from projects.sa2va.models.internvl import InternLM2InternVL, Qwen2InternVL
-from projects.sa2va.models.presets import load_preset
 from projects.sa2va.models.tokenizer import build_tiny_tokenizer, load_tokenizer
 from tests.tiny import TINY_MODEL_CFG
 
