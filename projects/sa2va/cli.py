@@ -40,7 +40,9 @@ def add_predictor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument(
-        "--max-tiles", type=int, help="InternVL tiles per image (default: the config's, else 12)"
+        "--max-tiles",
+        type=int,
+        help="InternVL tiles per image (default: the model's processor's: the config's, or the HF folder's)",
     )
     parser.add_argument(
         "--exact-normalisation",
