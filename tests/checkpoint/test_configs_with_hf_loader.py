@@ -15,7 +15,7 @@ from xtuner.registry import BUILDER
 from xtuner.utils import PROMPT_TEMPLATE
 
 from projects.sa2va.checkpoint.hf_sa2va import HFSa2VALoader
-from projects.sa2va.engine.builder import construct_model
+from projects.sa2va.engine.builder import construct_model, load_config
 from projects.sa2va.models.internvl import InternLM2InternVL
 from projects.sa2va.models.qwenvl import QwenVLMLLM
 from tests.checkpoint.hf_fixture import write_official_folder
@@ -57,27 +57,22 @@ def _family_cases() -> list[tuple[Path, str]]:
 
 @pytest.mark.parametrize(("leaf", "family"), _family_cases(), ids=lambda x: getattr(x, "name", x))
 def test_hf_config_builds_on_a_tiny_folder(leaf, family, tiny_folders):
-    cfg = Config.fromfile(str(leaf))
     folder = str(tiny_folders[family])
     tiny = Config.fromfile(str(TINY_MODEL_CFG))
-    # What a user edits: `path` (re-pointed in the leaf: tokenizer, mllm, load_weights, processor).
+    # What a user edits: `path` alone (the loader writes it into tokenizer, mllm, load_weights, processor).
+    cfg = load_config(leaf)
     assert cfg.model.mllm.path == cfg.model.load_weights.path == cfg.model.mllm.tokenizer.path == cfg.path
     assert cfg.train_dataloader.dataset.processor.path == cfg.processor.path == cfg.path
-    cfg.merge_from_dict(
-        {
-            "model.mllm.path": folder,
-            "model.mllm.tokenizer.path": folder,
-            "model.load_weights.path": folder,
-            # The folder holds a tiny SAM2; the architecture comes from the config.
-            "model.grounding_encoder.overrides": tiny.tiny_sam2_overrides,
-        }
-    )
+    # The folder holds a tiny SAM2; the architecture comes from the config.
+    cfg = load_config(leaf, {"path": folder, "model.grounding_encoder.overrides": tiny.tiny_sam2_overrides})
+    assert cfg.model.mllm.path == cfg.model.load_weights.path == cfg.model.mllm.tokenizer.path == folder
+    assert cfg.train_dataloader.dataset.processor.path == folder
     torch.manual_seed(0)
     model = construct_model(cfg.model)  # as the runners build it (`pretrained_pth` is the builder's)
     assert model.mllm.path == folder
     # The leaf's training template is the folder's (config.json `template`), through its processor too.
     assert dict(PROMPT_TEMPLATE[model.mllm.template]) == cfg.template.to_dict()
-    processor = BUILDER.build(dict(cfg.train_dataloader.dataset.processor, path=folder))
+    processor = BUILDER.build(cfg.train_dataloader.dataset.processor)
     assert processor.template == cfg.template.to_dict()
     assert processor.num_image_token == model.mllm.num_image_token
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0

@@ -15,14 +15,10 @@ path = "models/Sa2VA-1B"
 data_root = "data/chase_db1"
 pretrained_pth = None  # optional: a trainable-weights .pth to start from
 
-tokenizer.path = path
-processor.path = path
-model.mllm.update(path=path, tokenizer=tokenizer)
-model.load_weights.path = path
 model.pretrained_pth = pretrained_pth
 train_dataloader.dataset.update(
     ann_file=data_root + "/annotations_train.json",
     image_root=data_root + "/images",
-    processor=processor,
     repeats=10,
+    **dataset_inputs,  # the model's processor; `path` reaches it when the config is loaded
 )

@@ -13,13 +13,9 @@ with read_base():
 path = "models/Sa2VA-Qwen3-VL-4B"
 data_root = "data/chase_db1"
 
-tokenizer.path = path
-processor.path = path
-model.mllm.update(path=path, tokenizer=tokenizer)
-model.load_weights.path = path
 train_dataloader.dataset.update(
     ann_file=data_root + "/annotations_train.json",
     image_root=data_root + "/images",
-    processor=processor,
     repeats=10,
+    **dataset_inputs,  # the model's processor; `path` reaches it when the config is loaded
 )

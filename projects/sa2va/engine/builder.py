@@ -42,7 +42,7 @@ from ..checkpoint.safe_load import (
 from ..checkpoint.trainable_pth import load_trainable_checkpoint
 from ..models.builder import build_component
 from ..models.sa2va import Sa2VAModel
-from .config_file import read_config
+from .config_file import apply_model_path, read_config
 
 __all__ = ["build_model", "construct_model", "load_config", "resolve_seed"]
 
@@ -58,11 +58,15 @@ def load_config(config: str | Path | Config, cfg_options: dict[str, Any] | None 
     """A :class:`Config` from a file (or a copy of a given one), with ``--cfg-options``-style overrides.
 
     A file is read by :func:`~projects.sa2va.engine.config_file.read_config` (a leaf config copied out of
-    ``projects/sa2va/configs/`` finds its ``_base_`` files there).
+    ``projects/sa2va/configs/`` finds its ``_base_`` files there). After the overrides, the top-level
+    ``path`` (the model's Hugging Face folder, if the config has one) is written into every place that
+    reads the folder (:func:`~projects.sa2va.engine.config_file.apply_model_path`), so
+    ``cfg_options={'path': folder}`` re-points the tokenizer, processors, MLLM and weight loader at once.
 
     Raises:
         FileNotFoundError: ``config`` is a path that does not exist.
-        ConfigFileError: the file cannot be parsed (the message names it).
+        ConfigFileError: the file cannot be parsed, or a nested model-folder field contradicts the
+            top-level ``path`` (the message names it).
         KeyError: the config has no ``model``.
     """
     if isinstance(config, Config):
@@ -75,6 +79,7 @@ def load_config(config: str | Path | Config, cfg_options: dict[str, Any] | None 
         cfg.merge_from_dict(cfg_options)
     if "model" not in cfg:
         raise KeyError(f"{where}: no `model` in the config")
+    apply_model_path(cfg)
     return cfg
 
 

@@ -13,6 +13,12 @@ something missing next to it (``_base_`` or a sibling leaf such as ``sa2va_tiny_
 the package's configs folder, with its own folder laid over that one (a copied ``_base_/`` folder or leaf
 next to it wins): a temporary folder of links, removed after reading. Everything else (relative data
 paths, ``--cfg-options``) is unchanged.
+
+A config that loads an official Hugging Face folder names it once, in the top-level ``path``: mmengine's
+pure-Python configs copy dicts when a leaf imports its bases, so a leaf's ``path = ...`` does not reach the
+dicts the bases built. :func:`apply_model_path` (called by
+:func:`~projects.sa2va.engine.builder.load_config`, after ``--cfg-options``) writes it into every field of
+:data:`MODEL_FOLDER_FIELDS` that the config has.
 """
 
 from __future__ import annotations
@@ -25,7 +31,14 @@ from pathlib import Path
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-__all__ = ["PACKAGE_CONFIGS", "ConfigFileError", "package_base_imports", "read_config"]
+__all__ = [
+    "MODEL_FOLDER_FIELDS",
+    "PACKAGE_CONFIGS",
+    "ConfigFileError",
+    "apply_model_path",
+    "package_base_imports",
+    "read_config",
+]
 
 #: The package's own configs folder: ``_base_/``, ``deepspeed/`` and the leaf configs.
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -33,6 +46,63 @@ PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 class ConfigFileError(ValueError):
     """A config file that cannot be read; the message names the file."""
+
+
+#: The fields that hold the model's Hugging Face folder, filled from the top-level ``path`` by
+#: :func:`apply_model_path`: the tokenizer, the processor (the config's, the ``dataset_inputs`` copy and each
+#: dataloader's dataset's), the MLLM adapter and its tokenizer, and the weight loader.
+MODEL_FOLDER_FIELDS: tuple[str, ...] = (
+    "tokenizer.path",
+    "processor.path",
+    "dataset_inputs.processor.path",
+    "model.mllm.path",
+    "model.mllm.tokenizer.path",
+    "model.load_weights.path",
+    "train_dataloader.dataset.processor.path",
+    "val_dataloader.dataset.processor.path",
+    "test_dataloader.dataset.processor.path",
+)
+
+
+def apply_model_path(cfg: Config) -> list[str]:
+    """Write the top-level ``cfg.path`` into every field of :data:`MODEL_FOLDER_FIELDS` the config has.
+
+    A field counts as present when the dict that holds it is in the config (e.g. ``model.load_weights``
+    of an HF config; a random-weight config has none, and a dataset whose ``processor`` is not set is
+    skipped). A field that already holds the same folder (or ``None``) is fine; a config without a
+    top-level ``path`` (or with ``path = None``) is returned unchanged.
+
+    Returns:
+        the fields written (dotted names).
+
+    Raises:
+        ConfigFileError: a field holds another folder than ``path`` (set twice, differently); the
+            message names the config, the fields and both values.
+    """
+    path = cfg.get("path")
+    if path is None:
+        return []
+    written, conflicts = [], []
+    for field in MODEL_FOLDER_FIELDS:
+        *parents, key = field.split(".")
+        node = cfg.get(parents[0])
+        for name in parents[1:]:
+            node = node.get(name) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        current = node.get(key)
+        if current is not None and str(current) != str(path):
+            conflicts.append(f"{field} = {current!r}")
+            continue
+        node[key] = path
+        written.append(field)
+    if conflicts:
+        raise ConfigFileError(
+            f"{cfg.filename or 'the config'}: the model folder is set twice: path = {path!r}, but "
+            f"{', '.join(conflicts)}. Set only the top-level `path` (the config loader writes it into "
+            f"{', '.join(MODEL_FOLDER_FIELDS)})"
+        )
+    return written
 
 
 def _read_base_imports(path: Path) -> list[tuple[int, str]]:

@@ -318,10 +318,11 @@ class Sa2VAPredictor:
         Args:
             folder: the HF folder (``config.json``, safetensors, tokenizer files).
             checkpoint: optional trainable-weights ``.pth`` loaded on top (LoRA etc.).
-            model_config: the model config whose ``path`` places are pointed at ``folder``
-                (``model.mllm.path``, ``model.load_weights.path``; ``model.mllm.tokenizer`` becomes
-                :func:`~projects.sa2va.models.tokenizer.load_tokenizer` of ``folder``, which picks the
-                tokenizer class by family without remote code); default :data:`HF_MODEL_CONFIG`. The
+            model_config: the model config whose top-level ``path`` becomes ``folder`` (the config loader
+                writes it into ``model.mllm.path``, ``model.load_weights.path`` and the other places of
+                :data:`~projects.sa2va.engine.config_file.MODEL_FOLDER_FIELDS`; ``model.mllm.tokenizer``
+                becomes :func:`~projects.sa2va.models.tokenizer.load_tokenizer` of ``folder``, which picks
+                the tokenizer class by family without remote code); default :data:`HF_MODEL_CONFIG`. The
                 InternVL adapter class is chosen from ``llm_config.architectures`` (:data:`HF_LLM_ADAPTERS`).
             device / cfg_options: as :meth:`from_config` (``cfg_options`` win over the above).
             **kwargs: as :meth:`from_config`; the processor is
@@ -334,10 +335,9 @@ class Sa2VAPredictor:
         adapter = hf_adapter(folder, hf)
         default_config = HF_QWENVL_MODEL_CONFIG if issubclass(adapter, QwenVLMLLM) else HF_MODEL_CONFIG
         overrides = {
+            "path": str(folder),  # written into every place that reads the folder by `load_config`
             "model.mllm.type": adapter,
-            "model.mllm.path": str(folder),
-            "model.mllm.tokenizer": dict(_delete_=True, type=load_tokenizer, path=str(folder)),
-            "model.load_weights.path": str(folder),
+            "model.mllm.tokenizer": dict(_delete_=True, type=load_tokenizer),
             **(cfg_options or {}),
         }
         processor = dict(type=Sa2VAProcessor.from_pretrained, path=str(folder))

@@ -8,8 +8,4 @@ with read_base():
     from .model_sa2va_qwen3vl import *
 
 path = "models/Sa2VA-Qwen2_5-VL-3B"
-tokenizer.path = path
-model.mllm.update(type=Qwen2_5_VLSa2VA, path=path, tokenizer=tokenizer)
-model.load_weights.path = path
-processor.path = path
-dataset_inputs = dict(processor=processor)
+model.mllm.type = Qwen2_5_VLSa2VA
