@@ -1,7 +1,8 @@
 # Sa2VA-Qwen3-VL-4B shapes, random weights, bf16, the bundled CHASE_DB1 sample: the GPU speed/memory run.
 #   python tools/train.py projects/sa2va/configs/sa2va_qwen3vl_4b_random.py --work-dir work_dirs/sa2va_qwen3vl_4b_random
 from mmengine.config import read_base
-from mmengine.runner import IterBasedTrainLoop
+
+from projects.sa2va.engine.loops import Sa2VATrainLoop
 
 with read_base():
     from ._base_.dataset_refseg import *
@@ -12,7 +13,7 @@ with read_base():
 max_iters = 20
 optim_wrapper.accumulative_counts = 1
 param_scheduler = []  # constant lr: 20 iterations measure speed, not convergence
-train_cfg = dict(type=IterBasedTrainLoop, max_iters=max_iters)
+train_cfg = dict(type=Sa2VATrainLoop, max_iters=max_iters)  # the project's loop, counted in iterations
 train_dataloader.dataset.update(repeats=10, **dataset_inputs)
 default_hooks.logger.interval = 5
 default_hooks.checkpoint.interval = max_iters
