@@ -33,13 +33,12 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.runner import set_random_seed
 
-from ..checkpoint.reference_pth import is_reference_state, load_reference_state
 from ..checkpoint.safe_load import (
     check_not_deepspeed_dir,
     load_checkpoint_file,
     trainable_state_from_checkpoint,
 )
-from ..checkpoint.trainable_pth import load_trainable_checkpoint
+from ..checkpoint.trainable_pth import load_trainable_checkpoint, load_trainable_state
 from ..models.builder import build_component
 from ..models.sa2va import Sa2VAModel
 from .config_file import apply_model_path, read_config
@@ -177,12 +176,6 @@ def build_model(
     set_random_seed(seed)
     model = construct_model(model_cfg, cfg.filename or "config")
     if state is not None:
-        if is_reference_state(state):
-            load_reference_state(model, state, source=str(checkpoint))
-        else:
-            try:
-                model.load_state_dict(state, strict=True)
-            except KeyError as e:
-                raise KeyError(f"{checkpoint}: {e}") from None
+        load_trainable_state(model, state, checkpoint)
         _logger().info(f"build_model: loaded {len(state)} trainable tensors from {checkpoint}")
     return model.eval()
