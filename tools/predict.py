@@ -18,7 +18,7 @@ settings than the stored ones are refused. A progress bar (count, rate, ETA) goe
 ``--tile auto`` predicts the masks of an image larger than the model input (the SAM2 input size, or
 ``--tile-size``) window by window at full resolution, windows overlapping by ``--tile-overlap`` and
 blended with raised-cosine weights; ``--flip-tta`` averages each view with its left-right mirror (see
-``projects/sa2va/inference/tiling.py``).
+``projects/sa2va/tiling.py``).
 ``--hf`` builds from an official-layout Hugging Face folder (e.g. from ``tools/convert_to_hf.py``);
 ``--config`` then optionally names the model config to point at it, and ``--checkpoint`` a trainable
 checkpoint to load on top. Every image is decoded completely before the model is built (a truncated or
@@ -43,7 +43,7 @@ from projects.sa2va.cli import (  # noqa: E402
     parse_cfg_options,
     predictor_kwargs,
 )
-from projects.sa2va.inference.tiling import add_tiling_args, tiling_kwargs  # noqa: E402
+from projects.sa2va.tiling import add_tiling_args, tiling_kwargs  # noqa: E402
 
 #: Arguments that do not change the masks: left out of the compared run settings.
 NOT_COMPARED = frozenset({"images", "out_dir", "batch_size", "skip_existing"})
@@ -86,7 +86,7 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     """
     from projects.sa2va.engine.builder import load_config
     from projects.sa2va.inference.predictor import load_threshold
-    from projects.sa2va.inference.run_records import config_digest, path_digest
+    from projects.sa2va.run_records import config_digest, path_digest
 
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_COMPARED}
     cfg_options = parse_cfg_options(args.cfg_options)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         save_prediction,
         write_predictions_json,
     )
-    from projects.sa2va.inference.run_records import (
+    from projects.sa2va.run_records import (
         RunRecords,
         SettingsMismatchError,
         check_settings,

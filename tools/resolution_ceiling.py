@@ -19,7 +19,7 @@ from PIL import Image
 
 from projects.sa2va.datasets.annotations import decode_record_masks, load_annotations
 from projects.sa2va.evaluation.resolution import CEILING_MODES, DEFAULT_WINDOW, summarize_ceilings
-from projects.sa2va.inference.tiling import DEFAULT_OVERLAP
+from projects.sa2va.tiling import DEFAULT_OVERLAP
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -48,9 +48,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from projects.sa2va.evaluation.evaluate import SettingsMismatchError, evaluate_checkpoint  # noqa: E402
+from projects.sa2va.engine.evaluate_checkpoint import SettingsMismatchError, evaluate_checkpoint  # noqa: E402
 from projects.sa2va.evaluation.fov import FovSource  # noqa: E402
-from projects.sa2va.inference.tiling import add_tiling_args, tiling_kwargs  # noqa: E402
+from projects.sa2va.tiling import add_tiling_args, tiling_kwargs  # noqa: E402
 
 #: Options that do not change a sample's predicted probabilities: left out of the compared run settings
 #: (the config and checkpoint are compared by content digest, --fp32 as the precision; the annotation

@@ -13,7 +13,7 @@ from PIL import Image
 
 from projects.sa2va.datasets.annotations import encode_mask_rle
 from projects.sa2va.evaluation.resolution import CEILING_MODES, ceiling_dice, ceiling_mask
-from projects.sa2va.inference.tiling import tile_windows
+from projects.sa2va.tiling import tile_windows
 
 REPO = Path(__file__).resolve().parents[2]
 

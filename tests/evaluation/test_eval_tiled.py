@@ -10,7 +10,7 @@ import torch
 from projects.sa2va.datasets.collate import sa2va_collate
 from projects.sa2va.evaluation.seg_metric import SegMetric
 from projects.sa2va.evaluation.tiled import TiledEvalStep, view_item
-from projects.sa2va.inference.tiling import tile_windows
+from projects.sa2va.tiling import tile_windows
 from tests.tiny import build_tiny_dataset
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from projects.sa2va.inference.tiling import num_windows
+from projects.sa2va.tiling import num_windows
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data/chase_db1"

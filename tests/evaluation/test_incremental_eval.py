@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from projects.sa2va.evaluation import evaluate
+from projects.sa2va.engine import evaluate_checkpoint as evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data/chase_db1"
@@ -39,8 +39,8 @@ def subset(src: Path, names: list[str], dst: Path) -> str:
 
 
 class CountingBuild:
-    """Wraps ``evaluate.build_model``: the model's ``val_step`` counts its calls and raises on call
-    ``fail_at`` (1-based)."""
+    """Wraps ``evaluate_checkpoint.build_model`` (the model builder of ``tools/test.py``): the model's
+    ``val_step`` counts its calls and raises on call ``fail_at`` (1-based)."""
 
     def __init__(self, fail_at: int | None = None) -> None:
         self.fail_at, self.calls, self.builds = fail_at, 0, 0

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from projects.sa2va.inference.tiling import num_windows
+from projects.sa2va.tiling import num_windows
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools/predict.py"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from projects.sa2va.inference.tiling import tile_windows
+from projects.sa2va.tiling import tile_windows
 
 PROMPT = "Please segment the blood vessel."
 

@@ -1,4 +1,4 @@
-"""projects/sa2va/inference/run_records.py: settings check, record trust rules, atomic writes, progress."""
+"""projects/sa2va/run_records.py: settings check, record trust rules, atomic writes, progress."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mmengine.logging import MMLogger
 
-from projects.sa2va.inference.run_records import (
+from projects.sa2va.run_records import (
     RunRecords,
     SettingsMismatchError,
     check_settings,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from projects.sa2va.inference.tiling import (
+from projects.sa2va.tiling import (
     TilingOptions,
     Window,
     WindowBlender,

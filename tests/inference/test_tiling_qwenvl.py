@@ -12,7 +12,7 @@ from mmengine.config import Config
 from PIL import Image
 
 from projects.sa2va.datasets.collate import sa2va_collate
-from projects.sa2va.inference.tiling import tile_windows
+from projects.sa2va.tiling import tile_windows
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = ROOT / "projects/sa2va/configs/sa2va_tiny_qwen3vl_demo.py"

@@ -1,18 +1,10 @@
-"""Evaluate a trained Sa2VA checkpoint on an annotations set: metrics, tuned threshold, report, plots.
+"""The pieces of checkpoint evaluation: datasets, metric runs kept as they come, report and plots.
 
-The pipeline behind ``tools/test.py`` (one process or one per GPU under torchrun):
+:func:`projects.sa2va.engine.evaluate_checkpoint.evaluate_checkpoint` (behind ``tools/test.py``) builds the
+model and runs these on a validation and a test set; nothing here builds a model (a run takes a
+``get_model`` callable).
 
-1. build the config's model with the config's random seed (parts that no checkpoint holds, e.g.
-   random frozen encoders of small test models, come out identical to training), load the
-   trainable ``.pth`` (strict) or an exported Hugging Face folder;
-2. optionally run a *validation* set and pick the threshold maximising its mean Dice;
-3. run the test set (every rank its own shard; :class:`~.seg_metric.SegMetric` gathers and keeps
-   each query once) and report metrics at 0.5 and at the chosen threshold;
-4. on rank 0 write ``report.json``, ``per_image.csv``, ``best_threshold.json``, ``pr_curve.png``,
-   ``overlay_grid.png``, ``overlays/*.png`` and, when the checkpoint sits in a work dir with
-   ``*/vis_data/scalars.json``, ``training_curves.png``.
-
-Results are kept as they come (:mod:`projects.sa2va.inference.run_records`): after every batch each
+Results are kept as they come (:mod:`projects.sa2va.run_records`): after every batch each
 sample's metric state (confusion counts over the threshold grid and its compressed bin map, exactly
 what the final figures are computed from) goes to ``records/{test,val}/<image stem>-<key digest>.npz``
 and a line with its Dice / IoU / precision / recall at 0.5 to ``records/{test,val}.jsonl``;
@@ -30,13 +22,11 @@ the input, one per object, objects in record order, first question/answer wordin
 from __future__ import annotations
 
 import copy
-import dataclasses
 import io
 import json
 import os
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,36 +41,30 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 from ..datasets.collate import sa2va_collate
-from ..inference.run_records import (
+from ..models.builder import build_component
+from ..run_records import (
     RunRecords,
     SettingsMismatchError,
     bytes_digest,
-    check_settings,
-    config_digest,
     file_digest,
-    path_digest,
     progress_bar,
     write_atomic,
 )
-from ..inference.tiling import TilingOptions
-from ..models.builder import build_component
-from .fov import FovSource, score_fov, write_fov_outputs
 from .metrics import SegEvaluator, write_report
 from .plots import ERROR_COLORS, error_map, overlay, overlay_grid, plot_curves, plot_pr_curve
 from .seg_metric import SegMetric, query_key
-from .tiled import TiledEvalStep
 
 __all__ = [
-    "EvalResult",
+    "RECORDS_DIR",
+    "SETTINGS_FILE",
     "SettingsMismatchError",
     "build_eval_dataset",
     "build_eval_loader",
-    "build_model",
-    "evaluate_checkpoint",
     "find_scalars",
     "init_distributed",
     "load_state",
     "run_metric",
+    "run_set",
     "sample_inputs",
     "save_state",
     "write_outputs",
@@ -150,21 +134,6 @@ def build_eval_loader(dataset: Any, batch_size: int = 1, num_workers: int = 0) -
         collate_fn=sa2va_collate,
         persistent_workers=False,
     )
-
-
-def build_model(cfg: Config, checkpoint: str | Path, device: torch.device) -> Any:
-    """Build ``cfg.model`` and load ``checkpoint`` (trainable ``.pth`` or exported HF folder), on ``device``.
-
-    Through :func:`projects.sa2va.engine.builder.build_model`, seeded as the training runner seeds
-    (the checkpoint's recorded seed, else ``cfg.randomness.seed``), so randomly initialised parts
-    outside the checkpoint match the trained model's.
-
-    Raises:
-        FileNotFoundError: missing checkpoint. KeyError: checkpoint keys that do not match.
-    """
-    from ..engine.builder import build_model as build_seeded_model
-
-    return build_seeded_model(cfg, checkpoint).to(device).eval()
 
 
 @torch.no_grad()
@@ -286,7 +255,7 @@ def _metrics_at_05(state: dict[str, Any]) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k != "cl_dice"} for row in rows]
 
 
-def _run_set(
+def run_set(
     get_model: Callable[[], Any],
     dataset: Any,
     metric: SegMetric,
@@ -299,7 +268,8 @@ def _run_set(
     amp: bool,
     wrap: Callable[[Any, Any], Any] | None = None,
 ) -> tuple[dict, int]:
-    """Evaluate ``dataset`` into ``metric``, each sample's state recorded as it comes; with
+    """Evaluate ``dataset`` into ``metric`` with the model ``get_model()`` returns (called only when a
+    sample has to be run), each sample's state recorded under ``records_dir/split`` as it comes; with
     ``skip_existing`` the intact recorded samples are reused instead of run. ``wrap(model, dataset)``:
     a stand-in whose ``val_step`` is run instead of the model's (tiled / flip-TTA evaluation).
 
@@ -344,18 +314,6 @@ def _run_set(
     if n_reused:
         _logger().info(f"{split}: {n_reused} of {len(dataset)} samples reused from {records.folder}")
     return metric.evaluate(len(dataset)), n_reused
-
-
-@dataclass
-class EvalResult:
-    """What :func:`evaluate_checkpoint` computed (``files`` only on rank 0)."""
-
-    metrics: dict[str, float]
-    threshold: float
-    chosen_on: str
-    val_metrics: dict[str, float] | None = None
-    files: list[Path] = field(default_factory=list)
-    fov_metrics: dict[str, Any] | None = None  # rank 0, with ``fov``: the report's "fov" section
 
 
 def find_scalars(checkpoint: str | Path) -> Path | None:
@@ -473,141 +431,3 @@ def write_outputs(
         f"{', '.join(f'{k} {v}' for k, v in ERROR_COLORS.items())})"
     )
     return files
-
-
-def evaluate_checkpoint(
-    config: str | Path | Config,
-    checkpoint: str | Path,
-    *,
-    out_dir: str | Path,
-    ann_file: str | None = None,
-    image_root: str | None = None,
-    val_ann_file: str | None = None,
-    val_image_root: str | None = None,
-    launcher: str = "none",
-    batch_size: int = 1,
-    num_workers: int = 0,
-    max_overlays: int = 8,
-    amp: bool = True,
-    cfg_options: dict | None = None,
-    fov: FovSource | None = None,
-    skip_existing: bool = False,
-    run_settings: dict[str, Any] | None = None,
-    tiling: Any = None,
-    flip_tta: bool = False,
-) -> EvalResult:
-    """Evaluate ``checkpoint`` on ``ann_file`` (default: the config's test/val set); see the module doc.
-
-    The threshold is chosen on ``val_ann_file`` when given, else on the evaluated set itself
-    (optimistic; the report says so). With ``fov`` the same predictions are also scored inside
-    the field of view (:mod:`.fov`; threshold chosen inside the FOV of the validation set, else
-    of the evaluated set), written to ``out_dir/fov/`` and to the ``"fov"`` section of
-    ``report.json``; the whole-image figures are unchanged.
-
-    Every sample's metric state is recorded under ``out_dir/records/`` as it is computed; with
-    ``skip_existing`` the intact records of an earlier run with the same settings are reused (see the
-    module doc). ``run_settings``: more JSON-able settings that change the per-sample results (e.g. the
-    options of a tool), stored and compared with the model config digest, checkpoint digest, device
-    type and precision.
-
-    ``tiling`` (:class:`~projects.sa2va.inference.tiling.TilingOptions`, its dict or mode) / ``flip_tta``:
-    the masks of every sample computed window by window and/or with flip TTA by
-    :class:`~.tiled.TiledEvalStep` instead of ``model.val_step``.
-
-    Raises:
-        SettingsMismatchError: ``skip_existing`` and ``out_dir/records/run_settings.json`` holds other
-            settings (model config, checkpoint contents, precision, tiling, flip TTA, ``run_settings``).
-    """
-    cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    device = init_distributed(launcher)
-    rank, world = get_dist_info()
-    records_dir = Path(out_dir) / RECORDS_DIR
-    use_amp = amp and device.type == "cuda"
-    check_settings(
-        records_dir / SETTINGS_FILE,
-        {
-            **(run_settings or {}),
-            "config": config_digest(cfg),
-            "checkpoint": path_digest(checkpoint),
-            "device": device.type,
-            "precision": "bf16 autocast" if use_amp else "fp32",
-            "tiling": dataclasses.asdict(TilingOptions.parse(tiling)),
-            "flip_tta": bool(flip_tta),
-        },
-        skip_existing=skip_existing,
-        info={"config": str(config) if not isinstance(config, Config) else cfg.filename,
-              "checkpoint": str(checkpoint), "batch_size": batch_size, "world_size": world},
-        write=rank == 0,
-    )  # fmt: skip
-    if rank == 0:  # report.json describes a finished run: the one in progress writes it at its end
-        (Path(out_dir) / "report.json").unlink(missing_ok=True)
-    barrier()
-    model = None
-
-    def get_model() -> Any:  # built only when a sample has to be run
-        nonlocal model
-        if model is None:
-            model = build_model(cfg, checkpoint, device)
-            _logger().info(f"evaluating on {device} (rank {rank} of {world})")
-        return model
-
-    run = dict(records_dir=records_dir, skip_existing=skip_existing, batch_size=batch_size,
-               num_workers=num_workers, amp=amp)  # fmt: skip
-    if flip_tta or TilingOptions.parse(tiling).mode != "off":
-        run["wrap"] = lambda model, dataset: TiledEvalStep(model, dataset, tiling=tiling, flip_tta=flip_tta)
-    val_metrics = None
-    threshold = None
-    reused: dict[str, int] = {}
-    if val_ann_file is not None:
-        val_set = build_eval_dataset(cfg, val_ann_file, val_image_root or image_root)
-        val_metric = SegMetric(cl_dice=False, prefix="val")
-        val_metrics, reused["validation"] = _run_set(get_model, val_set, val_metric, split="val", **run)
-        threshold = float(val_metrics["val/best_threshold"])
-        chosen_on = f"validation set {val_ann_file} (mean Dice over its queries)"
-        if fov is not None and is_main_process():
-            val_fov = score_fov(val_metric.last_evaluator, fov, val_set.image_root, cl_dice=False)
-    else:
-        chosen_on = "the evaluated (test) set itself: no --val-ann-file given, so Dice at it is optimistic"
-
-    test_set = build_eval_dataset(cfg, ann_file, image_root)
-    metric = SegMetric(threshold=threshold, prefix="test")
-    metrics, reused["test"] = _run_set(get_model, test_set, metric, split="test", **run)
-    chosen = float(metrics["test/best_threshold"])
-    result = EvalResult(metrics=metrics, threshold=chosen, chosen_on=chosen_on, val_metrics=val_metrics)
-    if is_main_process():
-        extra = {
-            "config": str(config) if not isinstance(config, Config) else cfg.filename,
-            "checkpoint": str(checkpoint),
-            "ann_file": test_set.ann_file,
-            "validation": val_metrics,
-            "oracle_on_test": {
-                "threshold": metrics.get("test/oracle_threshold", chosen),
-                "dice": metrics.get("test/dice_oracle", metrics["test/dice_best"]),
-            },
-            "duplicates_dropped": metric.last_duplicates,
-            "reused": reused,  # samples whose recorded state came from an earlier run (skip_existing)
-            "tiling": dataclasses.asdict(TilingOptions.parse(tiling)),  # how the masks were computed
-            "flip_tta": bool(flip_tta),
-        }
-        result.files = write_outputs(
-            metric,
-            out_dir,
-            image_root=test_set.image_root,
-            chosen_on=chosen_on,
-            extra=extra,
-            max_overlays=max_overlays,
-            scalars=find_scalars(checkpoint) if Path(checkpoint).is_file() else None,
-        )
-        if fov is not None:
-            fov_result = score_fov(
-                metric.last_evaluator,
-                fov,
-                test_set.image_root,
-                threshold=val_fov.threshold if val_ann_file is not None else None,
-                chosen_on=f"validation set {val_ann_file}, inside the FOV" if val_ann_file else "",
-            )
-            result.files += write_fov_outputs(fov_result, fov, out_dir)
-            result.fov_metrics = json.loads((Path(out_dir) / "report.json").read_text())["fov"]
-    return result

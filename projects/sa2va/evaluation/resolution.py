@@ -10,10 +10,10 @@ wide vessels that round trip alone costs Dice. Modes (``gt: [H, W]`` bool, ``L =
   -> ``cv2.INTER_LINEAR`` back -> ``> 0.5``.
 * ``"full"``: ``gt`` as float ``{0, 1}`` -> ``> 0.5`` (1.0 by construction, still computed).
 * ``"tiled_nearest"`` / ``"tiled_soft"``: the tiled prediction path (``predict.py --tile``,
-  :mod:`projects.sa2va.inference.tiling`): ``gt`` cut into the overlapping ``window x window``
+  :mod:`projects.sa2va.tiling`): ``gt`` cut into the overlapping ``window x window``
   windows (each ``min(window, H) x min(window, W)``), each window through its own ``L x L`` grid as in
   ``"low_nearest"`` / ``"low_soft"`` and bilinearly back to the window's size, the windows blended
-  with the raised-cosine weights of :class:`~projects.sa2va.inference.tiling.WindowBlender` ->
+  with the raised-cosine weights of :class:`~projects.sa2va.tiling.WindowBlender` ->
   ``> 0.5``. An image no larger than the window is one window: the same as the low mode.
 
 Interpolation conventions (all maps are float32, so cv2 does not use its fixed-point uint8 path):
@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from projects.sa2va.evaluation.metrics import as_bool_mask, dice
-from projects.sa2va.inference.tiling import DEFAULT_OVERLAP, WindowBlender
+from projects.sa2va.tiling import DEFAULT_OVERLAP, WindowBlender
 
 __all__ = [
     "CEILING_MODES",

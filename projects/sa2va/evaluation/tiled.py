@@ -8,14 +8,14 @@ size and ``gt [n, H, W]`` bool, but with the probabilities computed the way
 :class:`~projects.sa2va.inference.predictor.Sa2VAPredictor` computes them with ``tiling`` /
 ``flip_tta``:
 
-* every view (each window of :func:`~projects.sa2va.inference.tiling.tile_windows` when the image is
+* every view (each window of :func:`~projects.sa2va.tiling.tile_windows` when the image is
   tiled, else the whole image; plus each one mirrored left-right with flip TTA) is made into a sample
   by the dataset itself, as it makes one from a whole image (:func:`view_item`: InternVL dynamic tiles
   or the Qwen-VL image processor of the crop, the SAM2 input of the crop, the same conversation with
   ``[SEG]`` answers, the masks cropped);
 * the views go through ``model.val_step`` in batches (their probabilities come back at the crop's
   own size), mirrored views are mirrored back, and the windows are blended with the raised-cosine
-  weights of :class:`~projects.sa2va.inference.tiling.WindowBlender` into the full-size map.
+  weights of :class:`~projects.sa2va.tiling.WindowBlender` into the full-size map.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..datasets.annotations import decode_record_masks, encode_mask_rle
 from ..datasets.collate import sa2va_collate
-from ..inference.tiling import TilingOptions, Window, WindowBlender, iter_chunks
+from ..tiling import TilingOptions, Window, WindowBlender, iter_chunks
 
 __all__ = ["TiledEvalStep", "view_item"]
 

@@ -7,8 +7,8 @@ Output layout for an image ``<stem>.<ext>`` with ``n`` masks (``k = 0 .. n-1``, 
 * ``<stem>_overlay.png``: the image with every mask blended in (one colour per mask);
 * ``predictions.json`` (one per run, written at its end): generated text, file names and threshold
   per image;
-* ``predictions.jsonl`` and ``run_settings.json`` (see :mod:`.run_records`): one line per image
-  appended as soon as its files are written, and the settings of the run, so that a killed run keeps
+* ``predictions.jsonl`` and ``run_settings.json`` (see :mod:`projects.sa2va.run_records`): one line per
+  image appended as soon as its files are written, and the settings of the run, so that a killed run keeps
   its work and ``tools/predict.py --skip-existing`` reuses it.
 
 Every PNG is written to a temporary file renamed over the target: a killed run never leaves a
@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..datasets.image_io import IMAGE_EXTENSIONS, read_image_array
-from .run_records import save_image_atomic, write_atomic
+from ..run_records import save_image_atomic, write_atomic
 
 if TYPE_CHECKING:  # the predictor pulls in torch / transformers: keep file checks import-light
     from .predictor import Prediction
@@ -46,7 +46,8 @@ __all__ = [
 ]
 
 PREDICTIONS_FILE = "predictions.json"
-#: Base name of the per-image record file ``predictions.jsonl`` (see :class:`.run_records.RunRecords`).
+#: Base name of the per-image record file ``predictions.jsonl`` (see
+#: :class:`projects.sa2va.run_records.RunRecords`).
 PREDICTIONS_RECORDS = "predictions"
 RUN_SETTINGS_FILE = "run_settings.json"
 #: Overlay colours of masks 0, 1, 2, ... (cycled).

@@ -20,8 +20,8 @@ grad) and follows the official Hugging Face ``predict_forward``:
 
 Large images and flip test-time augmentation (both off by default; :meth:`Sa2VAPredictor.predict`'s
 ``tiling`` / ``flip_tta``): the answer (text and ``[SEG]`` count) is always generated from the whole
-image as above. With tiling (:mod:`.tiling`) the masks of an image larger than the window are then
-computed window by window: each ``window x window`` crop is preprocessed like a whole image (same
+image as above. With tiling (:mod:`projects.sa2va.tiling`) the masks of an image larger than the window
+are then computed window by window: each ``window x window`` crop is preprocessed like a whole image (same
 prompt), the same answer is teacher-forced over it (step 4), its probabilities are taken at the
 crop's own size (step 5) and the windows are blended with raised-cosine weights into the full-size
 map. With flip TTA every view (the whole image, or each window) is also predicted mirrored left-right
@@ -67,7 +67,7 @@ from ..models.qwenvl import QwenVLMLLM
 from ..models.sa2va import SEG_TOKEN, Sa2VAModel
 from ..models.tokenizer import load_tokenizer
 from ..structures import Sa2VABatch
-from .tiling import TilingOptions, Window, WindowBlender, iter_chunks
+from ..tiling import TilingOptions, Window, WindowBlender, iter_chunks
 
 __all__ = [
     "HF_LLM_ADAPTERS",
@@ -190,8 +190,9 @@ class Sa2VAPredictor:
         autocast: run under ``torch.autocast`` in the model's low-precision dtype (bf16/fp16), as
             training does; ``None``: when any parameter is bf16/fp16 (frozen parts kept in bf16 next
             to fp32 trainable ones need it).
-        tiling: default window-by-window prediction of large images (:class:`.tiling.TilingOptions`,
-            its dict, or a mode ``'off'`` / ``'on'`` / ``'auto'``; ``None``: off). The default window
+        tiling: default window-by-window prediction of large images
+            (:class:`~projects.sa2va.tiling.TilingOptions`, its dict, or a mode ``'off'`` / ``'on'`` /
+            ``'auto'``; ``None``: off). The default window
             is the SAM2 input size.
         flip_tta: default for flip test-time augmentation (mean of the probabilities of the view and
             of its left-right mirror, mirrored back).
