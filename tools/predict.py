@@ -4,10 +4,14 @@
         --images data/new/images [more images or folders] --prompt "Please segment the blood vessel." \\
         --out-dir predictions/ [--threshold T | --threshold-file best_threshold.json] \\
         [--batch-size N] [--device cpu|cuda] [--max-new-tokens 64] [--exact-normalisation] \\
-        [--skip-existing] [--tile auto|on|off [--tile-size PX] [--tile-overlap 0.25]] [--flip-tta]
+        [--skip-existing] [--tile auto|on|off [--tile-size PX] [--tile-overlap 0.25]] [--flip-tta] \\
+        [--id-image]
 
 Writes per image ``<stem>_mask{k}.png`` (0/255), ``<stem>_prob{k}.png`` (probability as 8-bit grey),
-``<stem>_overlay.png``, and ``predictions.json`` for the run (see ``projects/sa2va/inference/io.py``).
+``<stem>_overlay.png``, with ``--id-image`` ``<stem>_ids.png`` (one instance-ID image: mask ``k`` -> id
+``k + 1``, 0 elsewhere), and ``predictions.json`` for the run: per image the answer, per mask the object
+its ``[SEG]`` names in the answer (``objects``; ``null`` for a bare ``[SEG]``), the file names (see
+``projects/sa2va/inference/io.py``).
 Each image's files are written as soon as it is predicted, and a line is appended to
 ``predictions.jsonl`` (its files' SHA-256); the settings that decide the masks (model config, checkpoint
 and HF folder contents, prompt, threshold, tiling, ...) go to ``run_settings.json``. A run that is
@@ -68,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="reuse the images already predicted in --out-dir by an earlier run with the same settings "
         "(their records and files are checked; anything missing or altered is predicted again)",
+    )
+    p.add_argument(
+        "--id-image",
+        action="store_true",
+        help="also write <stem>_ids.png per image: mask k -> id k+1, 0 where no mask is (a pixel in several "
+        "masks gets the most probable one's id); 8-bit grey, 16-bit above 255 masks",
     )
     add_predictor_args(p)
     add_tiling_args(p)
@@ -182,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             preds = predictor.predict(images, args.prompt, max_new_tokens=args.max_new_tokens)
             for path, image, pred in zip(chunk, images, preds):
-                entry = {"image": str(path), **save_prediction(pred, image, out_dir, path.stem)}
+                entry = {
+                    "image": str(path),
+                    **save_prediction(pred, image, out_dir, path.stem, id_image=args.id_image),
+                }
                 files = {name: file_digest(out_dir / name) for name in entry_files(entry)}
                 records.append(path.stem, inputs[path.stem], entry, files)
                 done[path.stem] = entry

@@ -5,8 +5,11 @@ Output layout for an image ``<stem>.<ext>`` with ``n`` masks (``k = 0 .. n-1``, 
 * ``<stem>_mask{k}.png``: 8-bit grey, 255 inside the mask, 0 outside, original image size;
 * ``<stem>_prob{k}.png``: 8-bit grey, ``round(255 * probability)``;
 * ``<stem>_overlay.png``: the image with every mask blended in (one colour per mask);
-* ``predictions.json`` (one per run, written at its end): generated text, file names and threshold
-  per image;
+* ``<stem>_ids.png`` (only when asked for): one instance-ID image, mask ``k`` -> id ``k + 1``, 0 where no
+  mask is (a pixel inside several masks gets the most probable one's id;
+  :func:`~projects.sa2va.datasets.instance_ids.probs_to_ids`), 8-bit grey (16-bit above 255 masks);
+* ``predictions.json`` (one per run, written at its end): generated text, the object each mask's ``[SEG]``
+  names in it (``objects``), file names and threshold per image;
 * ``predictions.jsonl`` and ``run_settings.json`` (see :mod:`projects.sa2va.run_records`): one line per
   image appended as soon as its files are written, and the settings of the run, so that a killed run keeps
   its work and ``tools/predict.py --skip-existing`` reuses it.
@@ -18,6 +21,7 @@ half-written one under the final name.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +45,7 @@ __all__ = [
     "entry_files",
     "list_images",
     "read_image",
+    "save_id_image_atomic",
     "save_prediction",
     "write_predictions_json",
 ]
@@ -115,20 +120,32 @@ def check_images_readable(paths: Sequence[str | Path]) -> None:
         read_image_array(path)
 
 
-def save_prediction(pred: Prediction, image: np.ndarray, out_dir: str | Path, stem: str) -> dict[str, Any]:
-    """Write the mask, probability and overlay PNGs of one image.
+def save_prediction(
+    pred: Prediction, image: np.ndarray, out_dir: str | Path, stem: str, *, id_image: bool = False
+) -> dict[str, Any]:
+    """Write the mask, probability and overlay PNGs of one image (and its instance-ID PNG).
 
     Args:
         pred: the image's :class:`Prediction` (``probs`` / ``masks`` ``[n, H, W]``).
         image: ``[H, W, 3]`` uint8 RGB, the image predicted on.
         out_dir: output folder (created).
         stem: file-name stem of the outputs.
+        id_image: also write ``<stem>_ids.png`` (mask ``k`` -> id ``k + 1``, see the module doc).
 
     Returns:
-        the image's ``predictions.json`` entry: ``text``, ``num_masks``, ``masks``, ``probs``,
-        ``overlay`` (file names relative to ``out_dir``), ``threshold``, ``foreground_fraction``.
+        the image's ``predictions.json`` entry: ``text``, ``num_masks``, ``objects`` (per mask, the
+        object its ``[SEG]`` names in ``text``, :func:`~projects.sa2va.datasets.refseg.answer_object_texts`;
+        ``None`` for a bare ``[SEG]``), ``masks``, ``probs``, ``overlay`` (file names relative to
+        ``out_dir``), ``threshold``, ``foreground_fraction``; with ``id_image`` also ``id_image``.
+
+    Raises:
+        ValueError: the prediction's shape does not fit the image, or its text holds another number of
+            ``[SEG]`` than it has masks.
     """
-    from ..evaluation.plots import overlay  # matplotlib: imported only when writing
+    # matplotlib, torch, mmengine: imported only when writing (file checks stay import-light)
+    from ..datasets.instance_ids import probs_to_ids
+    from ..datasets.refseg import answer_object_texts
+    from ..evaluation.plots import overlay
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,6 +153,12 @@ def save_prediction(pred: Prediction, image: np.ndarray, out_dir: str | Path, st
     if pred.probs.shape[1:] != (h, w) or pred.masks.shape != pred.probs.shape:
         raise ValueError(
             f"{stem}: prediction of shape {pred.probs.shape} / {pred.masks.shape} for an image of {h}x{w}"
+        )
+    objects = answer_object_texts(pred.text)
+    if len(objects) != pred.num_masks:
+        raise ValueError(
+            f"{stem}: the answer {pred.text!r} holds {len(objects)} [SEG], "
+            f"the prediction {pred.num_masks} masks"
         )
     mask_files, prob_files = [], []
     blended = image
@@ -149,20 +172,46 @@ def save_prediction(pred: Prediction, image: np.ndarray, out_dir: str | Path, st
         prob_files.append(prob_name)
     overlay_name = f"{stem}_overlay.png"
     save_image_atomic(Image.fromarray(blended), out / overlay_name)
-    return {
+    entry = {
         "text": pred.text,
         "num_masks": pred.num_masks,
+        "objects": objects,
         "masks": mask_files,
         "probs": prob_files,
         "overlay": overlay_name,
         "threshold": pred.threshold,
         "foreground_fraction": [float(m.mean()) for m in pred.masks],
     }
+    if id_image:
+        entry["id_image"] = f"{stem}_ids.png"
+        save_id_image_atomic(probs_to_ids(pred.probs, pred.threshold), out / entry["id_image"])
+    return entry
+
+
+def save_id_image_atomic(ids: np.ndarray, path: str | Path) -> Path:
+    """:func:`~projects.sa2va.datasets.instance_ids.save_id_image` (lossless, read back and compared)
+    to a temporary file in the same folder, renamed over ``path``: never a half-written id image."""
+    from ..datasets.instance_ids import save_id_image
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        save_id_image(ids, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def entry_files(entry: dict[str, Any]) -> list[str]:
     """The output files of a :func:`save_prediction` entry, relative to its ``out_dir``."""
-    return [*entry["masks"], *entry["probs"], entry["overlay"]]
+    return [
+        *entry["masks"],
+        *entry["probs"],
+        entry["overlay"],
+        *([entry["id_image"]] if "id_image" in entry else []),
+    ]
 
 
 def write_predictions_json(entries: list[dict[str, Any]], out_dir: str | Path, **meta: Any) -> Path:
