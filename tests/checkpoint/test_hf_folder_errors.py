@@ -17,8 +17,8 @@ import torch
 from transformers import Qwen3VLConfig
 from xtuner.registry import BUILDER
 
-from projects.sa2va.hf_folder import HFFolderError, read_hf_config
 from projects.sa2va.checkpoint.hf_sa2va import export_adapter, load_adapter_export, load_hf_sa2va_weights
+from projects.sa2va.hf_folder import HFFolderError, read_hf_config
 from projects.sa2va.inference.predictor import Sa2VAPredictor
 from projects.sa2va.models import internvl
 from tests.checkpoint.hf_fixture import model_cfg, write_official_folder
