@@ -47,12 +47,7 @@ POINT_SEED = 1234
 # Differences above the tolerance that have a known cause (see bench/official/README.md for file:line
 # on both sides); the run reports them as EXPLAINED instead of failing. Every other row must be <= --tol.
 EXPLAINED: dict[str, str] = {
-    "points/loss_mask": "point_sample padding: zeros (official) vs border (toolkit)",
-    "points/loss_dice": "point_sample padding: zeros (official) vs border (toolkit)",
-    "points/point_coords": "padding changes the uncertainty of points near the border, so topk picks others",
-    "points/grad/": "follows from the point-sampled loss differences",
-    "points@official_coords/loss_mask border": "padding alone (same points)",
-    "points@official_coords/loss_dice border": "padding alone (same points)",
+    "points/point_coords": "the same uncertain points in another order (the losses are means over them)",
 }
 
 
@@ -151,15 +146,6 @@ def grad_part(key: str) -> str:
     return "other"
 
 
-def zero_padded_point_sample(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """``maps [N, H, W]`` at ``coords [N, P, 2]`` in [0, 1], zero padding (``F.grid_sample``'s default, as the
-    official ``point_sample`` uses); ``[N, P]``."""
-    grid = 2.0 * coords[:, :, None, :] - 1.0
-    return torch.nn.functional.grid_sample(maps[:, None].float(), grid.float(), align_corners=False)[
-        :, 0, :, 0
-    ]
-
-
 def point_rows(ours: dict, theirs: dict) -> list[tuple[str, float, str]]:
     """The point-sampled losses taken apart: which points, then the values at the official's points."""
     from projects.sa2va.models.losses import per_mask_bce, per_mask_dice, point_sample
@@ -181,13 +167,17 @@ def point_rows(ours: dict, theirs: dict) -> list[tuple[str, float, str]]:
     gt = torch.nn.functional.interpolate(theirs["gt_low"][:, None], size=logits.shape[-2:], mode="nearest")[
         :, 0
     ]
-    for pad, sample in (("border", point_sample), ("zeros", zero_padded_point_sample)):
-        lg, tg = sample(logits, c_off), sample(gt, c_off)
-        bce = 2.0 * per_mask_bce(lg, tg).mean()
-        dice = 0.5 * per_mask_dice(lg, tg).mean()
-        tag = f"points@official_coords/%s {pad}"
-        rows.append((tag % "loss_mask", max_abs(bce, theirs["loss_mask"]), "toolkit mean, official points"))
-        rows.append((tag % "loss_dice", max_abs(dice, theirs["loss_dice"]), "toolkit mean, official points"))
+    lg, tg = point_sample(logits, c_off), point_sample(gt, c_off)
+    bce = 2.0 * per_mask_bce(lg, tg).mean()
+    dice = 0.5 * per_mask_dice(lg, tg).mean()
+    for name, value in (("loss_mask", bce), ("loss_dice", dice)):
+        rows.append(
+            (
+                f"points@official_coords/{name}",
+                max_abs(value, theirs[name]),
+                "toolkit sampler, official points",
+            )
+        )
     return rows
 
 
