@@ -12,6 +12,20 @@ tokenizer files and remote-code ``*.py``. Tensor names follow :data:`~.key_table
   written one at a time, so at most one shard of new tensors exists at once.
 * Adapter export (:func:`export_adapter`, :func:`load_adapter_export`): the LoRA adapter in PEFT format
   plus the other trained tensors under official names.
+
+Toolkit section of ``config.json``: official Sa2VA always uses SAM2 Hiera-L, so its ``config.json`` does
+not describe the grounding encoder. When the exported model's :class:`SAM2GroundingEncoder` differs from
+that default (:data:`OFFICIAL_GROUNDING_ENCODER`: another ``config_name``, any ``overrides``, or a mask
+``upsampler``), the export adds (official-shape exports get no such section and are unchanged)::
+
+    "sa2va_toolkit": {"grounding_encoder": {"config_name": "sam2_hiera_l.yaml",
+                                            "overrides": {...} or null, "upsampler": {...} or null}}
+
+the encoder's own arguments, JSON as they were given. The official remote code ignores it (extra
+``config.json`` fields become plain attributes of the ``PretrainedConfig``). ``Sa2VAPredictor.from_hf``
+builds the grounding encoder from it (:func:`read_toolkit_grounding_encoder`, which rejects an unknown or
+wrongly typed field, naming ``config.json`` and the field), and the loader then checks every tensor
+against that encoder; an upsampler's tensors are read from :data:`EXTENSIONS_FILE`.
 """
 
 from __future__ import annotations
@@ -40,12 +54,14 @@ __all__ = [
     "HFSa2VALoader",
     "export_adapter",
     "export_hf_folder",
+    "grounding_encoder_section",
     "hf_weight_files",
     "load_adapter_export",
     "load_hf_sa2va_weights",
     "merged_model_tensors",
     "parse_size",
     "plan_shards",
+    "read_toolkit_grounding_encoder",
 ]
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -60,6 +76,83 @@ EXTENSION_PREFIXES: tuple[str, ...] = ("grounding_encoder.upsampler.",)
 EXTENSIONS_FILE = "sa2va_extensions.safetensors"
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+#: ``config.json`` field of this toolkit's settings that the official format has no place for.
+TOOLKIT_SECTION = "sa2va_toolkit"
+#: The grounding encoder every official Sa2VA folder implies (SAM2 Hiera-L as released, no upsampler).
+OFFICIAL_GROUNDING_ENCODER: dict[str, Any] = {
+    "config_name": "sam2_hiera_l.yaml",
+    "overrides": None,
+    "upsampler": None,
+}
+
+
+def grounding_encoder_section(model: nn.Module) -> dict[str, Any] | None:
+    """``config.json``'s ``sa2va_toolkit.grounding_encoder`` for ``model``: its grounding encoder's
+    ``build_settings`` (``config_name`` / ``overrides`` / ``upsampler``), or ``None`` when they are
+    :data:`OFFICIAL_GROUNDING_ENCODER`."""
+    encoder = model.grounding_encoder
+    settings = getattr(encoder, "build_settings", None)
+    if not isinstance(settings, dict):
+        raise TypeError(
+            f"{type(encoder).__name__} has no `build_settings` dict, so the export cannot tell whether its "
+            "architecture is the official SAM2 Hiera-L"
+        )
+    settings = json.loads(json.dumps({k: settings.get(k) for k in OFFICIAL_GROUNDING_ENCODER}))
+    return None if settings == OFFICIAL_GROUNDING_ENCODER else settings
+
+
+def read_toolkit_grounding_encoder(folder: str | Path, hf: dict[str, Any]) -> dict[str, Any] | None:
+    """The grounding-encoder arguments of an HF folder's ``config.json`` ``sa2va_toolkit`` section.
+
+    Args:
+        folder: the HF folder (named in errors).
+        hf: its parsed ``config.json``.
+
+    Returns:
+        ``{"config_name": str, "overrides": dict | None, "upsampler": dict | None}``, or ``None`` when the
+        folder has no section (an official folder: SAM2 Hiera-L).
+
+    Raises:
+        HFFolderError: the section, or a field of it, is missing, unknown or of the wrong type (the file
+            and the field are named).
+    """
+    if TOOLKIT_SECTION not in hf:
+        return None
+    file = Path(folder) / "config.json"
+    section = hf[TOOLKIT_SECTION]
+    if not isinstance(section, dict):
+        raise HFFolderError(
+            f"{file}: `{TOOLKIT_SECTION}` must be a JSON object, got {type(section).__name__} {section!r}"
+        )
+    unknown = sorted(set(section) - {"grounding_encoder"})
+    if unknown:
+        raise HFFolderError(
+            f"{file}: unknown field(s) {unknown} in `{TOOLKIT_SECTION}` (known: grounding_encoder)"
+        )
+    where = f"{TOOLKIT_SECTION}.grounding_encoder"
+    encoder = section.get("grounding_encoder")
+    if not isinstance(encoder, dict):
+        raise HFFolderError(
+            f"{file}: `{where}` must be a JSON object, got {type(encoder).__name__} {encoder!r}"
+        )
+    unknown = sorted(set(encoder) - set(OFFICIAL_GROUNDING_ENCODER))
+    missing = sorted(set(OFFICIAL_GROUNDING_ENCODER) - set(encoder))
+    if unknown or missing:
+        raise HFFolderError(
+            f"{file}: `{where}` has unknown field(s) {unknown} and lacks {missing}; it holds exactly "
+            f"{sorted(OFFICIAL_GROUNDING_ENCODER)}"
+        )
+    name = encoder["config_name"]
+    if not isinstance(name, str) or not name.endswith(".yaml"):
+        raise HFFolderError(f"{file}: `{where}.config_name` must be a sam2 yaml name (str), got {name!r}")
+    for key in ("overrides", "upsampler"):
+        if encoder[key] is not None and not isinstance(encoder[key], dict):
+            raise HFFolderError(
+                f"{file}: `{where}.{key}` must be a JSON object or null, got "
+                f"{type(encoder[key]).__name__} {encoder[key]!r}"
+            )
+    return dict(encoder)
 
 
 class CheckpointMismatchError(ValueError):
@@ -158,6 +251,8 @@ def load_hf_sa2va_weights(
         ignore_checkpoint_keys: regexes of checkpoint keys that may be present and are skipped.
         allow_missing: regexes of model keys that may be absent from the checkpoint (besides the
             :data:`EXTENSION_PREFIXES` tensors, which an official folder cannot hold; a warning lists them).
+            A folder with :data:`EXTENSIONS_FILE` (an export of this toolkit) must hold every extension
+            tensor of the model there, and nothing else.
 
     Raises:
         CheckpointMismatchError: unknown, missing or wrongly shaped tensors (all listed, with file,
@@ -210,9 +305,27 @@ def load_hf_sa2va_weights(
                     )
                     continue
                 plan.setdefault(file, []).append((key, mkey))
+    ext_file = path / EXTENSIONS_FILE
+    if ext_file.is_file():  # an export of this toolkit: it holds every extension tensor, under model names
+        with open_safetensors(ext_file) as f:
+            for mkey in list(f.keys()):
+                if not mkey.startswith(EXTENSION_PREFIXES) or mkey not in targets:
+                    unexpected.append(f"{ext_file.name}: {mkey!r} (no such extension tensor in the model)")
+                    continue
+                seen[mkey] = ext_file.name
+                shape = tuple(f.get_slice(mkey).get_shape())
+                if shape != tuple(targets[mkey].shape):
+                    shapes.append(
+                        f"{ext_file.name}: {mkey!r} has shape {list(shape)} in the file but "
+                        f"{list(targets[mkey].shape)} in the model"
+                    )
+                    continue
+                plan.setdefault(ext_file, []).append((mkey, mkey))
     allow = [re.compile(p) for p in allow_missing]
     missing = []
     extensions = [k for k in targets if k not in seen and k.startswith(EXTENSION_PREFIXES)]
+    if ext_file.is_file():
+        extensions = []  # reported missing below
     if extensions:
         _logger().warning(
             f"{path}: {len(extensions)} extension tensor(s) keep their initialisation: {extensions[:5]}"
@@ -576,6 +689,10 @@ def export_hf_folder(
     if source_dir is not None:
         source_cfg = read_json_file(source_dir / "config.json", what="the source folder's config.json")
     cfg = official_config(model, source_cfg, dtype)
+    cfg.pop(TOOLKIT_SECTION, None)  # a source folder's section described the source's encoder
+    section = grounding_encoder_section(model)
+    if section is not None:
+        cfg[TOOLKIT_SECTION] = {"grounding_encoder": section}
     (save_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     model.mllm.tokenizer.save_pretrained(str(save_dir))
     copied: list[str] = _write_processor_files(model.mllm, source_dir, save_dir)

@@ -58,6 +58,7 @@ from mmengine.logging import MMLogger
 from PIL import Image
 from transformers import GenerationConfig
 
+from ..checkpoint.hf_sa2va import read_toolkit_grounding_encoder
 from ..datasets.image_io import to_rgb
 from ..datasets.image_processing import IMAGENET_MEAN, IMAGENET_STD, SAM2_INFER_MEAN, SAM2_INFER_STD
 from ..datasets.processor import HF_LLM_ADAPTERS, HF_QWENVL_ADAPTERS, Sa2VAProcessor, hf_adapter  # noqa: F401
@@ -325,6 +326,9 @@ class Sa2VAPredictor:
                 becomes :func:`~projects.sa2va.models.tokenizer.load_tokenizer` of ``folder``, which picks
                 the tokenizer class by family without remote code); default :data:`HF_MODEL_CONFIG`. The
                 InternVL adapter class is chosen from ``llm_config.architectures`` (:data:`HF_LLM_ADAPTERS`).
+                A folder whose ``config.json`` has a ``sa2va_toolkit`` section (an export of a non-official
+                SAM2 architecture, see ``checkpoint/hf_sa2va.py``) gets its ``config_name``, ``overrides``
+                and ``upsampler`` in ``model.grounding_encoder``.
             device / cfg_options: as :meth:`from_config` (``cfg_options`` win over the above).
             **kwargs: as :meth:`from_config`; the processor is
                 :meth:`Sa2VAProcessor.from_pretrained` of the folder (template and tiling from its
@@ -346,9 +350,20 @@ class Sa2VAPredictor:
         if template is not None:
             processor["template"] = template
         kwargs.setdefault("processor", processor)
-        return cls.from_config(
-            model_config or default_config, checkpoint, device=device, cfg_options=overrides, **kwargs
-        )
+        encoder = read_toolkit_grounding_encoder(folder, hf)
+        if encoder is None:  # an official folder: the model config's SAM2 (Hiera-L)
+            return cls.from_config(
+                model_config or default_config, checkpoint, device=device, cfg_options=overrides, **kwargs
+            )
+        # A toolkit export of another SAM2 architecture (config.json `sa2va_toolkit` section): build exactly
+        # that encoder; the strict weight loading then checks every tensor against it.
+        from ..engine.builder import load_config
+
+        overrides = {k: v for k, v in overrides.items() if k not in (cfg_options or {})}
+        cfg = load_config(model_config or default_config, overrides)
+        for key, value in encoder.items():
+            cfg.model.grounding_encoder[key] = value
+        return cls.from_config(cfg, checkpoint, device=device, cfg_options=cfg_options, **kwargs)
 
     def _check_processor(self) -> None:
         """Refuse a processor that does not fit the model (image tokens, tile size, ids, SAM2 side)."""

@@ -19,6 +19,7 @@ features cacheable.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -128,6 +129,11 @@ class SAM2GroundingEncoder(nn.Module):
         upsampler: dict | None = None,
     ) -> None:
         super().__init__()
+        #: The architecture arguments (plain JSON-serialisable copies): an HF export records them when they
+        #: differ from the official SAM2 Hiera-L (``checkpoint/hf_sa2va.py`` ``sa2va_toolkit`` section).
+        self.build_settings: dict[str, Any] = json.loads(
+            json.dumps({"config_name": config_name, "overrides": overrides or None, "upsampler": upsampler})
+        )
         dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
         with default_dtype(dtype):
             self.sam2_model = build_sam2(config_name, overrides)
