@@ -38,8 +38,6 @@ from tests.app.tiny_checkpoint import MAX_TILES, PROMPT, TINY_MODEL_CFG, overfit
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "data/chase_db1/images"
 NAMES = ["Image_01L.jpg", "Image_11L.jpg"]
-#: the tiny config builds the LM in float32; ``from_hf``'s default model config says bfloat16.
-FP32 = "model.mllm.torch_dtype=float32"
 
 
 def _tool(name: str, *args: str) -> subprocess.CompletedProcess:
@@ -81,7 +79,8 @@ def test_predict_hf_equals_predict_config(tiny_export, tmp_path: Path) -> None:
     images = [str(IMAGES / n) for n in NAMES]
     common = ["--images", *images, "--prompt", PROMPT, "--max-tiles", str(MAX_TILES)]
     out_hf, out_cfg = tmp_path / "hf", tmp_path / "cfg"
-    res = _tool("predict.py", "--hf", str(hf), "--out-dir", str(out_hf), *common, "--cfg-options", FP32)
+    # No precision option: the folder's config.json says float32 (the tiny model's), and from_hf follows it.
+    res = _tool("predict.py", "--hf", str(hf), "--out-dir", str(out_hf), *common)
     assert res.returncode == 0, res.stderr[-3000:]
     res = _tool(
         "predict.py", "--config", str(TINY_MODEL_CFG), "--checkpoint", str(ckpt),
@@ -100,7 +99,7 @@ def test_predict_hf_equals_predict_config(tiny_export, tmp_path: Path) -> None:
             assert np.array_equal(arr_hf, arr_cfg), name
 
     # Probabilities (the PNGs above are 8-bit): the same two builds in process.
-    p_hf = Sa2VAPredictor.from_hf(hf, max_tiles=MAX_TILES, cfg_options={"model.mllm.torch_dtype": "float32"})
+    p_hf = Sa2VAPredictor.from_hf(hf, max_tiles=MAX_TILES)
     p_cfg = Sa2VAPredictor.from_config(TINY_MODEL_CFG, ckpt, seed=0, max_tiles=MAX_TILES)
     for name in NAMES:
         with Image.open(IMAGES / name) as im:
@@ -122,9 +121,7 @@ def test_upsampler_settings_and_weights_come_back(tmp_path: Path) -> None:
     export_hf_folder(src.model, tmp_path / "hf")
     encoder = json.loads((tmp_path / "hf/config.json").read_text())[TOOLKIT_SECTION]["grounding_encoder"]
     assert encoder["upsampler"] == {"hidden": 8, "scale": 2}
-    back = Sa2VAPredictor.from_hf(
-        tmp_path / "hf", max_tiles=MAX_TILES, cfg_options={"model.mllm.torch_dtype": "float32"}
-    )
+    back = Sa2VAPredictor.from_hf(tmp_path / "hf", max_tiles=MAX_TILES)
     got = back.model.grounding_encoder.state_dict()
     want = src.model.grounding_encoder.state_dict()
     assert set(got) == set(want) and any(k.startswith("upsampler.") for k in got)

@@ -343,8 +343,12 @@ class Sa2VAPredictor:
             "path": str(folder),  # written into every place that reads the folder by `load_config`
             "model.mllm.type": adapter,
             "model.mllm.tokenizer": dict(_delete_=True, type=load_tokenizer),
-            **(cfg_options or {}),
         }
+        # The language model in the folder's own precision (bfloat16 in the released folders; float32 in an
+        # export of a float32 model such as the tiny demo).
+        if hf.get("torch_dtype") in ("float32", "bfloat16", "float16"):
+            overrides["model.mllm.torch_dtype"] = hf["torch_dtype"]
+        overrides.update(cfg_options or {})
         processor = dict(type=Sa2VAProcessor.from_pretrained, path=str(folder))
         template = kwargs.pop("template", None)
         if template is not None:
