@@ -306,10 +306,11 @@ def test_from_hf_builds_the_family(folders, predictors, family):
     assert proc.patch_size == folder_proc["patch_size"]
     assert list(proc.hf.image_mean) == folder_proc["image_mean"]
     assert (proc.min_pixels, proc.max_pixels) == (SA2VA_MIN_PIXELS, SA2VA_MAX_PIXELS)
-    # Weights equal the folder's at the build dtype (the HF base config builds in bfloat16; LoRA starts
-    # with B = 0, so the merged weights are the loaded ones; trained copies are kept in float32).
+    # Weights equal the folder's at the build dtype (the folder's own torch_dtype, which from_hf follows;
+    # LoRA starts with B = 0, so the merged weights are the loaded ones; trained copies are kept in float32).
     dtype = p.model.mllm.build_dtype
-    assert dtype == torch.bfloat16
+    folder_dtype = json.loads((folders[family] / "config.json").read_text())["torch_dtype"]
+    assert dtype == getattr(torch, folder_dtype)
     files = folder_tensors(folders[family])
     entries = merged_model_tensors(p.model)
     assert {QWENVL_HF_KEY_TABLE.to_format(e.model_key) for e in entries} == set(files)

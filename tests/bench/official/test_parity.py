@@ -137,10 +137,13 @@ def test_training_forward_matches_the_official_code(tmp_path):
         "all_pixels/mask_logits",
         "all_pixels/loss_mask",
         "all_pixels/loss_dice",
+        "points/loss_mask",
+        "points/loss_dice",
         "points/point_coords random part",
-        "points@official_coords/loss_mask zeros",
-        "points@official_coords/loss_dice zeros",
+        "points@official_coords/loss_mask",
+        "points@official_coords/loss_dice",
     ):
         assert rows[name] <= 1e-5, (name, rows[name])
-    grads = [n for n in rows if n.startswith("all_pixels/grad/")]
-    assert len(grads) == 5 and all(rows[n] <= 1e-5 for n in grads)
+    for mode in ("all_pixels", "points"):
+        grads = [n for n in rows if n.startswith(f"{mode}/grad/")]
+        assert len(grads) == 5 and all(rows[n] <= 1e-5 for n in grads), mode
