@@ -59,10 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.harness import speed as hb
 
     MMLogger.get_instance("sa2va_benchmark", log_level="WARNING")
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = hb.benchmark_device(args.device)
     names = ["tiny"] if args.tiny else [m.strip() for m in args.models.split(",") if m.strip()]
     configs = hb.run_configs(
         [c.strip() for c in args.configs.split(",") if c.strip()],

@@ -94,10 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.harness import speed as hb
 
     MMLogger.get_instance("sa2va_speed", log_level="WARNING")
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = hb.benchmark_device(args.device)
     names = ["tiny"] if args.tiny else [m.strip() for m in args.models.split(",") if m.strip()]
     opt_batches = {}
     for part in args.opt_batches.split(";"):

@@ -256,6 +256,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _CPU_OOM_MESSAGES)
 
 
+def benchmark_device(name: str) -> torch.device:
+    """The device named ``name``; on CUDA with TF32 matmuls on (every benchmark row's setting)."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
 def device_name(device: torch.device) -> str:
     """The card's name on CUDA (``NVIDIA H100 80GB HBM3``), else the device type (``cpu``)."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type

@@ -314,10 +314,7 @@ def ours_worker(args: argparse.Namespace, name: str, work: Path, side: str) -> N
     sys.path.insert(0, str(ROOT))
     from bench.harness import speed as hb
 
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = hb.benchmark_device(args.device)
     shape = hb.model_shape(name)
     torch.manual_seed(0)
     model = hb.build_model(shape, device)
