@@ -56,7 +56,8 @@ def build_ours(seed: int):
     so that the adapters change the output (fresh LoRA B is zero) and the copies differ from the originals."""
     from tests.tiny import build_tiny_model
 
-    model, cfg = build_tiny_model(seed)
+    # keep_originals: the base folder written for the official side holds the un-trained embedding / head.
+    model, cfg = build_tiny_model(seed, lora=dict(keep_originals=True))
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -407,8 +407,10 @@ def merged_model_tensors(model: nn.Module) -> list[ExportEntry]:
     """Every tensor of ``model`` as it would be without LoRA, under the plain (pre-LoRA) model names.
 
     LoRA layers contribute ``base + delta`` (PEFT's ``get_delta_weight``, computed in float32 when the
-    entry is materialised); ``modules_to_save`` contribute their trained copy and their frozen original is
-    dropped. The model is not modified; nothing is computed until ``entry.make()``.
+    entry is materialised); ``modules_to_save`` contribute their trained copy and their frozen original (if
+    not released) is dropped; ``trainable_token_indices`` modules contribute their base weight with the
+    trained rows written in (cast to the base dtype, as their forward does). The model is not modified;
+    nothing is computed until ``entry.make()``.
     """
     tensors = _model_tensors(model)
     mllm = getattr(model, "mllm", None)
@@ -430,6 +432,11 @@ def merged_model_tensors(model: nn.Module) -> list[ExportEntry]:
             if role not in ("lora_A", "lora_B"):
                 raise ValueError(f"{key!r}: LoRA variant {role!r} is not supported by the export")
             continue  # folded into the base weight below
+        if role in ("tokens_delta", "tokens_original"):
+            continue  # written into the base weight below
+        if inner.endswith(".token_adapter.base_layer.weight"):
+            entries.append(_trained_rows_entry(model, key, inner, t))
+            continue
         if role == "copy":
             if ".modules_to_save.default." not in inner:
                 raise ValueError(f"{key!r}: modules_to_save copy of an adapter other than 'default'")
@@ -462,6 +469,26 @@ def merged_model_tensors(model: nn.Module) -> list[ExportEntry]:
             raise ValueError(f"two model tensors map to the plain name {e.model_key!r}")
         seen.add(e.model_key)
     return entries
+
+
+def _trained_rows_entry(model: nn.Module, key: str, inner: str, base: torch.Tensor) -> ExportEntry:
+    """The export entry of a PEFT ``trainable_token_indices`` module: ``base [V, H]`` with the rows of its
+    token ids replaced by the trained ``trainable_tokens_delta`` ``[n, H]`` (adapter ``default``)."""
+    layer = model.get_submodule(key[: -len(".base_layer.weight")])
+    if list(layer.trainable_tokens_delta.keys()) != ["default"]:
+        raise ValueError(f"{key!r}: trainable tokens of adapters {list(layer.trainable_tokens_delta.keys())}")
+    if layer.merged:
+        raise ValueError(f"{key!r}: the trained token rows are already merged into the base weight")
+    index = torch.tensor(layer.token_indices["default"], dtype=torch.long)
+    delta = layer.trainable_tokens_delta["default"]
+
+    def make() -> torch.Tensor:
+        with torch.no_grad():
+            w = base.detach()
+            return w.index_copy(0, index.to(w.device), delta.detach().to(w.dtype))
+
+    plain = inner[: -len(".token_adapter.base_layer.weight")] + ".weight"
+    return ExportEntry(LM_PREFIX + plain, tuple(base.shape), make)
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)

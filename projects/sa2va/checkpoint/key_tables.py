@@ -143,18 +143,29 @@ _LORA_RE = re.compile(
 )
 
 
+#: PEFT ``trainable_token_indices`` (``TrainableTokensWrapper``) tensors of a module ``X``:
+#: ``X.token_adapter.base_layer.weight`` (the frozen base),
+#: ``X.token_adapter.trainable_tokens_delta.<adapter>`` (the trained rows, ``[n_tokens, H]``) and
+#: ``X.token_adapter.trainable_tokens_original.<adapter>`` (their initial values).
+_TOKENS_RE = re.compile(r"\.token_adapter\.(base_layer\.weight|trainable_tokens_(delta|original)\.[^.]+)$")
+
+
 def peft_role(key: str) -> str:
     """Role of a (possibly PEFT-wrapped) LM tensor name.
 
     Returns one of ``'lora_A'``, ``'lora_B'`` (or another ``lora_*`` kind), ``'copy'`` (the trained
-    ``modules_to_save`` copy), ``'base'`` (the frozen base weight: ``base_layer`` / ``original_module``
-    or an unwrapped name).
+    ``modules_to_save`` copy), ``'tokens_delta'`` / ``'tokens_original'`` (the trained rows of a
+    ``trainable_token_indices`` module / their initial values), ``'base'`` (the frozen base weight:
+    ``base_layer`` / ``original_module`` or an unwrapped name).
     """
     m = _LORA_RE.search(key)
     if m:
         return m.group(1)
     if ".modules_to_save." in key:
         return "copy"
+    m = _TOKENS_RE.search(key)
+    if m and m.group(2):
+        return f"tokens_{m.group(2)}"
     return "base"
 
 
@@ -165,12 +176,14 @@ def plain_name(key: str) -> str:
     ``mllm.language_model.X.q_proj.weight``;
     ``...embed_tokens.modules_to_save.default.weight`` and ``...embed_tokens.original_module.weight`` ->
     ``...embed_tokens.weight``; LoRA factors ``...q_proj.lora_A.default.weight`` -> ``...q_proj.weight``
-    (the weight they adapt). Keys outside the LM are returned unchanged.
+    (the weight they adapt); ``...embed_tokens.token_adapter.base_layer.weight`` and
+    ``...embed_tokens.token_adapter.trainable_tokens_delta.default`` -> ``...embed_tokens.weight``. Keys
+    outside the LM are returned unchanged.
     """
     if not key.startswith(PEFT_LM_PREFIX):
         return key
     inner = key[len(PEFT_LM_PREFIX) :]
-    m = _LORA_RE.search(inner)
+    m = _LORA_RE.search(inner) or _TOKENS_RE.search(inner)
     if m:
         inner = inner[: m.start()] + ".weight"
     else:

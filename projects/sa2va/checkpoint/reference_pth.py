@@ -65,7 +65,11 @@ def load_reference_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
     """Copy a reference-style state into ``model`` (after LoRA); returns the number of tensors copied.
 
     Rules: every key must map to a model tensor (else error naming it); shapes must match; a plain
-    (un-PEFT) LM weight fills the base weight and, for ``modules_to_save`` modules, the trained copy too.
+    (un-PEFT) LM weight fills the base weight and, for ``modules_to_save`` modules, the trained copy too
+    (only the copy when the model released its frozen original), for ``trainable_token_indices`` modules
+    the trained rows too (the weight's rows of those token ids, as PEFT initialises them); the
+    ``original_module`` tensors of a full PEFT state are skipped (and counted in the log) when the model
+    released them (:func:`~projects.sa2va.models.mllm.release_frozen_originals`).
     If the state holds LoRA factors, every LoRA factor of the model must be present; a state without
     any (a merged/base state) leaves the LoRA initialisation (B = 0: no change) in place. Every other
     trainable tensor of the model must be present.
@@ -76,7 +80,7 @@ def load_reference_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
         role = peft_role(k) if k.startswith(PEFT_LM_PREFIX) else "base"
         by_plain[(plain_name(k), role)] = k
     assignments: dict[str, torch.Tensor] = {}
-    unexpected, shapes = [], []
+    unexpected, shapes, released = [], [], []
     for key, value in state.items():
         try:
             plain, role = _reference_key_info(key)
@@ -85,13 +89,16 @@ def load_reference_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
             continue
         if role == "copy?":
             role = "copy" if (plain, "copy") in by_plain else "base"
+        un_peft = not key.startswith(REFERENCE_MARKER + "language_model.base_model.")
+        original_released = (plain, "copy") in by_plain and (plain, "base") not in by_plain
+        if role == "base" and original_released and ".original_module." in key:
+            released.append(key)  # the frozen original: the model keeps only the trained copy
+            continue
         dests = [by_plain.get((plain, role))]
-        if (
-            role == "base"
-            and (plain, "copy") in by_plain
-            and not key.startswith(REFERENCE_MARKER + "language_model.base_model.")
-        ):
+        if role == "base" and (plain, "copy") in by_plain and un_peft:
             dests.append(by_plain[(plain, "copy")])  # an un-PEFT state also defines the trained copy
+            if original_released:
+                dests = dests[1:]
         if dests[0] is None:
             unexpected.append(f"{key!r} (no model tensor {plain!r} with role {role})")
             continue
@@ -100,6 +107,12 @@ def load_reference_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
                 shapes.append(f"{key!r}: {list(value.shape)} vs model {d!r} {list(targets[d].shape)}")
             else:
                 assignments[d] = value
+        rows_key = by_plain.get((plain, "tokens_delta"))
+        if role == "base" and rows_key is not None and un_peft and dests[0] in assignments:
+            # An un-PEFT state also defines the trained rows: its rows of the trained token ids.
+            layer = model.get_submodule(rows_key.rsplit(".trainable_tokens_delta.", 1)[0])
+            index = torch.tensor(layer.token_indices[rows_key.rsplit(".", 1)[-1]], dtype=torch.long)
+            assignments[rows_key] = value.index_select(0, index.to(value.device))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     has_lora = any(peft_role(d).startswith("lora") for d in assignments)
     missing = sorted(
@@ -123,6 +136,11 @@ def load_reference_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
     MMLogger.get_current_instance().info(
         f"Loaded {len(assignments)} tensors from reference-style {source}"
         + ("" if has_lora else " (no LoRA factors in it: LoRA starts from its initialisation)")
+        + (
+            f"; skipped {len(released)} frozen original(s) the model released, e.g. {released[0]!r}"
+            if released
+            else ""
+        )
     )
     return len(assignments)
 

@@ -58,7 +58,15 @@ DEFAULT_TRAINABLE: dict[str, str] = {
     "sam2_other": "frozen",
     "text_hidden_fcs": "full",
 }
-DEFAULT_LORA: dict[str, Any] = {"r": 128, "alpha": 256, "dropout": 0.05, "train_embeddings": True}
+# `keep_originals=False`: PEFT's frozen originals of the embedding / head copies are released (no numerical
+# change; see MLLMAdapter.apply_lora).
+DEFAULT_LORA: dict[str, Any] = {
+    "r": 128,
+    "alpha": 256,
+    "dropout": 0.05,
+    "train_embeddings": True,
+    "keep_originals": False,
+}
 # Parts initialised even when `load_weights` is given (official folders have no place for them).
 INITIALISED_WHEN_LOADING: tuple[str, ...] = (PART_PREFIXES["mask_upsampler"],)
 
@@ -175,8 +183,11 @@ class Sa2VAModel(BaseModel):
         loss_mask: a :class:`MaskLoss` (or its config dict): BCE + Dice weights, resolution mode.
         trainable: part -> ``'frozen' | 'full' | 'lora'`` (``'lora'`` only for ``llm``); missing
             parts take :data:`DEFAULT_TRAINABLE` (the reference recipe).
-        lora: LoRA settings (``r``, ``alpha``, ``dropout``, ``train_embeddings``) used when
-            ``trainable['llm'] == 'lora'``.
+        lora: LoRA settings (``r``, ``alpha``, ``dropout``, ``train_embeddings``, ``keep_originals``; see
+            :meth:`~.mllm.MLLMAdapter.apply_lora`) used when ``trainable['llm'] == 'lora'``; missing keys
+            take :data:`DEFAULT_LORA`. ``train_embeddings``: ``True`` (full embedding / head copies, the
+            official recipe), ``'new_tokens'`` (only the rows of Sa2VA's added tokens; less memory, not the
+            official numerics) or ``False``.
         lm_loss_weight: weight of the next-token cross-entropy.
         lm_logits: where the training loss runs the LM head: ``'supervised'`` (default) only at the
             positions whose next token is labelled (:func:`supervised_positions`; a few answer tokens
