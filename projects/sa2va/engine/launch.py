@@ -230,6 +230,7 @@ def train(
     *,
     cfg_options: dict[str, Any] | None = None,
     seed: int | None = None,
+    auto_batch: dict[str, Any] | None = None,
 ) -> Runner:
     """Train ``cfg`` and return its runner (after training).
 
@@ -241,6 +242,9 @@ def train(
         launcher: ``"none"`` (one process) or ``"pytorch"`` (under ``torchrun``), ``"slurm"``, ``"mpi"``.
         cfg_options: ``--cfg-options`` overrides, merged first.
         seed: replaces the config's ``randomness.seed``.
+        auto_batch: ``--auto-batch``: find the largest micro-batch first and apply it
+            (:func:`~projects.sa2va.engine.batch_finder.auto_batch_for_training`; keys ``max_batch``,
+            ``headroom``, ``policy``); ``None``: the config's batch.
 
     Raises:
         FileNotFoundError, ConfigFileError: the config or a resume path. DeepSpeedConfigError: a bad
@@ -249,6 +253,12 @@ def train(
     cfg = load_config(cfg, cfg_options)  # a copy of a given Config
     torch.serialization.add_safe_globals(mmengine_safe_globals())
     apply_launch_options(cfg, work_dir=work_dir, resume=resume, launcher=launcher, seed=seed)
+    if auto_batch is not None:
+        from .batch_finder import AutoBatchError, auto_batch_for_training
+
+        if deepspeed is not None:
+            raise AutoBatchError("--auto-batch with --deepspeed: the trials do not shard as ZeRO does")
+        auto_batch_for_training(cfg, launcher=launcher, resume=resume, **auto_batch)
     runner = build_runner(cfg, deepspeed)
     runner.train()
     return runner
