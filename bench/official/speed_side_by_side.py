@@ -83,14 +83,21 @@ def prepare(args: argparse.Namespace, name: str, work: Path) -> None:
     )
 
     shape = hb.model_shape(name)
+    # Built on the benchmark device with the seed the toolkit sides use: the official side gets the very
+    # weights the toolkit sides train (and a 4B random build takes seconds on a GPU, minutes on the host).
+    device = hb.benchmark_device(args.device)
     torch.manual_seed(0)
-    model = hb.build_model(shape, torch.device("cpu"))
-    state = torch.nn.Module.state_dict(model)
+    model = hb.build_model(shape, device)
+    folder_config = dict(internvl_folder_config(model.mllm, model.mllm.template), torch_dtype="bfloat16")
+    tokenizer = model.tokenizer
+    state = {k: v.cpu() for k, v in torch.nn.Module.state_dict(model).items()}
+    del model
+    free(device)
     folder = write_internvl_folder(
         work / "internvl_folder",
-        config=dict(internvl_folder_config(model.mllm, model.mllm.template), torch_dtype="bfloat16"),
+        config=folder_config,
         weights={k: v.to(torch.bfloat16) for k, v in folder_state(state).items()},
-        tokenizer=model.tokenizer,
+        tokenizer=tokenizer,
         official_src=args.src,
     )
     prefix = "grounding_encoder.sam2_model."
@@ -99,7 +106,7 @@ def prepare(args: argparse.Namespace, name: str, work: Path) -> None:
         {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)},
         work / "pretrained/sam2" / SAM2_CKPT,
     )
-    samples = hb.load_samples(shape, model.tokenizer, args.data_root, args.num_images, workers=0)
+    samples = hb.load_samples(shape, tokenizer, args.data_root, args.num_images, workers=0)
     from projects.sa2va.pixels import normalize_pixels
 
     official = [
@@ -119,7 +126,7 @@ def prepare(args: argparse.Namespace, name: str, work: Path) -> None:
             "folder": str(folder),
             "sam2_overrides": hydra_overrides(shape.sam2_overrides or {}),
             "lora_r": shape.lora_r,
-            "pad_id": model.tokenizer.pad_token_id,
+            "pad_id": tokenizer.pad_token_id,
             "samples": official,
         },
         work / "official_inputs.pt",
@@ -303,6 +310,7 @@ def official_worker(args: argparse.Namespace, work: Path) -> None:
             free(device)
         rows.append(row)
         print(json.dumps(row), flush=True)
+        (work / "official_result.json").write_text(json.dumps(rows))  # rows so far survive a timeout
         if "error" in row or step_kind == "ds":  # DeepSpeed keeps its engine state: one batch per process
             break
     (work / "official_result.json").write_text(json.dumps(rows))
@@ -343,6 +351,7 @@ def ours_worker(args: argparse.Namespace, name: str, work: Path, side: str) -> N
             row.update(samples_per_s=r.samples_per_s, step_s=r.step_s, peak_gib=r.peak_gib)
         rows.append(row)
         print(json.dumps(row), flush=True)
+        (work / f"{side}_result.json").write_text(json.dumps(rows))  # rows so far survive a timeout
         if r.error:
             break
     (work / f"{side}_result.json").write_text(json.dumps(rows))
@@ -426,6 +435,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/sa2va_side_by_side"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per side and model")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds for the whole run: a side that would start later is skipped (its row says so) and each "
+        "side's timeout is cut to what is left",
+    )
+    p.add_argument(
+        "--reuse-inputs",
+        action="store_true",
+        help="keep the official inputs already in --work (from an earlier run with the same models)",
+    )
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--worker", choices=("prepare", "official", "ref", "opt"), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -462,17 +483,24 @@ def main(argv: list[str] | None = None) -> int:
     ours_path = [str(ROOT)]
     off_path = [str(x) for x in (args.overlay, args.src) if x.is_dir()]
     report, all_rows = [], {}
+    t_start = time.time()
+
+    def time_left() -> float:
+        if args.budget is None:
+            return args.timeout
+        return min(args.timeout, args.budget - (time.time() - t_start))
+
     for name in names:
         work = args.work / name
         work.mkdir(parents=True, exist_ok=True)
         rows: list[dict] = []
-        if "official" in sides:
+        if "official" in sides and not (args.reuse_inputs and (work / "official_inputs.pt").is_file()):
             t = time.time()
             rc = run_child(
                 ["--worker=prepare", f"--model={name}", *common],
                 ours_path,
                 work / "prepare.log",
-                args.timeout,
+                max(time_left(), 1.0),
             )
             if rc:
                 raise SystemExit(
@@ -483,13 +511,23 @@ def main(argv: list[str] | None = None) -> int:
             t = time.time()
             path = off_path if side == "official" else ours_path
             log = work / f"{side}.log"
-            rc = run_child([f"--worker={side}", f"--model={name}", *common], path, log, args.timeout)
+            left = time_left()
+            if left < 30:
+                skip = f"skipped: {left:.0f} s of the --budget left"
+                rows.append({"side": side, "batch": 0, "error": skip})
+                print(f"[side-by-side] {name}/{side}: skipped (budget)", flush=True)
+                continue
             res = work / f"{side}_result.json"
-            if rc or not res.is_file():
+            res.unlink(missing_ok=True)
+            rc = run_child([f"--worker={side}", f"--model={name}", *common], path, log, left)
+            done = json.loads(res.read_text()) if res.is_file() else []
+            rows += done
+            if rc == 124 and done:  # timed out after some batches: those rows stand
+                last = max(r["batch"] for r in done)
+                rows.append({"side": side, "batch": last * 2, "error": "timed out (the side's time limit)"})
+            elif rc or not done:
                 rows.append({"side": side, "batch": 0, "error": f"failed (exit {rc}); see {log}"})
                 sys.stderr.write(log.read_text()[-3000:])
-            else:
-                rows += json.loads(res.read_text())
             print(f"[side-by-side] {name}/{side}: done in {time.time() - t:.0f} s", flush=True)
         all_rows[name] = rows
         report += [*summarise(name, rows, device_name), ""]
