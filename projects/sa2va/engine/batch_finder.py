@@ -644,6 +644,19 @@ def find_batch_size(
         world_size=world_size,
         candidates=candidates,
     )
+    if max_batch is None and _device().type != "cuda":
+        _logger().warning(
+            "batch finder: no GPU and no max batch: cannot search (the CPU gives no out-of-memory signal)"
+        )
+        return dict(
+            device="cpu",
+            max_batch_tried=None,
+            largest_fit=None,
+            first_failure=None,
+            searched=False,
+            reason="no GPU (the CPU gives no out-of-memory signal) and no max batch: cannot search",
+            trials=[],
+        )
     if not in_child:
         return _search_here(cfg, options)
     ctx = multiprocessing.get_context("spawn")
