@@ -23,12 +23,21 @@ rely on the exact sequence of random draws at build time: their frozen parts are
 and an export is rebuilt by drawing the same sequence again (``tests/engine/test_golden_trajectory.py``,
 ``tests/engine/test_build_model.py``). The patches here are scoped context managers that restore the
 functions they replace on exit.
+
+A module first imported inside :func:`torch_init_disabled` that binds an initialiser by name (``sam2``
+1.1.0 ``sam2/modeling/sam2_base.py``: ``from torch.nn.init import trunc_normal_``; hydra imports it when a
+build instantiates the SAM2 yaml) would keep the no-op after the window closes: every later build in the
+process would leave SAM2's ``no_mem_embed`` / ``no_mem_pos_enc`` / ``maskmem_tpos_enc`` / ``no_obj_ptr`` at
+zero and draw every later random tensor from a shifted stream. On exit, such names in the modules
+imported inside the window are bound to the real initialisers again.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import sys
+import types
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -49,24 +58,66 @@ _ORIGINAL_INIT = dict(modeling_utils.TORCH_INIT_FUNCTIONS)
 _STATE = {"weight_init": True}
 
 
-def _skip(*args: object, **kwargs: object) -> None:
-    return None
+def _make_skip(name: str) -> Callable[..., None]:
+    """A no-op standing in for ``torch.nn.init.<name>``."""
+
+    def _skip(*args: object, **kwargs: object) -> None:
+        return None
+
+    _skip.__qualname__ = f"skipped_{name}"
+    return _skip
+
+
+# One distinct no-op per initialiser, so a module that bound one by name gets the right function back.
+_SKIPS = {name: _make_skip(name) for name in _ORIGINAL_INIT}
+
+
+def _rebind_captured_skips(module_names: set[str], targets: dict[str, Callable]) -> list[str]:
+    """In the modules ``module_names``, replace every global that is the no-op of initialiser ``name``
+    by ``targets[name]``.
+
+    A module imported inside :func:`torch_init_disabled` that ran ``from torch.nn.init import
+    trunc_normal_`` holds the no-op as a global; left so, it skips that initialiser for good.
+
+    Returns:
+        ``module.global`` of every name rebound.
+    """
+    by_id = {id(skip): (skip, targets[name]) for name, skip in _SKIPS.items()}
+    rebound = []
+    for module_name in sorted(module_names):
+        module = sys.modules.get(module_name)
+        if not isinstance(module, types.ModuleType):
+            continue
+        namespace = vars(module)
+        for key, value in list(namespace.items()):
+            skip, target = by_id.get(id(value), (None, None))
+            if skip is not None and value is skip:
+                namespace[key] = target
+                rebound.append(f"{module_name}.{key}")
+    return rebound
 
 
 @contextlib.contextmanager
 def torch_init_disabled(disabled: bool = True) -> Iterator[None]:
     """``torch.nn.init`` initialisers become no-ops (``disabled``) or the real ones (``False``) inside.
 
-    Nests: the functions in place on entry are restored on exit.
+    Nests: the functions in place on entry are restored on exit. A module first imported inside a
+    disabled window that bound an initialiser by name gets, on exit, the function restored on
+    ``torch.nn.init`` if that is this module's no-op of an enclosing window (which repairs it when it
+    closes), else the real initialiser (see the module docstring).
     """
     saved = {name: getattr(nn.init, name) for name in _ORIGINAL_INIT}
+    imported_before = set(sys.modules)
     for name, fn in _ORIGINAL_INIT.items():
-        setattr(nn.init, name, _skip if disabled else fn)
+        setattr(nn.init, name, _SKIPS[name] if disabled else fn)
     try:
         yield
     finally:
         for name, fn in saved.items():
             setattr(nn.init, name, fn)
+        if disabled:
+            targets = {n: fn if fn is _SKIPS[n] else _ORIGINAL_INIT[n] for n, fn in saved.items()}
+            _rebind_captured_skips(set(sys.modules) - imported_before, targets)
 
 
 def weight_init_enabled() -> bool:
