@@ -219,6 +219,32 @@ def test_recorded_plan_names_the_file_and_the_field(tmp_path):
         recorded_plan(path)
 
 
+def _record(work, **fields):
+    (work / "auto_batch.json").write_text(json.dumps(fields))
+
+
+def test_a_resumed_run_reuses_the_recorded_batch_without_a_search(tmp_path, monkeypatch):
+    def no_search(*args, **kwargs):
+        raise AssertionError("searched")
+
+    monkeypatch.setattr(batch_finder, "find_batch_size", no_search)
+    cfg = load_config(DEMO, {"optim_wrapper.accumulative_counts": 4, "work_dir": str(tmp_path)})
+    _record(tmp_path, batch_size=4, accumulative_counts=2, global_batch=8, config_global_batch=8)
+    plan = batch_finder.auto_batch_for_training(cfg, resume="auto")
+    assert (plan.batch_size, plan.accumulative_counts) == (4, 2)
+    assert cfg.train_dataloader.batch_size == 4 and cfg.optim_wrapper.accumulative_counts == 2
+    # The config changed its global batch since: refused, naming the file.
+    cfg = load_config(DEMO, {"work_dir": str(tmp_path)})
+    with pytest.raises(
+        AutoBatchError, match=r"auto_batch\.json was recorded for a global batch of 8, the config now gives 2"
+    ):
+        batch_finder.auto_batch_for_training(cfg, resume="auto")
+    with pytest.raises(
+        AutoBatchError, match="--auto-batch supports --launcher none and pytorch, not 'slurm'"
+    ):
+        batch_finder.auto_batch_for_training(cfg, launcher="slurm")
+
+
 # ---------------------------------------------------------------------------------- the real step
 def test_real_tiny_step_recovers_from_out_of_memory(monkeypatch):
     """The tiny demo's real trial step (in this process); batches above 2 fail after their backward pass

@@ -730,7 +730,8 @@ def search_and_plan(
 
     Under ``policy='exact'`` only the divisors of the config's samples per rank and step
     (``batch_size x accumulative_counts``) are tried, up to that quota: a batch that does not divide it
-    could not keep the global batch. ``policy='largest'`` tries every batch up to ``max_batch``.
+    could not keep the global batch. ``policy='largest'`` tries every batch up to ``max_batch``. On the CPU
+    nothing is tried without ``max_batch`` (every batch would "fit" until the host runs out of memory).
     """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -739,8 +740,7 @@ def search_and_plan(
     quota = config_batch * config_acc
     candidates = None
     if policy == "exact":
-        candidates = divisors(quota)
-        max_batch = quota if max_batch is None else min(max_batch, quota)
+        candidates = divisors(quota)  # all <= quota: they bound the search (not the CPU's, see below)
     found = find_batch_size(
         cfg,
         max_batch=max_batch,
@@ -831,6 +831,16 @@ def auto_batch_for_training(
     path = Path(cfg.work_dir) / REPORT_NAME
     if resume is not None and path.is_file():
         plan = recorded_plan(path)
+        config_global = (
+            int(cfg.train_dataloader.batch_size)
+            * int(cfg.optim_wrapper.get("accumulative_counts", 1))
+            * world_size
+        )
+        if config_global != plan.config_global_batch:
+            raise AutoBatchError(
+                f"{path} was recorded for a global batch of {plan.config_global_batch}, the config now gives "
+                f"{config_global}: remove the file to search again (the resumed run would change its batch)"
+            )
         apply_batch_plan(cfg, plan)
         logger.info(
             f"--auto-batch with --resume: batch_size {plan.batch_size} x accumulative_counts "
