@@ -27,6 +27,7 @@ import math
 import statistics
 import time
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from projects.sa2va.datasets.refseg import RefSegDataset
 from projects.sa2va.models.feature_cache import build_feature_cache
 from projects.sa2va.models.internvl import Qwen2InternVL
 from projects.sa2va.models.losses import MaskLoss
-from projects.sa2va.models.sa2va import Sa2VAModel
+from projects.sa2va.models.sa2va import DEFAULT_LORA, Sa2VAModel
 from projects.sa2va.models.sam2_grounding import SAM2GroundingEncoder
 from projects.sa2va.models.tokenizer import build_tiny_tokenizer
 
@@ -90,8 +91,13 @@ class RunConfig:
         batch_size: samples per step.
         cache: feature-cache mode (``'off'``, ``'memory'``, ``'disk'``).
         fused_adamw: ``torch.optim.AdamW(fused=True)`` (CUDA) instead of the default foreach one.
-        compile_llm: ``torch.compile`` the LLM (opt-in: compilation takes minutes at 4B).
+        compile_llm: regional ``torch.compile`` of the LLM: each decoder layer's forward is compiled
+            (:func:`compiled_decoder_layers`; the layers share one compiled graph per input shape).
         gradient_checkpointing: recompute LLM activations in backward.
+        lora: overrides of the benchmark's LoRA settings (:func:`bench_lora`), e.g.
+            ``{'train_embeddings': False}``. They take effect when the model is built
+            (``build_model(shape, device, lora=cfg.lora)``); :func:`run_one` refuses a model built with
+            other settings.
     """
 
     name: str
@@ -100,6 +106,7 @@ class RunConfig:
     fused_adamw: bool = False
     compile_llm: bool = False
     gradient_checkpointing: bool = False
+    lora: Mapping[str, Any] = field(default_factory=dict)
 
 
 def run_configs(names: list[str], *, ref_batch: int, opt_batch: int, compile_llm: bool) -> list[RunConfig]:
@@ -119,8 +126,17 @@ def run_configs(names: list[str], *, ref_batch: int, opt_batch: int, compile_llm
 
 
 # --- building --------------------------------------------------------------------------------------
-def build_model(shape: ModelShape, device: torch.device) -> Sa2VAModel:
-    """Random-weight Sa2VA of ``shape`` built directly on ``device`` (bf16 frozen weights on CUDA)."""
+def bench_lora(shape: ModelShape, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The LoRA settings of a benchmark model: rank from the preset, ``alpha = 2 r``, dropout 0.05, trained
+    embedding / head copies (the reference recipe), then ``overrides`` (a row's ``RunConfig.lora``) on top;
+    keys the model does not know are refused by ``Sa2VAModel`` / ``apply_lora`` when it is built."""
+    base = dict(r=shape.lora_r, alpha=2 * shape.lora_r, dropout=0.05, train_embeddings=True)
+    return {**base, **dict(overrides or {})}
+
+
+def build_model(shape: ModelShape, device: torch.device, lora: Mapping[str, Any] | None = None) -> Sa2VAModel:
+    """Random-weight Sa2VA of ``shape`` built directly on ``device`` (bf16 frozen weights on CUDA), with
+    the LoRA settings :func:`bench_lora` ``(shape, lora)``."""
     dtype = "bfloat16" if device.type == "cuda" else None
     with torch.device(device):
         model = Sa2VAModel(
@@ -134,9 +150,66 @@ def build_model(shape: ModelShape, device: torch.device) -> Sa2VAModel:
                 config_name="sam2_hiera_l.yaml", overrides=shape.sam2_overrides, torch_dtype=dtype
             ),
             loss_mask=MaskLoss(bce_weight=2.0, dice_weight=0.5, resolution="low", point_sampling=True),
-            lora=dict(r=shape.lora_r, alpha=2 * shape.lora_r, dropout=0.05, train_embeddings=True),
+            lora=bench_lora(shape, lora),
         )
     return model.to(device)
+
+
+def check_lora(model: Sa2VAModel, shape: ModelShape, cfg: RunConfig) -> None:
+    """Raise ``ValueError`` unless ``model`` was built with the LoRA settings row ``cfg`` asks for."""
+    want = {**DEFAULT_LORA, **bench_lora(shape, cfg.lora)}
+    have = dict(model.lora_cfg)
+    keys = sorted(set(want) | set(have))
+    diff = {k: (have.get(k), want.get(k)) for k in keys if have.get(k) != want.get(k)}
+    if diff:
+        detail = ", ".join(f"{k}: built {b!r}, row wants {w!r}" for k, (b, w) in diff.items())
+        raise ValueError(
+            f"row {cfg.name!r} (lora overrides {dict(cfg.lora)}) runs on a model built with other LoRA "
+            f"settings ({detail}): build it with build_model(shape, device, lora=cfg.lora)"
+        )
+
+
+def lora_label(overrides: Mapping[str, Any]) -> str:
+    """Table text of a row's LoRA overrides: ``train_embeddings=new_tokens`` (``-`` for none)."""
+    return ",".join(f"{k}={v}" for k, v in overrides.items()) or "-"
+
+
+@contextlib.contextmanager
+def compiled_decoder_layers(model: Sa2VAModel, *, dynamic: bool | None) -> Iterator[int]:
+    """Regional ``torch.compile`` of the LLM while the context is open: ``nn.Module.compile`` on each
+    decoder layer (``base_llm().model.layers``, LoRA wrappers inside). The layers run the same code on
+    the same shapes, so dynamo compiles one graph (forward and backward) and every layer reuses it:
+    compile time is that of one layer, whatever the depth. The embedding, rotary table, attention-mask
+    construction, final norm and head stay eager. Restores the eager layers and resets dynamo on exit.
+
+    Args:
+        dynamic: ``torch.compile``'s ``dynamic``: ``False`` when every batch has one padded length (one
+            graph); ``None`` (dynamo's automatic dynamic shapes: a second, dynamic graph after the first
+            length change) when they differ.
+
+    Yields:
+        the number of compiled layers.
+    """
+    layers = getattr(getattr(model.mllm.base_llm(), "model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+        raise TypeError(
+            f"compile_llm: {type(model.mllm.base_llm()).__name__} has no decoder layers at .model.layers"
+        )
+    for layer in layers:
+        layer.compile(dynamic=dynamic)
+    try:
+        yield len(layers)
+    finally:
+        for layer in layers:
+            layer._compiled_call_impl = None  # what nn.Module.compile set; None = the eager __call__
+        torch._dynamo.reset()  # drop this row's graphs and guards (they refer to this model)
+
+
+def dynamo_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (``torch._dynamo`` counters)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def load_samples(
@@ -294,7 +367,17 @@ class Result:
     peak_gib: float = 0.0
     flops: SampleFlops | None = None
     tokens: float = 0.0
+    #: padded positions / all positions of the collated batches (mean over the distinct batches)
     pad_frac: float = 0.0
+    #: fp32 logits of one step at the supervised positions (N x V x 4 bytes) and at every position
+    #: (B x L x V x 4), GiB (mean over the distinct batches); see :func:`logit_bytes`
+    sup_logits_gib: float = 0.0
+    all_logits_gib: float = 0.0
+    #: wall time of the first warm-up step (fills the cache; compiles the layers with ``compile_llm``)
+    first_step_s: float = 0.0
+    #: ``compile_llm``: layers compiled and graphs dynamo compiled during the row (0 otherwise)
+    compiled_layers: int = 0
+    compiled_graphs: int = 0
     syncs: int = -1
     sync_sites: list[str] = field(default_factory=list)
     loss: float = float("nan")
@@ -432,6 +515,21 @@ def sample_flops(
     return flops, statistics.mean(lengths)
 
 
+def padding_fraction(batch: dict) -> float:
+    """Padded positions / all positions of a collated batch (``attention_mask == 0``)."""
+    return 1.0 - float(batch["data"].attention_mask.float().mean())
+
+
+def logit_bytes(batch: dict, vocab: int) -> tuple[int, int]:
+    """Bytes of one fp32 copy of the LM logits of a collated batch ``(supervised, all)``: ``N x V x 4``
+    for the ``N`` positions whose next token is labelled (what ``lm_logits='supervised'`` computes, and
+    what a fused linear cross-entropy would never materialise) and ``B x L x V x 4`` for every position
+    of the padded batch (``lm_logits='all'``)."""
+    labels = batch["data"].labels
+    n_sup = int((labels[:, 1:] != -100).sum())
+    return n_sup * vocab * 4, labels.numel() * vocab * 4
+
+
 def run_one(
     model: Sa2VAModel,
     shape: ModelShape,
@@ -446,6 +544,7 @@ def run_one(
 ) -> Result:
     res = Result(shape.name, cfg)
     logger = MMLogger.get_current_instance()
+    check_lora(model, shape, cfg)
     # Configure the shared model for this run.
     cache_cfg = {"mode": cfg.cache}
     if cfg.cache == "disk":
@@ -458,25 +557,37 @@ def run_one(
         # PEFT with frozen input embeddings needs inputs that require grad; ours are trained copies.
     elif base.is_gradient_checkpointing:
         base.gradient_checkpointing_disable()
-    compiled_from = None
-    if cfg.compile_llm:
-        compiled_from = base.model
-        base.model = torch.compile(base.model, dynamic=True)
     model.train()
     trainer = None
     stage = "setting up"
+    stack = contextlib.ExitStack()  # the compiled layers (compile_llm)
     try:
-        trainer = Trainer(model, cfg, device)
         n_distinct = max(1, math.ceil(len(samples) / cfg.batch_size))
         batches = make_batches(samples, cfg.batch_size, n_distinct, pin=device.type == "cuda")
-        res.pad_frac = statistics.mean(1.0 - float(b["data"].attention_mask.float().mean()) for b in batches)
+        res.pad_frac = statistics.mean(padding_fraction(b) for b in batches)
+        vocab = base.get_output_embeddings().weight.shape[0]
+        sizes = [logit_bytes(b, vocab) for b in batches]
+        res.sup_logits_gib = statistics.mean(s for s, _ in sizes) / 2**30
+        res.all_logits_gib = statistics.mean(a for _, a in sizes) / 2**30
+        graphs_before = dynamo_graphs()
+        if cfg.compile_llm:
+            lengths = {b["data"].input_ids.shape[1] for b in batches}
+            dynamic = False if len(lengths) == 1 else None
+            res.compiled_layers = stack.enter_context(compiled_decoder_layers(model, dynamic=dynamic))
+            logger.info(f"{shape.name}/{cfg.name}: {res.compiled_layers} decoder layers compiled "
+                        f"(dynamic={dynamic}; padded lengths {sorted(lengths)})")  # fmt: skip
+        trainer = Trainer(model, cfg, device)
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         stage = "warm-up"
         # Warm-up: every distinct batch once (fills the cache), then `warmup` more steps.
         for i in range(n_distinct + warmup):
+            t_step = time.perf_counter()
             loss = trainer.step(batches[i % n_distinct])
+            if i == 0:
+                float(loss)  # waits for the step
+                res.first_step_s = time.perf_counter() - t_step
         res.loss = float(loss)
         stage = "timed steps"
         if device.type == "cuda":
@@ -505,6 +616,7 @@ def run_one(
         res.flops, res.tokens = sample_flops(model, shape, batches[0], cached=model.feature_cache is not None)
         if model.feature_cache is not None:
             logger.info(f"{shape.name}/{cfg.name}: feature cache {model.feature_cache.stats()}")
+        res.compiled_graphs = dynamo_graphs() - graphs_before if cfg.compile_llm else 0
     except (torch.OutOfMemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
@@ -515,8 +627,7 @@ def run_one(
         model.zero_grad(set_to_none=True)
         model.feature_cache = None
         model.data_preprocessor.keep_pixels_on_host = False
-        if compiled_from is not None:
-            base.model = compiled_from
+        stack.close()
         free_memory(device)
     return res
 
@@ -538,11 +649,14 @@ def format_table(results: list[Result], peak_flops: float, device_name: str) -> 
         f"{'model':<6}{'config':<8}{'batch':>6}{'cache':>7}{'samp/s':>9}{'step ms':>9}"
         + "".join(f"{c:>9}" for c, _ in STAGE_COLUMNS)
         + f"{'peak GiB':>10}{'GF/samp':>10}{'MFU%':>7}{'LLM MFU%':>9}{'tok':>6}{'pad%':>6}{'syncs':>6}"
+        + f"{'supL MiB':>9}{'allL MiB':>9}"
     )
     lines = [
         f"Sa2VA training benchmark on {device_name}; matmul peak measured {peak_flops / 1e12:.3g} TFLOP/s",
         "stage columns: median ms per step of the synchronised profiling pass; samp/s and step ms from "
         "the un-synchronised throughput pass",
+        "pad%: padded positions / all positions of the batch; supL / allL MiB: one fp32 copy of the step's "
+        "LM logits at the supervised positions / at every position",
         head,
         "-" * len(head),
     ]
@@ -562,6 +676,7 @@ def format_table(results: list[Result], peak_flops: float, device_name: str) -> 
             + "".join(f"{v:>9.1f}" for v in stage_ms)
             + f"{r.peak_gib:>10.2f}{(f.total if f else 0) / 1e9:>10.0f}{mfu:>7.1f}{llm_mfu:>9.1f}"
             f"{r.tokens:>6.0f}{r.pad_frac * 100:>6.1f}{r.syncs:>6}"
+            f"{r.sup_logits_gib * 1024:>9.1f}{r.all_logits_gib * 1024:>9.1f}"
         )
     lines.append("")
     for r in results:
