@@ -275,3 +275,31 @@ def test_real_tiny_step_recovers_from_out_of_memory(monkeypatch):
     assert found["device"] == "cpu" and found["samples_per_rank"] == 20
     # warm-up at batch 1 (no optimiser state yet), then every measured step holds the state
     assert states[0] == 0 and all(s > 0 for s in states[1:])
+
+
+def test_feature_cache_projection_counts_distinct_records(tmp_path):
+    """The tiny demo with the memory cache and 3 repeats of its 20 records: a trial's cache bytes per
+    distinct image times 20 distinct images (repeats share one entry) is the projected cache of the run."""
+    options = {"model.feature_cache": dict(mode="memory"), "train_dataloader.dataset.repeats": 3}
+    cfg = load_config(DEMO, options)
+    runner = batch_finder.Sa2VATrialRunner(cfg, torch.device("cpu"))
+    try:
+        assert (len(runner.dataset), runner.samples_per_rank, runner.distinct_per_rank) == (60, 60, 20)
+        measure = runner(4)
+        distinct = len({i % 20 for i in runner.order[:4]})
+        held = runner.model.feature_cache.memory.bytes
+        assert held > 0 and measure.details["feature_cache_trial_bytes"] == held
+        assert measure.details["feature_cache_projected_bytes"] == held * 20 // distinct
+        assert measure.reserve_bytes == 0 and measure.peak_bytes is None  # the CPU: the cache is host memory
+    finally:
+        runner.close()
+    runner = batch_finder.Sa2VATrialRunner(cfg, torch.device("cpu"), world_size=4)
+    try:
+        assert (runner.samples_per_rank, runner.distinct_per_rank) == (15, 15)
+        measure = runner(2)
+        assert measure.details["ddp_bucket_bytes"] == runner.trainable_bytes == measure.reserve_bytes
+        assert runner.trainable_bytes == 4 * sum(
+            p.numel() for p in runner.model.parameters() if p.requires_grad
+        )
+    finally:
+        runner.close()

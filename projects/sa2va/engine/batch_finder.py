@@ -32,7 +32,8 @@ samples longer than the dataset's longest so far (a bigger dataset, augmentation
 * the frozen-feature cache (``feature_cache`` ``'memory'`` / ``'disk'`` with a device-side LRU): each trial
   starts from an empty cache and so measures a step whose encoders run (the first epoch's), while training
   also keeps up to ``max_bytes`` of features on the device; the reserve is the cache's projected size
-  (bytes per sample x samples per rank, at most ``max_bytes``) minus what the trial's step already put in;
+  (bytes per distinct input x distinct inputs per rank, at most ``max_bytes``; the repeats of a
+  ``RefSegDataset`` record without augmentation count once) minus what the trial's step already put in;
 * under DDP (``world_size > 1``): the gradient buckets, one more copy of the trainable gradients.
 
 On a device without an out-of-memory signal (the CPU: the host kills the process instead) the search only
@@ -449,6 +450,11 @@ class Sa2VATrialRunner:
         lengths = list(lengths) if lengths is not None else [0] * len(self.dataset)
         self.order = sorted(range(len(self.dataset)), key=lambda i: -lengths[i])
         self.samples_per_rank = math.ceil(len(self.dataset) / world_size)
+        # Distinct inputs, for the cache projection: the repeats of a RefSegDataset record without
+        # augmentation have the same pixels, hence one cache entry.
+        records = getattr(self.dataset, "records", None)
+        self._records = len(records) if records and getattr(self.dataset, "augment", None) is None else None
+        self.distinct_per_rank = min(self.samples_per_rank, self._records or self.samples_per_rank)
         self._samples: dict[int, Any] = {}
         self.optim_wrapper = self._build_optim_wrapper()
         self.trainable_bytes = sum(
@@ -510,11 +516,14 @@ class Sa2VATrialRunner:
         details: dict[str, Any] = {}
         reserve = 0
         cache = getattr(self.model, "feature_cache", None)
-        if cache is not None and cache.memory.device is None and cuda:
+        if cache is not None:
             held = int(cache.memory.bytes)
-            projected = min(int(cache.memory.max_bytes), held * self.samples_per_rank // max(size, 1))
-            reserve += max(0, projected - held)
-            details["feature_cache_projected_bytes"] = projected
+            batch = self.order[:size]
+            distinct = len({i % self._records for i in batch}) if self._records else len(batch)
+            projected = min(int(cache.memory.max_bytes), held * self.distinct_per_rank // max(distinct, 1))
+            details.update(feature_cache_trial_bytes=held, feature_cache_projected_bytes=projected)
+            if cuda and cache.memory.device is None:  # entries kept on the GPU
+                reserve += max(0, projected - held)
         if self.world_size > 1:
             reserve += self.trainable_bytes
             details["ddp_bucket_bytes"] = self.trainable_bytes
