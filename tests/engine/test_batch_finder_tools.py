@@ -124,3 +124,28 @@ def test_cli_refuses_bad_combinations():
     assert proc.returncode == 2 and "--max-batch must be >= 1, got 0" in proc.stderr
     proc = run_tool("find_batch.py", str(DEMO), "--headroom", "1.5", timeout=120)
     assert proc.returncode == 2 and "--headroom must be in [0, 1), got 1.5" in proc.stderr
+
+
+@pytest.mark.slow
+def test_dist_sh_two_ranks_search_and_agree(tmp_path):
+    """``bash tools/dist.sh train CONFIG 2 --auto-batch``: each rank searches in its own child process, the
+    ranks meet at the process group's start and all train with the same batch; rank 0 records it."""
+    from tests.procs import free_port
+
+    work = tmp_path / "work"
+    env = dict(os.environ, PORT=str(free_port()), PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        ["bash", "tools/dist.sh", "train", str(DEMO), "2", "--auto-batch", "--max-batch", "4",
+         "--work-dir", str(work), "--cfg-options", "optim_wrapper.accumulative_counts=4",
+         "train_cfg.max_iters=1", "train_cfg.max_epochs=None"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert out.count("batch finder: batch 4: ok") == 2  # one search per rank
+    assert "global batch = 4 per rank x 2 accumulation x 2 ranks = 16 samples per optimiser step" in out
+    report = json.loads((work / "auto_batch.json").read_text())
+    assert report["largest_fit_per_rank"] == [4, 4] and report["world_size"] == 2
+    assert (report["batch_size"], report["accumulative_counts"], report["global_batch"]) == (4, 2, 16)
+    assert report["samples_per_rank"] == 10  # 20 training images over 2 ranks
+    assert report["reason"].startswith("rank 0: reached the largest batch allowed (4); rank 1: ")

@@ -866,8 +866,9 @@ def auto_batch_for_training(
         from mmengine.dist import all_gather_object
 
         _init_process_group(cfg, launcher)
-        per_rank = all_gather_object(report["largest_fit"])
-        fits = None if any(f is None for f in per_rank) else min(per_rank)
+        gathered = all_gather_object((report["largest_fit"], report["reason"]))
+        per_rank = [fit for fit, _ in gathered]
+        fits = None if any(fit is None for fit in per_rank) else min(per_rank)
         plan = plan_batch(
             fits,
             report["config_batch_size"],
@@ -875,20 +876,20 @@ def auto_batch_for_training(
             world_size,
             policy,
         )
-        found = {**report, "largest_fit": fits}
+        reason = "; ".join(f"rank {r}: {why}" for r, (_, why) in enumerate(gathered))
+        found = {**report, "largest_fit": fits, "reason": reason}
         report = build_report(cfg, found, plan, policy=policy, headroom=headroom, world_size=world_size)
     report["largest_fit_per_rank"] = per_rank
-    if report["largest_fit"] is None:
-        logger.warning(f"--auto-batch: {report['reason']}; keeping the config's batch")
     apply_batch_plan(cfg, plan)
-    message = (
-        f"--auto-batch: train_dataloader.batch_size={plan.batch_size}, optim_wrapper.accumulative_counts="
-        f"{plan.accumulative_counts} (global batch {plan.global_batch}; the config's "
-        f"{plan.config_global_batch})"
-    )
-    logger.info(message)
-    if plan.note:
-        (logger.info if plan.global_batch_kept else logger.warning)(f"--auto-batch: {plan.note}")
     if rank == 0:
+        if report["largest_fit"] is None:
+            logger.warning(f"--auto-batch: {report['reason']}; keeping the config's batch")
+        logger.info(
+            f"--auto-batch: train_dataloader.batch_size={plan.batch_size}, optim_wrapper.accumulative_counts="
+            f"{plan.accumulative_counts} (global batch {plan.global_batch}; the config's "
+            f"{plan.config_global_batch}; largest fit per rank {per_rank})"
+        )
+        if plan.note:
+            (logger.info if plan.global_batch_kept else logger.warning)(f"--auto-batch: {plan.note}")
         logger.info(f"--auto-batch: the search is recorded in {write_report(report, path)}")
     return plan
