@@ -468,6 +468,8 @@ class Sa2VATrialRunner:
 
         ow_cfg = copy.deepcopy(self.cfg.optim_wrapper)
         ow_cfg["accumulative_counts"] = 1  # every trial step updates (the optimiser's state is real)
+        if "max_consecutive_nonfinite" in ow_cfg:  # random weights may give NaN losses: never stop a trial
+            ow_cfg["max_consecutive_nonfinite"] = 0
         return build_optim_wrapper(self.model, ow_cfg)
 
     def _batch(self, size: int) -> Any:
@@ -551,7 +553,7 @@ def _search_here(cfg: Config, options: dict[str, Any]) -> dict[str, Any]:
     logger = _logger()
     runner = Sa2VATrialRunner(cfg, device, world_size=options["world_size"])
     max_batch = options.get("max_batch")
-    if max_batch is not None and max_batch > runner.samples_per_rank:
+    if max_batch is None or max_batch > runner.samples_per_rank:
         logger.info(
             f"batch finder: the dataset has {runner.samples_per_rank} samples per rank; no batch above it "
             "is tried"
