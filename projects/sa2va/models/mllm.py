@@ -286,7 +286,7 @@ class MLLMAdapter(nn.Module):
             freed = release_frozen_originals(self.language_model)
             MMLogger.get_current_instance().info(
                 f"LoRA: released the frozen originals of {fam.embed_module} and {fam.head_module} "
-                f"({freed / 2**30:.3f} GiB; training uses their trainable copies)"
+                f"({freed / 2**20:.1f} MiB; training uses their trainable copies)"
             )
         got = sum(1 for name, _ in self.language_model.named_modules() if name.endswith(".lora_A"))
         if got != expected:
