@@ -1,10 +1,22 @@
 """Issue 19 speed/memory rows for Sa2VA-1B / -4B shapes: the LM head at every position vs only at the
 supervised positions, the reference batch 2 with and without gradient checkpointing (foreach and fused
-AdamW), and the largest optimised batch that fits the card. Run by ``bench/gpu/speed_run.sh`` (see there
-for the GPU box set-up).
+AdamW), the optimised (feature-cache) batches, eager or with the decoder layers compiled, under LoRA
+settings other than the reference's. Run by ``bench/gpu/speed_run.sh`` (see there for the GPU box set-up).
 
     PYTHONPATH=/tmp/site:$PWD python3 bench/gpu/speed_bench.py --models 4b,1b            # one GPU
+    PYTHONPATH=/tmp/site:$PWD python3 bench/gpu/speed_bench.py \
+        --rows "1b:opt32,opt32-compiled;4b[train_embeddings=new_tokens]:ref,ckpt-fused,opt24"
     python bench/gpu/speed_bench.py --tiny --steps 2 --warmup 1 --profile-steps 1          # CPU smoke run
+
+``--rows``: groups ``MODEL[KEY=VALUE,...]:ROW,ROW,...`` separated by ``;``. ``MODEL`` is ``1b``, ``4b`` or
+``tiny``; the optional ``[...]`` are LoRA overrides (``RunConfig.lora``, e.g. ``train_embeddings=new_tokens``,
+``keep_originals=True``; values ``True`` / ``False`` / numbers / text) with which the group's model is built
+(one build per group, freed before the next). ``ROW`` is ``ref`` (batch ``--ref-batch``, no cache), ``ckpt``
+(ref + gradient checkpointing), ``ckpt-fused`` (the same with fused AdamW) or ``optN`` (feature cache in
+memory, fused AdamW, batch ``N``), each optionally followed by ``-all`` (the LM head at every position,
+``lm_logits='all'``; default: only at the supervised positions) and ``-compiled`` (the decoder layers
+compiled, ``RunConfig.compile_llm``). Without ``--rows`` the plan is the one of ``--models``,
+``--opt-batches``, ``--baseline`` and ``--no-ckpt``.
 
 Every row goes through :func:`bench.harness.speed.run_one` (the throughput pass times
 ``Sa2VAModel(mode='loss')``, so ``lm_logits`` decides the LM head there). Its profiling pass (the ``LLM f+b``
@@ -13,18 +25,30 @@ so the LLM time is that of the step that was timed. ``LLM MFU`` counts the LLM
 FLOPs as the harness does (the head at every position); ``LLM MFU*`` counts the head only at the supervised
 positions, the FLOPs the supervised path needs (the honest figure for its rows).
 
-An optimised batch that runs out of memory ends the search upwards for that model (the row stays in the
-table, as the harness writes it). Rows are also written as JSON lines to ``--out``.
+An optimised batch that runs out of memory ends the search upwards in its group: the group's later ``opt``
+rows of the same LM head and compilation at that batch or larger are listed as not run. With
+``--budget-s``, a row (or a model build) that would start later than that many seconds after the start is
+listed as not run. Every row is also written as a JSON line to ``--out``.
+
+A group whose model cannot be built with its LoRA overrides (a ``TypeError`` / ``ValueError`` of the model
+code) lists its rows as "build failed: <error>", the other groups run, and the exit status is 1.
+
+Per row the table also gives the padding fraction of the batch (padded positions / all positions: the
+share of the LLM's token positions that padding-free packing would remove) and the size of one fp32 copy of
+the step's LM logits at the supervised positions (what a fused linear cross-entropy would never
+materialise) and at every position (what ``lm_logits='all'`` materialises).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
+import re
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,8 +60,9 @@ import torch  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="4b,1b", help="comma list of 1b, 4b (ignored with --tiny)")
+    p.add_argument("--models", default="4b,1b", help="comma list of 1b, 4b (ignored with --tiny or --rows)")
     p.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (smoke run)")
+    p.add_argument("--rows", default=None, help="the row plan (see above); replaces the four options below")
     p.add_argument("--ref-batch", type=int, default=2)
     p.add_argument(
         "--opt-batches",
@@ -51,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="skip the batch-2 gradient-checkpointing rows (foreach / fused AdamW)",
     )
+    p.add_argument("--budget-s", type=float, default=None, help="rows starting later than this are not run")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--profile-steps", type=int, default=2)
@@ -60,6 +86,101 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="JSON-lines file of the rows")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p.parse_args(argv)
+
+
+# --- the row plan ----------------------------------------------------------------------------------
+MODELS = ("1b", "4b", "tiny")
+_GROUP = re.compile(r"^(?P<model>[a-z0-9]+)(?:\[(?P<lora>[^\]]*)\])?:(?P<rows>.+)$")
+_ROW = re.compile(r"^(?P<kind>ref|ckpt-fused|ckpt|opt(?P<batch>\d+))(?P<all>-all)?(?P<compiled>-compiled)?$")
+
+
+@dataclass
+class Group:
+    """One model build and the rows run on it: ``rows`` are ``(lm_logits, RunConfig)``."""
+
+    model: str
+    lora: dict
+    rows: list = field(default_factory=list)
+
+
+def parse_value(text: str) -> object:
+    """A LoRA override's value: ``True`` / ``False`` / a number, else the text itself."""
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return value if isinstance(value, (bool, int, float)) else text
+
+
+def parse_rows(spec: str, ref_batch: int) -> list[Group]:
+    """The groups of a ``--rows`` spec (module docstring); ``ValueError`` naming the part at fault."""
+    from bench.harness import speed as hb
+
+    groups = []
+    for part in (p.strip() for p in spec.split(";")):
+        if not part:
+            continue
+        m = _GROUP.match(part)
+        if not m or m["model"] not in MODELS:
+            raise ValueError(
+                f"--rows: {part!r} is not MODEL[KEY=VALUE,...]:ROW,... with MODEL one of {MODELS}"
+            )
+        lora = {}
+        for item in (i.strip() for i in (m["lora"] or "").split(",")):
+            if not item:
+                continue
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise ValueError(f"--rows: LoRA override {item!r} in {part!r} is not KEY=VALUE")
+            lora[key.strip()] = parse_value(value.strip())
+        group = Group(m["model"], lora)
+        for token in (t.strip() for t in m["rows"].split(",")):
+            r = _ROW.match(token)
+            if not r:
+                raise ValueError(
+                    f"--rows: row {token!r} in {part!r} is not ref, ckpt, ckpt-fused or optN, with optional "
+                    "-all and -compiled"
+                )
+            kind = r["kind"]
+            if kind == "ref":
+                cfg = hb.RunConfig("ref", ref_batch)
+            elif kind == "ckpt":
+                cfg = hb.RunConfig("ckpt", ref_batch, gradient_checkpointing=True)
+            elif kind == "ckpt-fused":
+                cfg = hb.RunConfig("ckpt-fused", ref_batch, gradient_checkpointing=True, fused_adamw=True)
+            else:
+                cfg = hb.RunConfig("opt", int(r["batch"]), cache="memory", fused_adamw=True)
+            cfg = replace(cfg, compile_llm=bool(r["compiled"]), lora=dict(lora))
+            group.rows.append(("all" if r["all"] else "supervised", cfg))
+        groups.append(group)
+    if not groups:
+        raise ValueError(f"--rows: no groups in {spec!r}")
+    return groups
+
+
+def legacy_rows(args: argparse.Namespace) -> str:
+    """The ``--rows`` spec of ``--models`` / ``--tiny``, ``--opt-batches``, ``--baseline``, ``--no-ckpt``:
+    per model ref (+ ref-all), ckpt and ckpt-fused, the first opt batch with the head everywhere, then every
+    opt batch."""
+    names = ["tiny"] if args.tiny else [m.strip() for m in args.models.split(",") if m.strip()]
+    opt_batches = {}
+    for part in args.opt_batches.split(";"):
+        name, _, sizes = part.partition(":")
+        opt_batches[name.strip()] = [int(s) for s in sizes.split(",") if s.strip()]
+    baseline = {b.strip() for b in args.baseline.split(",") if b.strip()}
+    groups = []
+    for name in names:
+        rows = (["ref-all"] if "ref" in baseline else []) + ["ref"]
+        if not args.no_ckpt:
+            rows += ["ckpt", "ckpt-fused"]
+        sizes = opt_batches.get(name, [])
+        if "opt16" in baseline and sizes:
+            rows.append(f"opt{sizes[0]}-all")
+        rows += [f"opt{b}" for b in sizes]
+        groups.append(f"{name}:{','.join(rows)}")
+    return ";".join(groups)
 
 
 def supervised_fraction(samples: list[dict]) -> tuple[float, float]:
@@ -94,47 +215,75 @@ def main(argv: list[str] | None = None) -> int:
     from bench.harness import speed as hb
 
     MMLogger.get_instance("sa2va_speed", log_level="WARNING")
+    groups = parse_rows(args.rows or legacy_rows(args), args.ref_batch)
     device = hb.benchmark_device(args.device)
-    names = ["tiny"] if args.tiny else [m.strip() for m in args.models.split(",") if m.strip()]
-    opt_batches = {}
-    for part in args.opt_batches.split(";"):
-        name, _, sizes = part.partition(":")
-        opt_batches[name.strip()] = [int(s) for s in sizes.split(",") if s.strip()]
-    baseline = {b.strip() for b in args.baseline.split(",") if b.strip()}
     t0 = time.time()
     peak = hb.matmul_rate(device)
     card = hb.device_name(device)
     print(f"[speed] {card}: matmul {peak / 1e12:.3g} TFLOP/s", flush=True)
     rows = []
+    build_failed = False
     out = open(args.out, "w") if args.out else None  # noqa: SIM115 (kept open over the run)
-    for name in names:
-        shape = hb.model_shape(name)
+
+    def emit(row: dict) -> None:
+        rows.append(row)
+        if out:
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+
+    def not_run(group: Group, lm_logits: str, cfg, why: str) -> None:
+        emit(base_row(card, group, lm_logits, cfg) | dict(error=f"not run: {why}"))
+        print(f"[speed] {tag(group, lm_logits, cfg)}: not run: {why}", flush=True)
+
+    def past_budget() -> bool:
+        return args.budget_s is not None and time.time() - t0 > args.budget_s
+
+    for group in groups:
+        shape = hb.model_shape(group.model)
+        if past_budget():
+            for lm_logits, cfg in group.rows:
+                not_run(group, lm_logits, cfg, f"past --budget-s {args.budget_s:.0f} s")
+            continue
+        t = time.time()
         torch.manual_seed(0)
-        model = hb.build_model(shape, device)
-        samples = hb.load_samples(shape, model.tokenizer, args.data_root, args.num_images, args.workers)
+        model = samples = None
+        try:
+            model = hb.build_model(shape, device, lora=group.lora)
+            samples = hb.load_samples(shape, model.tokenizer, args.data_root, args.num_images, args.workers)
+        except (torch.OutOfMemoryError, RuntimeError, TypeError, ValueError) as e:
+            if isinstance(e, (TypeError, ValueError)):
+                # LoRA overrides this model code does not take: the group's rows say so, the others run
+                error = f"build failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                build_failed = True
+            elif hb.is_out_of_memory(e):
+                error = hb.oom_message(device, during=f"building {group.model}")
+            else:
+                raise
+            print(f"[speed] {tag(group, '', None)}: {error}", flush=True)
+            for lm_logits, cfg in group.rows:
+                emit(base_row(card, group, lm_logits, cfg) | dict(error=error))
+            model = samples = None
+            hb.free_memory(device)
+            continue
         tokens, sup = supervised_fraction(samples)
         vocab = model.mllm.base_llm().get_output_embeddings().weight.shape[0]
         hidden = model.mllm.hidden_size
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(
-            f"[speed] built {name}: {tokens:.0f} tokens and {sup:.1f} supervised positions per sample",
+            f"[speed] built {group.model} (LoRA {hb.lora_label(group.lora)}; {trainable / 1e6:.1f} M "
+            f"trainable parameters) in {time.time() - t:.0f} s: {tokens:.0f} tokens and {sup:.1f} supervised "
+            "positions per sample",
             flush=True,
         )
-        ref, opt = hb.run_configs(["ref", "opt"], ref_batch=args.ref_batch, opt_batch=1, compile_llm=False)
-        plan = []
-        if "ref" in baseline:
-            plan.append(("all", ref))
-        plan.append(("supervised", ref))
-        if not args.no_ckpt:
-            plan.append(("supervised", replace(ref, name="ckpt", gradient_checkpointing=True)))
-            # The same with fused AdamW: foreach AdamW's step allocates a sqrt copy of every state tensor
-            # (3.2 GiB at 4B), which can set the batch-2 peak once checkpointing has removed the activations.
-            ckpt_fused = replace(ref, name="ckpt-fused", gradient_checkpointing=True, fused_adamw=True)
-            plan.append(("supervised", ckpt_fused))
-        sizes = opt_batches.get(name, [])
-        if "opt16" in baseline and sizes:
-            plan.append(("all", replace(opt, batch_size=sizes[0])))
-        plan += [("supervised", replace(opt, batch_size=b)) for b in sizes]
-        for lm_logits, cfg in plan:
+        failed_at: dict[tuple[str, bool], int] = {}  # (lm_logits, compiled) -> smallest opt batch that OOMed
+        for lm_logits, cfg in group.rows:
+            key = (lm_logits, cfg.compile_llm)
+            if cfg.cache != "off" and key in failed_at and cfg.batch_size >= failed_at[key]:
+                not_run(group, lm_logits, cfg, f"batch {failed_at[key]} ran out of memory")
+                continue
+            if past_budget():
+                not_run(group, lm_logits, cfg, f"past --budget-s {args.budget_s:.0f} s")
+                continue
             model.lm_logits = lm_logits
             t = time.time()
             r = hb.run_one(
@@ -148,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                 profile_steps=args.profile_steps,
                 cache_dir=None,
             )
+            if r.error and cfg.cache != "off":
+                failed_at[key] = min(cfg.batch_size, failed_at.get(key, cfg.batch_size))
             harness_mfu = llm_mfu(
                 r, peak, head_rows_per_sample=None, tokens=tokens, hidden=hidden, vocab=vocab
             )
@@ -155,35 +306,31 @@ def main(argv: list[str] | None = None) -> int:
             mfu_needed = llm_mfu(
                 r, peak, head_rows_per_sample=needed, tokens=tokens, hidden=hidden, vocab=vocab
             )
-            row = dict(
-                card=card,
-                model=name,
-                lm_logits=lm_logits,
-                config=cfg.name,
-                batch=cfg.batch_size,
-                cache=cfg.cache,
-                gradient_checkpointing=cfg.gradient_checkpointing,
-                samples_per_s=r.samples_per_s,
-                step_ms=r.step_s * 1e3,
-                peak_gib=r.peak_gib,
-                peak_gb=r.peak_gib * 2**30 / 1e9,
-                llm_ms=sum(r.stages.get(k, 0.0) for k in ("llm_fwd", "llm_bwd")) * 1e3,
-                llm_mfu=harness_mfu,
-                llm_mfu_needed=mfu_needed,
-                loss=r.loss,
-                error=r.error,
-                stages_ms={k: v * 1e3 for k, v in r.stages.items()},
-                flops=asdict(r.flops) if r.flops else None,
+            emit(
+                base_row(card, group, lm_logits, cfg)
+                | dict(
+                    trainable_params=trainable,
+                    samples_per_s=r.samples_per_s,
+                    step_ms=r.step_s * 1e3,
+                    peak_gib=r.peak_gib,
+                    peak_gb=r.peak_gib * 2**30 / 1e9,
+                    llm_ms=sum(r.stages.get(k, 0.0) for k in ("llm_fwd", "llm_bwd")) * 1e3,
+                    llm_mfu=harness_mfu,
+                    llm_mfu_needed=mfu_needed,
+                    pad_frac=r.pad_frac,
+                    sup_logits_gib=r.sup_logits_gib,
+                    all_logits_gib=r.all_logits_gib,
+                    first_step_s=r.first_step_s,
+                    compiled_layers=r.compiled_layers,
+                    compiled_graphs=r.compiled_graphs,
+                    loss=r.loss,
+                    error=r.error,
+                    stages_ms={k: v * 1e3 for k, v in r.stages.items()},
+                    flops=asdict(r.flops) if r.flops else None,
+                )
             )
-            rows.append(row)
-            if out:
-                out.write(json.dumps(row) + "\n")
-                out.flush()
             figures = r.error or f"{r.samples_per_s:.2f} samples/s, peak {r.peak_gib:.2f} GiB"
-            tag = f"{name}/{cfg.name}/b{cfg.batch_size}/{lm_logits}"
-            print(f"[speed] {tag}: {figures} ({time.time() - t:.0f} s)", flush=True)
-            if r.error and cfg.name == "opt" and lm_logits == "supervised":
-                break  # larger batches would run out of memory too
+            print(f"[speed] {tag(group, lm_logits, cfg)}: {figures} ({time.time() - t:.0f} s)", flush=True)
         model = samples = None
         hb.free_memory(device)
     print()
@@ -191,32 +338,77 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[speed] total {time.time() - t0:.0f} s")
     if out:
         out.close()
+    if build_failed:  # a group's model could not be built with its LoRA overrides
+        return 1
     return 0 if any(not r["error"] for r in rows) else 1
 
 
+def tag(group: Group, lm_logits: str, cfg) -> str:
+    """``4b[train_embeddings=new_tokens]/opt/b24/supervised/compiled`` (log lines); the group alone
+    (``4b[train_embeddings=new_tokens]``) when ``cfg`` is ``None``."""
+    lora = f"[{','.join(f'{k}={v}' for k, v in group.lora.items())}]" if group.lora else ""
+    if cfg is None:
+        return f"{group.model}{lora}"
+    compiled = "/compiled" if cfg.compile_llm else ""
+    return f"{group.model}{lora}/{cfg.name}/b{cfg.batch_size}/{lm_logits}{compiled}"
+
+
+def base_row(card: str, group: Group, lm_logits: str, cfg) -> dict:
+    """The fields of a row that do not depend on its run."""
+    return dict(
+        card=card,
+        model=group.model,
+        lora=dict(cfg.lora),
+        lm_logits=lm_logits,
+        config=cfg.name,
+        batch=cfg.batch_size,
+        cache=cfg.cache,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        fused_adamw=cfg.fused_adamw,
+        compile_llm=cfg.compile_llm,
+        error="",
+    )
+
+
 def format_rows(rows: list[dict], card: str, peak: float) -> str:
+    from bench.harness.speed import lora_label
+
     lines = [
         f"Issue 19 rows on {card} (bf16 matmul peak measured {peak / 1e12:.3g} TFLOP/s); samples/s and peak "
         "from the throughput pass, LLM ms (forward+backward) from the profiling pass",
-        "| card | model | LM head | config | batch | cache | samples/s | step ms | peak GiB | peak GB "
-        "| LLM ms | LLM MFU % | LLM MFU* % | loss |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| card | model | LoRA | LM head | config | compiled | batch | cache | samples/s | step ms "
+        "| peak GiB | peak GB | LLM ms | LLM MFU % | LLM MFU* % | pad % | sup. logits MiB | all logits MiB "
+        "| 1st step s | loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        head = f"| {r['card']} | {r['model']} | {r['lm_logits']} | {r['config']} | {r['batch']} "
-        head += f"| {r['cache']} "
+        compiled = "yes" if r["compile_llm"] else ""
+        if compiled and not r["error"]:
+            graphs = r["compiled_graphs"]
+            compiled += f", {graphs} graph" + ("s" if graphs != 1 else "")
+        head = f"| {r['card']} | {r['model']} | {lora_label(r['lora'])} | {r['lm_logits']} | {r['config']} "
+        head += f"| {compiled} | {r['batch']} | {r['cache']} "
         if r["error"]:
-            lines.append(f"{head}| {r['error']} | | | | | | | |")
+            lines.append(f"{head}| {r['error']} | | | | | | | | | | | |")
             continue
         lines.append(
             head
             + f"| {r['samples_per_s']:.2f} | {r['step_ms']:.1f} | {r['peak_gib']:.2f} | {r['peak_gb']:.2f} "
-            f"| {r['llm_ms']:.1f} | {r['llm_mfu']:.1f} | {r['llm_mfu_needed']:.1f} | {r['loss']:.3f} |"
+            f"| {r['llm_ms']:.1f} | {r['llm_mfu']:.1f} | {r['llm_mfu_needed']:.1f} "
+            f"| {r['pad_frac'] * 100:.1f} | {r['sup_logits_gib'] * 1024:.1f} "
+            f"| {r['all_logits_gib'] * 1024:.1f} | {r['first_step_s']:.1f} | {r['loss']:.3f} |"
         )
-    lines.append(
+    lines += [
         "LLM MFU: the harness's LLM FLOPs (head at every position); LLM MFU*: the head counted only at the "
-        "supervised positions for the 'supervised' rows (the FLOPs that path needs)."
-    )
+        "supervised positions for the 'supervised' rows (the FLOPs that path needs).",
+        "pad %: padded positions / all positions of the step's batch (the positions padding-free packing "
+        "would remove). sup. / all logits MiB: one fp32 copy of the step's LM logits at the supervised "
+        "positions (N x V x 4 bytes; what a fused linear cross-entropy would not materialise) / at every "
+        "position of the padded batch (B x L x V x 4).",
+        "1st step s: wall time of the first warm-up step (feature-cache fill; with 'compiled', the "
+        "compilation too). compiled: the decoder layers compiled (RunConfig.compile_llm), with the graphs "
+        "dynamo compiled over the row.",
+    ]
     return "\n".join(lines)
 
 

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# Issue 19 speed/memory run on ONE GPU (about 6-8 minutes on an H100), random weights:
-#   1. Sa2VA-4B and Sa2VA-1B shapes (bench/gpu/speed_bench.py over bench/harness/speed.py):
-#      reference batch 2 with the LM head at every position (lm_logits='all', the old path) and at the
-#      supervised positions only (the default), batch 2 + gradient checkpointing (foreach AdamW, then fused
-#      AdamW), the feature-cache batch 16 on both paths, then larger feature-cache batches until one runs out
-#      of memory (the largest that fits);
+# Issue 19 speed/memory run on ONE GPU, random weights:
+#   1. Sa2VA-4B and Sa2VA-1B shapes (bench/gpu/speed_bench.py over bench/harness/speed.py), the rows of
+#      $ROWS (speed_bench.py's --rows; default below, about 4 minutes on an H100):
+#      - 1B feature-cache batch 32, eager, then with the decoder layers compiled (RunConfig.compile_llm);
+#      - 4B reference batch 2, batch 2 + gradient checkpointing + fused AdamW and feature-cache batch 16 with
+#        PEFT's frozen embedding / head originals kept (keep_originals=True: the recipe of the last run);
+#      - the same and feature-cache batches 24, 32 with only the added tokens' embedding / head rows trained
+#        (train_embeddings=new_tokens);
+#      - reference, checkpointed and feature-cache batch 24 with the model's default LoRA settings;
+#      rows that would start later than BENCH_BUDGET_S seconds after part 1 started are listed as not run;
 #   2. Sa2VA-Qwen3-VL-4B shapes through tools/train.py (20 iterations, batch 2, as bench/gpu/qwen3vl_run.sh),
 #      default path, then lm_logits='all' as the baseline (skipped when past the time budget).
 # Prints the card, then one table per part; everything also lands in $OUT (default ./gpu_out).
 #
 # On the lent GPU box (kit with the transformers 4.57 stack, see ../shared/gpu/README.md; carry .whl):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-#     && export PYTHONPATH=/tmp/site:$PWD && OUT=$OUT bash bench/gpu/speed_run.sh
+#     && export PYTHONPATH=/tmp/site:$PWD && OUT=$OUT PARTS=bench bash bench/gpu/speed_run.sh
 # CPU smoke run of the same script (tiny models, 2 steps; the tiny Qwen3-VL demo for one epoch, 10 iterations):
 #   SMOKE=1 PY=.venv/bin/python bash bench/gpu/speed_run.sh
-# Knobs: PARTS ("bench qwen"), MODELS (4b,1b), OPT_BATCHES ("4b:16,24,32,48;1b:16,32,64,96"), STEPS (10),
+# Knobs: PARTS ("bench qwen"), ROWS (speed_bench.py --rows), STEPS (10), BENCH_BUDGET_S (200 on a GPU),
 # QWEN_BASELINE (1), BUDGET_S (430 on a GPU, none in SMOKE mode: part-2 runs that would start later than this
 # many seconds after the start are skipped, so that one call stays under ~8 minutes).
 set -euo pipefail
@@ -39,12 +43,14 @@ fi
 
 # --- part 1: InternVL shapes through the benchmark harness -------------------------------------------------
 if [ "$SMOKE" = 1 ]; then
-    bench_args=(--tiny --device cpu --steps 2 --warmup 1 --profile-steps 1 --num-images 4 --workers 0
-                --opt-batches "tiny:2,4")
+    ROWS=${ROWS:-"tiny:ref,opt4,opt4-compiled;tiny[train_embeddings=new_tokens]:ref,ckpt-fused,opt4;tiny[train_embeddings=False]:ref,opt4"}
+    bench_args=(--device cpu --steps 2 --warmup 1 --profile-steps 1 --num-images 4 --workers 0
+                --budget-s "${BENCH_BUDGET_S:-1000000}")
 else
-    bench_args=(--models "${MODELS:-4b,1b}" --steps "${STEPS:-10}" --warmup 2 --profile-steps 2
-                --opt-batches "${OPT_BATCHES:-4b:16,24,32,48;1b:16,32,64,96}")
+    ROWS=${ROWS:-"1b:opt32,opt32-compiled;4b[keep_originals=True]:ref,ckpt-fused,opt16;4b[train_embeddings=new_tokens]:ref,ckpt-fused,opt16,opt24,opt32;4b:ref,ckpt-fused,opt24"}
+    bench_args=(--steps "${STEPS:-10}" --warmup 2 --profile-steps 2 --budget-s "${BENCH_BUDGET_S:-200}")
 fi
+bench_args+=(--rows "$ROWS")
 status=0
 if [[ " $PARTS " == *" bench "* ]]; then
     "$PY" bench/gpu/speed_bench.py "${bench_args[@]}" --out "$OUT/speed_rows.jsonl" 2>&1 \
