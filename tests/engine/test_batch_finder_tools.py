@@ -118,6 +118,8 @@ def test_train_auto_batch_on_cpu_without_a_cap_keeps_the_config(tmp_path):
 
 
 def test_cli_refuses_bad_combinations():
+    proc = run_tool("train.py", "--help", timeout=120)
+    assert proc.returncode == 0 and "--auto-batch" in proc.stdout and "--max-batch" in proc.stdout
     proc = run_tool("train.py", str(DEMO), "--max-batch", "4", timeout=120)
     assert proc.returncode == 2 and "--max-batch needs --auto-batch" in proc.stderr
     proc = run_tool("find_batch.py", str(DEMO), "--max-batch", "0", timeout=120)
