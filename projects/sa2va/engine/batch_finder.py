@@ -6,16 +6,19 @@ Three layers, each usable alone:
   micro-batch ``B`` and returns what it measured, try ``start``, double until a trial runs out of memory
   (``torch.OutOfMemoryError`` or a ``RuntimeError`` saying "out of memory", :func:`is_out_of_memory`) or
   goes over the memory budget or reaches ``max_batch``, then bisect between the largest batch that fit and
-  the smallest that did not. A start that does not fit is halved down to 1. Memory is freed between trials
-  (``cleanup``). Every trial is recorded (:class:`Trial`: batch, outcome, peak bytes, seconds).
+  the smallest that did not. A start that does not fit is halved down to 1. ``candidates`` can restrict the
+  batches tried (the ``'exact'`` policy passes the divisors of ``batch_size x accumulative_counts``). Memory
+  is freed between trials (``cleanup``). Every trial is recorded (:class:`Trial`: batch, outcome, peak
+  bytes, seconds).
 * :class:`Sa2VATrialRunner` (in a child process): builds the config's model and training dataset through
   the project's builders (:func:`~projects.sa2va.engine.builder.construct_model`, mmengine's
   ``Runner.build_dataloader`` with the config's collate function, the config's ``optim_wrapper`` with
   ``accumulative_counts=1``) and runs one real step (``model.train_step``: forward, backward, clipping,
   optimiser step) on the ``B`` longest samples of the dataset (``RefSegDataset.lengths``: the most tokens,
-  hence the most tiles and objects). The model is a throwaway build: the search runs in a spawned child
-  process (:func:`find_batch_size`), so the run that then trains builds its model from an untouched random
-  state and an empty device.
+  hence the most tiles and objects; no batch above the samples per rank is tried), after one unmeasured
+  step at batch 1 that allocates the optimiser's state. The model is a throwaway build: the search runs in a
+  spawned child process (:func:`find_batch_size`), so the run that then trains builds its model from an
+  untouched random state and an empty device.
 * :func:`plan_batch` and :func:`apply_batch_plan`: the accumulation that keeps the config's global batch
   (``batch_size x accumulative_counts x world size``), written into the config.
 
@@ -25,8 +28,9 @@ The safety margin. A trial only counts as a fit when it ran **and** its peak sta
 
 ``peak_reserved``: ``torch.cuda.max_memory_reserved`` of the step (weights, optimiser state, gradients,
 activations, allocator fragmentation). ``used_by_others``: device memory not held by this process's
-allocator when the search starts (CUDA context, other processes). ``headroom``: 0.10 by default, for
-samples longer than the dataset's longest so far (a bigger dataset, augmentation) and allocator variance.
+allocator when the search starts (its CUDA context, other processes). ``headroom``: 0.10 by default, for
+samples longer than the longest of the dataset searched with (another dataset, augmentation) and for
+allocator fragmentation that grows over a long run.
 ``reserve``: memory the training run will hold that one trial step does not:
 
 * the frozen-feature cache (``feature_cache`` ``'memory'`` / ``'disk'`` with a device-side LRU): each trial
