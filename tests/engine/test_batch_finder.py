@@ -303,3 +303,13 @@ def test_feature_cache_projection_counts_distinct_records(tmp_path):
         )
     finally:
         runner.close()
+
+
+def test_auto_batch_with_deepspeed_is_refused(tmp_path):
+    from projects.sa2va.engine.launch import train
+
+    with pytest.raises(AutoBatchError, match="--auto-batch with DeepSpeed"):
+        train(DEMO, tmp_path, deepspeed="zero2", auto_batch={})
+    options = {"optim_wrapper": dict(type="DeepSpeedOptimWrapper", optimizer=dict(type="AdamW", lr=1e-4))}
+    with pytest.raises(AutoBatchError, match="--auto-batch with DeepSpeed"):
+        train(DEMO, tmp_path, cfg_options=options, auto_batch={})

@@ -256,8 +256,9 @@ def train(
     if auto_batch is not None:
         from .batch_finder import AutoBatchError, auto_batch_for_training
 
-        if deepspeed is not None:
-            raise AutoBatchError("--auto-batch with --deepspeed: the trials do not shard as ZeRO does")
+        ow_type = cfg.optim_wrapper.get("type")
+        if deepspeed is not None or getattr(ow_type, "__name__", ow_type) == "DeepSpeedOptimWrapper":
+            raise AutoBatchError("--auto-batch with DeepSpeed: the trials do not shard as ZeRO does")
         auto_batch_for_training(cfg, launcher=launcher, resume=resume, **auto_batch)
     runner = build_runner(cfg, deepspeed)
     runner.train()
