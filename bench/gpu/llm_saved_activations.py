@@ -2,6 +2,18 @@
 no weights), for the reference batch of the 4B shapes: where the reference batch-2 peak goes (issue 19).
 
     python bench/gpu/llm_saved_activations.py --preset 4b --batch 2 --tokens 382 --supervised 29
+    python bench/gpu/llm_saved_activations.py --static --preset 4b
+
+``--static`` counts instead what a training step holds whatever the batch, for each way of training the
+embedding and the head (``Sa2VAModel(lora=dict(...))``): the whole benchmark model of the preset (the speed
+harness's parts and LoRA settings, bf16 frozen weights as on the GPU) is built on ``meta`` and its tensors
+are summed: fp32 trainable weights + gradients + the two AdamW states (16 bytes per trainable parameter),
+frozen weights and buffers per part, and the foreach AdamW step's temporary (4 bytes per trainable
+parameter; fused AdamW has none). With ``--reference-peak`` (a measured peak of the official recipe) it
+predicts each option's peak as that peak minus the official recipe's static bytes plus the option's: the
+activations and transients of a step are the same in all three (the ``new_tokens`` forward's merged
+``[V, H]`` embedding / head and their dense gradients are bf16 copies of the size that autocast's bf16 copy
+and gradient of the trained head already take in the official recipe).
 
 Builds the preset's Qwen2 LM (``_base_`` config shapes, 151674-row head as in the benchmark) on ``meta`` with
 PEFT LoRA on the 7 linear layers of each decoder layer (``modules_to_save`` embedding / head), all in bf16
@@ -172,9 +184,128 @@ def loss_saved(lm, batch: int, tokens: int, supervised: int | None) -> tuple[int
     return s.total, transient
 
 
+#: The ways of training the embedding and the head that ``--static`` compares: row name -> the
+#: ``Sa2VAModel(lora=dict(...))`` keys on top of the harness's (``bench.harness.speed.bench_lora``).
+STATIC_OPTIONS: dict[str, dict] = {
+    "official": dict(train_embeddings=True, keep_originals=True),
+    "no-originals": dict(train_embeddings=True),
+    "new_tokens": dict(train_embeddings="new_tokens"),
+}
+
+
+def build_meta_model(preset: str, lora: dict):
+    """The speed harness's model of ``preset`` (``bench.harness.speed.build_model``'s parts and LoRA settings
+    with ``lora`` on top) on ``meta``, frozen weights in bf16 as on the GPU."""
+    from bench.harness.speed import bench_lora, model_shape
+    from projects.sa2va.models.fast_init import no_weight_init
+    from projects.sa2va.models.internvl import Qwen2InternVL
+    from projects.sa2va.models.losses import MaskLoss
+    from projects.sa2va.models.sa2va import Sa2VAModel
+    from projects.sa2va.models.sam2_grounding import SAM2GroundingEncoder
+    from projects.sa2va.models.tokenizer import build_tiny_tokenizer
+
+    shape = model_shape(preset)
+    # sam2's Hiera reads a tensor value while it is built (`.item()`), which `meta` cannot give: SAM2 is
+    # built on the host without initialising its weights (0.45 GiB for Hiera-L, about a second).
+    with torch.device("cpu"), no_weight_init(True):
+        sam2 = SAM2GroundingEncoder(
+            config_name="sam2_hiera_l.yaml", overrides=shape.sam2_overrides, torch_dtype="bfloat16"
+        )
+    with torch.device("meta"):
+        return Sa2VAModel(
+            mllm=Qwen2InternVL(
+                tokenizer=build_tiny_tokenizer(),
+                vision_config=dict(shape.vision_config),
+                llm_config=dict(shape.llm_config),
+                torch_dtype="bfloat16",
+            ),
+            grounding_encoder=sam2,
+            loss_mask=MaskLoss(bce_weight=2.0, dice_weight=0.5, resolution="low", point_sampling=True),
+            lora=bench_lora(shape, lora),
+        )
+
+
+def static_bytes(model) -> dict[str, int]:
+    """What ``model`` holds in every training step, in bytes.
+
+    Keys: ``trainable_params`` (a count), ``trainable_llm_params`` / ``trainable_embed_head_params`` (counts:
+    the LLM's, and of those the embedding / head copies or rows), ``trainable_state`` (16 bytes per trainable
+    parameter: fp32 weight, gradient, AdamW ``exp_avg`` and ``exp_avg_sq``), ``frozen_<part>`` (frozen
+    parameters and buffers of each :data:`~projects.sa2va.models.sa2va.PART_PREFIXES` part, in their dtype),
+    ``frozen`` (their sum), ``static`` (``trainable_state + frozen``), ``adamw_foreach_temp`` (4 bytes per
+    trainable parameter).
+    """
+    from projects.sa2va.models.sa2va import PART_PREFIXES, part_of
+
+    out = {f"frozen_{p}": 0 for p in PART_PREFIXES}
+    trainable = llm = embed_head = 0
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            if p.dtype != torch.float32:
+                raise TypeError(f"trainable {name} is {p.dtype}, expected float32 master weights")
+            trainable += p.numel()
+            if name.startswith(PART_PREFIXES["llm"]):
+                llm += p.numel()
+                if ".modules_to_save." in name or ".trainable_tokens_delta." in name:
+                    embed_head += p.numel()
+        else:
+            out[f"frozen_{part_of(name)}"] += p.numel() * p.element_size()
+    for name, b in model.named_buffers():
+        out[f"frozen_{part_of(name)}"] += b.numel() * b.element_size()
+    out["frozen"] = sum(v for k, v in out.items() if k.startswith("frozen_"))
+    out.update(
+        trainable_params=trainable,
+        trainable_llm_params=llm,
+        trainable_embed_head_params=embed_head,
+        trainable_state=16 * trainable,
+        adamw_foreach_temp=4 * trainable,
+    )
+    out["static"] = out["trainable_state"] + out["frozen"]
+    return out
+
+
+def static_report(preset: str, reference_peak_gib: float | None) -> list[str]:
+    """One block of lines per :data:`STATIC_OPTIONS` row (see the module docstring)."""
+    gib = 2**30
+    counts = {name: static_bytes(build_meta_model(preset, lora)) for name, lora in STATIC_OPTIONS.items()}
+    lines = [f"{preset} shapes (speed harness model, bf16 frozen weights), static bytes of a training step:"]
+    base = counts["official"]
+    for name, c in counts.items():
+        lora = ", ".join(f"{k}={v!r}" for k, v in STATIC_OPTIONS[name].items())
+        sam2 = sum(c[f"frozen_{p}"] for p in ("sam2_image_encoder", "sam2_prompt_encoder", "sam2_other"))
+        lines.append(
+            f"  {name} (lora {lora}): trainable {c['trainable_params'] / 1e6:.1f} M (LLM "
+            f"{c['trainable_llm_params'] / 1e6:.1f} M, of which embedding / head "
+            f"{c['trainable_embed_head_params'] / 1e6:.2f} M): fp32 state "
+            f"{c['trainable_state'] / gib:.2f} GiB; frozen {c['frozen'] / gib:.2f} GiB (LLM "
+            f"{c['frozen_llm'] / gib:.2f}, ViT {c['frozen_vision_model'] / gib:.2f}, SAM2 {sam2 / gib:.2f}"
+            f"); static {c['static'] / gib:.2f} GiB ({c['static'] / 1e9:.2f} GB); foreach AdamW temporary "
+            f"{c['adamw_foreach_temp'] / gib:.2f} GiB"
+        )
+        if reference_peak_gib is not None:
+            peak = reference_peak_gib - base["static"] / gib + c["static"] / gib
+            lines.append(
+                f"    predicted peak from the official recipe's measured {reference_peak_gib:.2f} GiB: "
+                f"{peak:.2f} GiB = {peak * gib / 1e9:.2f} GB"
+            )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="4b", choices=["tiny", "1b", "4b"])
+    ap.add_argument(
+        "--static",
+        action="store_true",
+        help="count the static bytes (trainable fp32 state, frozen weights) of each embedding/head option",
+    )
+    ap.add_argument(
+        "--reference-peak",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="with --static: a measured peak (GiB) of the official recipe, to predict the other options'",
+    )
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument(
         "--tokens", type=int, default=382, help="tokens per sample (the benchmark's 512-px sample)"
@@ -186,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         help="supervised positions per sample (the benchmark's samples: 28.5, printed by speed_bench.py)",
     )
     args = ap.parse_args(argv)
+    if args.static:
+        print("\n".join(static_report(args.preset, args.reference_peak)))
+        return 0
     gib = 2**30
     per_layer = []
     for n in (1, 2):
