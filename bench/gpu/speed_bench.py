@@ -405,9 +405,9 @@ def format_rows(rows: list[dict], card: str, peak: float) -> str:
         "would remove). sup. / all logits MiB: one fp32 copy of the step's LM logits at the supervised "
         "positions (N x V x 4 bytes; what a fused linear cross-entropy would not materialise) / at every "
         "position of the padded batch (B x L x V x 4).",
-        "1st step s: wall time of the first warm-up step (feature-cache fill; with 'compiled', the "
-        "compilation too). compiled: the decoder layers compiled (RunConfig.compile_llm), with the graphs "
-        "dynamo compiled over the row.",
+        "1st step s: wall time of the first warm-up step (it fills the feature cache, if any, and with "
+        "'compiled' compiles the layers). compiled: the decoder layers compiled (RunConfig.compile_llm), "
+        "with the graphs dynamo compiled over the row.",
     ]
     return "\n".join(lines)
 

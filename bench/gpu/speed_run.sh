@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 19 speed/memory run on ONE GPU, random weights:
 #   1. Sa2VA-4B and Sa2VA-1B shapes (bench/gpu/speed_bench.py over bench/harness/speed.py), the rows of
-#      $ROWS (speed_bench.py's --rows; default below, about 4 minutes on an H100):
+#      $ROWS (speed_bench.py's --rows; the default below is estimated at 3-4 minutes on an H100, not yet measured):
 #      - 1B feature-cache batch 32, eager, then with the decoder layers compiled (RunConfig.compile_llm);
 #      - 4B reference batch 2, batch 2 + gradient checkpointing + fused AdamW and feature-cache batch 16 with
 #        PEFT's frozen embedding / head originals kept (keep_originals=True: the recipe of the last run);
@@ -19,6 +19,7 @@
 # CPU smoke run of the same script (tiny models, 2 steps; the tiny Qwen3-VL demo for one epoch, 10 iterations):
 #   SMOKE=1 PY=.venv/bin/python bash bench/gpu/speed_run.sh
 # Knobs: PARTS ("bench qwen"), ROWS (speed_bench.py --rows), STEPS (10), BENCH_BUDGET_S (200 on a GPU),
+# MODELS / OPT_BATCHES without ROWS: the previous runs' plan (speed_bench.py --models / --opt-batches),
 # QWEN_BASELINE (1), BUDGET_S (430 on a GPU, none in SMOKE mode: part-2 runs that would start later than this
 # many seconds after the start are skipped, so that one call stays under ~8 minutes).
 set -euo pipefail
@@ -43,14 +44,20 @@ fi
 
 # --- part 1: InternVL shapes through the benchmark harness -------------------------------------------------
 if [ "$SMOKE" = 1 ]; then
-    ROWS=${ROWS:-"tiny:ref,opt4,opt4-compiled;tiny[train_embeddings=new_tokens]:ref,ckpt-fused,opt4;tiny[train_embeddings=False]:ref,opt4"}
+    # the default GPU plan's groups at tiny batches, and one with the embedding / head frozen
+    ROWS=${ROWS:-"tiny:opt4,opt4-compiled;tiny[keep_originals=True]:ref,ckpt-fused,opt2;tiny[train_embeddings=new_tokens]:ref,ckpt-fused,opt2,opt4;tiny:ref,ckpt-fused,opt4;tiny[train_embeddings=False]:ref,opt4"}
     bench_args=(--device cpu --steps 2 --warmup 1 --profile-steps 1 --num-images 4 --workers 0
-                --budget-s "${BENCH_BUDGET_S:-1000000}")
+                --budget-s "${BENCH_BUDGET_S:-1000000}" --rows "$ROWS")
 else
-    ROWS=${ROWS:-"1b:opt32,opt32-compiled;4b[keep_originals=True]:ref,ckpt-fused,opt16;4b[train_embeddings=new_tokens]:ref,ckpt-fused,opt16,opt24,opt32;4b:ref,ckpt-fused,opt24"}
     bench_args=(--steps "${STEPS:-10}" --warmup 2 --profile-steps 2 --budget-s "${BENCH_BUDGET_S:-200}")
+    if [ -z "${ROWS:-}" ] && [ -n "${MODELS:-}${OPT_BATCHES:-}" ]; then
+        # the plan of the previous runs (records/speed_s6): per model ref (+ all), ckpt, ckpt-fused, opt search
+        bench_args+=(--models "${MODELS:-4b,1b}" --opt-batches "${OPT_BATCHES:-4b:16,24,32,48;1b:16,32,64,96}")
+    else
+        ROWS=${ROWS:-"1b:opt32,opt32-compiled;4b[keep_originals=True]:ref,ckpt-fused,opt16;4b[train_embeddings=new_tokens]:ref,ckpt-fused,opt16,opt24,opt32;4b:ref,ckpt-fused,opt24"}
+        bench_args+=(--rows "$ROWS")
+    fi
 fi
-bench_args+=(--rows "$ROWS")
 status=0
 if [[ " $PARTS " == *" bench "* ]]; then
     "$PY" bench/gpu/speed_bench.py "${bench_args[@]}" --out "$OUT/speed_rows.jsonl" 2>&1 \

@@ -179,7 +179,9 @@ def compiled_decoder_layers(model: Sa2VAModel, *, dynamic: bool | None) -> Itera
     """Regional ``torch.compile`` of the LLM while the context is open: ``nn.Module.compile`` on each
     decoder layer (``base_llm().model.layers``, LoRA wrappers inside). The layers run the same code on
     the same shapes, so dynamo compiles one graph (forward and backward) and every layer reuses it:
-    compile time is that of one layer, whatever the depth. The embedding, rotary table, attention-mask
+    compile time is that of one layer, whatever the depth. (That holds when the first layer's input
+    requires grad, as the later layers' inputs do; it does whenever the embeddings or ``mlp1`` train.
+    Otherwise the first layer gets a second graph.) The embedding, rotary table, attention-mask
     construction, final norm and head stay eager. Restores the eager layers and resets dynamo on exit.
 
     Args:
@@ -373,7 +375,8 @@ class Result:
     #: (B x L x V x 4), GiB (mean over the distinct batches); see :func:`logit_bytes`
     sup_logits_gib: float = 0.0
     all_logits_gib: float = 0.0
-    #: wall time of the first warm-up step (fills the cache; compiles the layers with ``compile_llm``)
+    #: wall time of the first warm-up step (it fills the feature cache, if any, and compiles the layers
+    #: with ``compile_llm``)
     first_step_s: float = 0.0
     #: ``compile_llm``: layers compiled and graphs dynamo compiled during the row (0 otherwise)
     compiled_layers: int = 0
