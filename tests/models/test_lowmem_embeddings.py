@@ -170,6 +170,42 @@ def test_export_merges_the_trained_rows_and_predicts_the_same(trained, folders, 
         assert (masks - ref_masks).abs().max() < 1e-5
 
 
+def test_predictor_on_the_export_equals_the_predictor_on_the_checkpoint(trained, folders, tmp_path):
+    """``predict.py --hf EXPORT`` vs ``predict.py --hf SOURCE --checkpoint CKPT`` (new_tokens): greedy
+    answer ids and mask probabilities."""
+    import numpy as np
+
+    from projects.sa2va.inference.predictor import Sa2VAPredictor
+    from tests.tiny import TINY_MODEL_CFG
+
+    family = trained["family"]
+    out = tmp_path / "export"
+    convert_to_hf(trained["cfg"], trained["ckpt"], out)
+    tiny = Config.fromfile(str(TINY_MODEL_CFG))
+    on_ckpt = Sa2VAPredictor.from_hf(
+        folders[family],
+        trained["ckpt"],
+        cfg_options={
+            "model.grounding_encoder.overrides": tiny.tiny_sam2_overrides,
+            "model.mllm.torch_dtype": "float32",  # as the trained model (the source folder says bfloat16)
+            "model.lora": LOWMEM,
+        },
+        max_tiles=1,
+    )
+    assert any("trainable_tokens_delta" in k for k in on_ckpt.model.trainable_keys())
+    # The export keeps the source's config.json `torch_dtype` (bfloat16) while its tensors are the trained
+    # model's float32: build both in float32.
+    on_export = Sa2VAPredictor.from_hf(out, cfg_options={"model.mllm.torch_dtype": "float32"}, max_tiles=1)
+    assert on_export.autocast_dtype is None and on_ckpt.autocast_dtype is None
+    image = (np.arange(48 * 64 * 3) % 251).astype(np.uint8).reshape(48, 64, 3)
+    question = "Please segment the blood vessel."
+    a = on_ckpt.predict([image], question, max_new_tokens=4)[0]
+    b = on_export.predict([image], question, max_new_tokens=4)[0]
+    assert a.token_ids == b.token_ids
+    assert a.probs.shape == b.probs.shape
+    assert np.abs(np.asarray(a.probs, dtype=np.float64) - np.asarray(b.probs, dtype=np.float64)).max() < 1e-5
+
+
 def test_adapter_only_export_loads_onto_the_base(trained, folders, tmp_path):
     family, model, batch = trained["family"], trained["model"], trained["batch"]
     ref_logits, ref_masks = outputs(model, batch)
