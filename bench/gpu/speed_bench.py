@@ -31,7 +31,8 @@ rows of the same LM head and compilation at that batch or larger are listed as n
 listed as not run. Every row is also written as a JSON line to ``--out``.
 
 A group whose model cannot be built with its LoRA overrides (a ``TypeError`` / ``ValueError`` of the model
-code) lists its rows as "build failed: <error>", the other groups run, and the exit status is 1.
+code) lists its rows as "build failed: <error>", and a ``-compiled`` row whose compilation raises lists
+"compile failed: <error>" (traceback in the log); the other rows run, and the exit status is 1.
 
 Per row the table also gives the padding fraction of the batch (padded positions / all positions: the
 share of the LLM's token positions that padding-free packing would remove) and the size of one fp32 copy of
@@ -48,6 +49,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         except (torch.OutOfMemoryError, RuntimeError, TypeError, ValueError) as e:
             if isinstance(e, (TypeError, ValueError)):
                 # LoRA overrides this model code does not take: the group's rows say so, the others run
-                error = f"build failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                error = f"build failed: {type(e).__name__}: {first_line(e)}"
                 build_failed = True
             elif hb.is_out_of_memory(e):
                 error = hb.oom_message(device, during=f"building {group.model}")
@@ -286,18 +288,26 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             model.lm_logits = lm_logits
             t = time.time()
-            r = hb.run_one(
-                model,
-                shape,
-                cfg,
-                samples,
-                device=device,
-                steps=args.steps,
-                warmup=args.warmup,
-                profile_steps=args.profile_steps,
-                cache_dir=None,
-            )
-            if r.error and cfg.cache != "off":
+            try:
+                r = hb.run_one(
+                    model,
+                    shape,
+                    cfg,
+                    samples,
+                    device=device,
+                    steps=args.steps,
+                    warmup=args.warmup,
+                    profile_steps=args.profile_steps,
+                    cache_dir=None,
+                )
+            except Exception as e:
+                if not cfg.compile_llm:
+                    raise
+                # torch.compile failed (no compiler, a dynamo / inductor error): the row says so, others run
+                traceback.print_exc()
+                r = hb.Result(group.model, cfg, error=f"compile failed: {type(e).__name__}: {first_line(e)}")
+                build_failed = True
+            if r.error and cfg.cache != "off" and r.error.startswith("out of memory"):
                 failed_at[key] = min(cfg.batch_size, failed_at.get(key, cfg.batch_size))
             harness_mfu = llm_mfu(
                 r, peak, head_rows_per_sample=None, tokens=tokens, hidden=hidden, vocab=vocab
@@ -338,9 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[speed] total {time.time() - t0:.0f} s")
     if out:
         out.close()
-    if build_failed:  # a group's model could not be built with its LoRA overrides
+    if build_failed:  # a group's model could not be built with its LoRA overrides, or a compile failed
         return 1
     return 0 if any(not r["error"] for r in rows) else 1
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, at most 200 characters."""
+    return (str(e).splitlines() or [""])[0][:200]
 
 
 def tag(group: Group, lm_logits: str, cfg) -> str:

@@ -195,3 +195,19 @@ def test_tool_rows_build_failures_search_stop_and_budget(tool, tmp_path, monkeyp
     )
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert code == 1 and [r["error"] for r in got] == ["not run: past --budget-s 0 s"] * 2
+
+
+def test_a_failed_compilation_is_a_row_and_the_others_run(tool, tmp_path, monkeypatch) -> None:
+    def no_compiler(model, *, dynamic):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+    monkeypatch.setattr(hb, "compiled_decoder_layers", no_compiler)
+    out = tmp_path / "rows.jsonl"
+    args = ["--device", "cpu", "--steps", "1", "--warmup", "0", "--profile-steps", "1", "--num-images", "2"]
+    code = tool.main([*args, "--workers", "0", "--rows", "tiny:opt2-compiled,opt2", "--out", str(out)])
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert code == 1
+    assert got[0]["compile_llm"] and got[0]["error"] == (
+        "compile failed: RuntimeError: InvalidCxxCompiler: No working C++ compiler found"
+    )
+    assert not got[1]["compile_llm"] and not got[1]["error"] and got[1]["samples_per_s"] > 0
