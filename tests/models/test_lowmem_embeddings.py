@@ -304,3 +304,48 @@ def test_lowmem_config_at_tiny_shapes_takes_a_training_step():
     losses = model(**model.data_preprocessor(sa2va_collate([dataset[0], dataset[1]]), True), mode="loss")
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_qwenvl_families_train_only_the_rows_and_export_them(family, tmp_path):
+    """The Qwen-VL adapters (text decoder ``embed_tokens`` / ``lm_head``) on their tiny official-layout
+    folders: only the added tokens' rows change; the merged export reloads to the same mask logits."""
+    from projects.sa2va.checkpoint.hf_sa2va import export_hf_folder
+    from tests.checkpoint import qwenvl_fixture
+    from tests.checkpoint.test_qwenvl_families import build as build_qwenvl
+    from tests.checkpoint.test_qwenvl_families import dataset as qwenvl_dataset
+    from tests.models.test_sa2va_training import batch_of, train_steps
+
+    src = qwenvl_fixture.write_official_folder(tmp_path / "src", family, seed=3)
+    model, _ = build_qwenvl(src, family, seed=1, lora=LOWMEM)
+    ids = model.mllm.new_token_ids()
+    before = merged_rows(model)
+    batch = batch_of(qwenvl_dataset(src, family, objects_per_image=1), [0])
+    train_steps(model, batch, steps=2, lr=1e-2)
+    after = merged_rows(model)
+    for part in ("embed", "head"):
+        changed = (after[part] != before[part]).any(dim=1).nonzero().flatten().tolist()
+        assert changed and set(changed) <= set(ids), (part, changed, ids)
+    out = tmp_path / "export"
+    export_hf_folder(model, out)
+    assert qwenvl_fixture.folder_tensors(out).keys() == qwenvl_fixture.folder_tensors(src).keys()
+    reloaded, _ = build_qwenvl(out, family, seed=7)
+    model.eval()
+    reloaded.eval()
+    with torch.no_grad():
+        trained, again = model(batch, mode="tensor"), reloaded(batch, mode="tensor")
+    torch.testing.assert_close(again["mask_logits"], trained["mask_logits"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(again["logits"], trained["logits"], rtol=0, atol=1e-5)
+
+
+def test_key_tables_name_the_trainable_token_tensors():
+    from projects.sa2va.checkpoint.key_tables import peft_role, plain_name
+
+    lm = "mllm.language_model.base_model.model."
+    emb = lm + "model.embed_tokens.token_adapter."
+    assert peft_role(emb + "base_layer.weight") == "base"
+    assert peft_role(emb + "trainable_tokens_delta.default") == "tokens_delta"
+    assert peft_role(lm + "lm_head.token_adapter.trainable_tokens_original.default") == "tokens_original"
+    for key in ("base_layer.weight", "trainable_tokens_delta.default"):
+        assert plain_name(emb + key) == "mllm.language_model.model.embed_tokens.weight"
+    assert plain_name(lm + "lm_head.token_adapter.base_layer.weight") == "mllm.language_model.lm_head.weight"
