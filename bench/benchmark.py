@@ -45,7 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-images", type=int, default=20, help="distinct images (bundled data)")
     p.add_argument("--data-root", default=str(ROOT / "data/chase_db1"))
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="preprocessing workers")
-    p.add_argument("--compile", action="store_true", help="torch.compile the LLM in the opt configs")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="regional torch.compile of the LLM (each decoder layer, one shared graph) in the opt configs",
+    )
     p.add_argument("--cache-dir", default="/tmp/sa2va_feature_cache", help="for a 'disk' cache")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p.parse_args(argv)
