@@ -5,10 +5,17 @@ Per family (tiny InternVL + Qwen2 from the config, tiny InternLM2 official-layou
 sentencepiece tokenizer): a model that keeps the originals and one that releases them, built from the same
 seed, train 20 AdamW iterations with losses equal within 1e-6; the parameter bytes differ by the two
 originals; the trainable checkpoints have the same keys and load strictly into each other; a reference-style
-full state (with ``original_module`` tensors) still loads; disabling the adapter fails with a clear error.
+full state (with ``original_module`` tensors) still loads; disabling the adapter fails with a clear error; a
+run killed while it kept the originals resumes without them to the losses of a run that never kept them.
 """
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +27,7 @@ from xtuner.utils import PROMPT_TEMPLATE
 from projects.sa2va.checkpoint.reference_pth import load_reference_state
 from projects.sa2va.configs import config_path
 from projects.sa2va.datasets.collate import sa2va_collate
+from projects.sa2va.engine.hooks import read_loss_records
 from projects.sa2va.models.mllm import ReleasedOriginal
 from projects.sa2va.models.tokenizer import load_tokenizer
 from tests.checkpoint.hf_fixture import model_cfg, write_official_folder
@@ -100,8 +108,12 @@ def test_released_originals_free_exactly_their_bytes(pair):
         stub = w_rel[part].original_module
         assert isinstance(stub, ReleasedOriginal)
         assert stub.shape == tuple(original.weight.shape) and stub.dtype == original.weight.dtype
-        assert not list(stub.parameters()) and not list(stub.buffers())
+        # Empty placeholders keep the parameter list (the optimiser's) as long as before, in the same order.
+        assert [n for n, _ in stub.named_parameters()] == [n for n, _ in original.named_parameters()]
+        assert all(p.numel() == 0 and not p.requires_grad for p in stub.parameters())
+        assert not list(stub.buffers())
     assert _param_bytes(kept) - _param_bytes(released) == expected > 0
+    assert [n for n, _ in kept.named_parameters()] == [n for n, _ in released.named_parameters()]
     assert not [k for k in nn.Module.state_dict(released) if ".original_module." in k]
     assert len([k for k in nn.Module.state_dict(kept) if ".original_module." in k]) == 2
     # Nothing trainable changed: same trainable tensors, same values at build, same checkpoint keys.
@@ -154,3 +166,47 @@ def test_disabling_the_adapter_names_the_released_original(pair):
     kept.eval()
     with kept.mllm.language_model.disable_adapter():
         kept(**kept.data_preprocessor(batches[0], True), mode="loss")  # the original is there
+
+
+# --- resume across the change ---------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[2]
+CFG = "tests/engine/configs/tiny_fault.py"
+OPTIONS = [
+    "train_dataloader.dataset.ann_file=data/chase_db1/annotations_test.json",
+    "train_cfg.max_epochs=1.5",
+    "default_hooks.checkpoint.interval=2",
+    "model.lora.dropout=0.1",
+]
+
+
+def _run(work_dir: Path, *extra: str, log: str, cfg_options: tuple[str, ...] = ()) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, "tools/train.py", CFG, "--work-dir", str(work_dir), *extra]
+    cmd += ["--cfg-options", *OPTIONS, *cfg_options]
+    with open(work_dir.parent / log, "w") as f:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_checkpoint_saved_with_originals_resumes_without_them(tmp_path):
+    """mmengine's optimiser state indexes every parameter, frozen ones included: the placeholders keep an
+    ``iter_N.pth`` saved by a model that kept the originals (e.g. before this change) resumable."""
+    ref_dir, run_dir = tmp_path / "reference", tmp_path / "killed"
+    ref_dir.mkdir(), run_dir.mkdir()
+    ref = _run(ref_dir, log="reference.log")
+    killed = _run(
+        run_dir, log="killed.log", cfg_options=("custom_hooks.0.at=3", "model.lora.keep_originals=True")
+    )
+    assert killed.wait(timeout=300) == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    resumed = _run(run_dir, "--resume", "auto", log="resumed.log")
+    for name, proc in (("resumed", resumed), ("reference", ref)):
+        assert proc.wait(timeout=300) == 0, f"{name}:\n{(tmp_path / f'{name}.log').read_text()[-3000:]}"
+    resumed_log = (tmp_path / "resumed.log").read_text()
+    assert "resuming at iteration 2" in resumed_log and "released the frozen originals" in resumed_log
+    assert "released the frozen originals" not in (tmp_path / "killed.log").read_text()
+    expected = read_loss_records(ref_dir / "train_losses.jsonl")
+    got = read_loss_records(run_dir / "train_losses.jsonl")
+    assert sorted(expected) == sorted(got) == [1, 2, 3, 4, 5, 6]
+    for it in expected:
+        for key in ("loss", "loss_lm", "loss_mask"):
+            assert got[it][key] == expected[it][key], f"iteration {it} {key}"

@@ -47,23 +47,46 @@ TRAIN_EMBEDDINGS_MODES: tuple[bool | str, ...] = (True, False, "new_tokens")
 class ReleasedOriginal(nn.Module):
     """What a PEFT ``ModulesToSaveWrapper`` holds as ``original_module`` once its frozen original is released.
 
-    No tensors (so nothing in memory, and no key in ``state_dict``); calling it raises, naming the module.
-    The wrapper only calls its original with the adapter disabled or inactive, or when another adapter is
-    added or the adapter unloaded (peft 0.21.2 ``ModulesToSaveWrapper``), none of which a Sa2VA model does.
+    It holds one empty (0-element, frozen) parameter in place of each parameter of the original, so that
+    ``model.parameters()`` lists as many tensors, in the same order, as before the release: mmengine builds
+    the optimiser over every parameter, frozen ones included, and an ``iter_N.pth`` saved by a model that
+    kept its originals indexes its optimiser state by that list (resume would otherwise refuse it). These
+    placeholders are left out of ``state_dict``, and a state that holds tensors under this module is refused
+    as unexpected by a strict load. Calling the module raises, naming it. The wrapper calls its original only
+    with the adapter disabled or inactive, or when another adapter is added or the adapter is unloaded (peft
+    0.21.2 ``ModulesToSaveWrapper``), none of which a Sa2VA model does.
 
     Args:
         name: module name inside the LM (``model.embed_tokens``), for error messages.
-        kind: class name of the released module (``Embedding``, ``Linear``).
-        shape: shape of its weight.
-        dtype: dtype of its weight.
+        original: the released module (``Embedding``, ``Linear``); only its class name, its weight's shape
+            and dtype and its parameter names are kept.
     """
 
-    def __init__(self, name: str, kind: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    def __init__(self, name: str, original: nn.Module) -> None:
         super().__init__()
         self.name = name
-        self.kind = kind
-        self.shape = tuple(shape)
-        self.dtype = dtype
+        self.kind = type(original).__name__
+        weight = original.weight
+        self.shape = tuple(weight.shape)
+        self.dtype = weight.dtype
+        for pname, param in original.named_parameters():
+            empty = nn.Parameter(param.new_empty(0), requires_grad=False)
+            self.register_parameter(pname.replace(".", "__"), empty)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        return None  # the placeholders are no state
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        unexpected_keys.extend(k for k in state_dict if k.startswith(prefix))
 
     def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
         raise RuntimeError(
@@ -84,8 +107,8 @@ def release_frozen_originals(lm: nn.Module) -> int:
     frozen, for disabling or unloading the adapter; while the adapter is active every forward uses the copy
     (``ModulesToSaveWrapper._forward_wrapped``), so training, the trainable checkpoint, the merged export
     (which writes the copy) and prediction never read the original. Each original becomes a
-    :class:`ReleasedOriginal`. Returns the bytes released (for Sa2VA-4B shapes in bf16: the 151,936 x 2048
-    embedding and head, 1.16 GiB).
+    :class:`ReleasedOriginal` (empty placeholders keep the parameter list's length and order). Returns the
+    bytes released (for Sa2VA-4B shapes in bf16: the 151,936 x 2048 embedding and head, 1.16 GiB).
     """
     released = 0
     for name, module in list(lm.named_modules()):
@@ -94,13 +117,13 @@ def release_frozen_originals(lm: nn.Module) -> int:
         if isinstance(module.original_module, ReleasedOriginal):
             continue
         original = module.original_module
-        weight = getattr(original, "weight", None)
-        if weight is None:
-            raise TypeError(f"{name}: modules_to_save original {type(original).__name__} has no weight")
+        if not isinstance(getattr(original, "weight", None), torch.Tensor) or list(original.buffers()):
+            raise TypeError(
+                f"{name}: modules_to_save original {type(original).__name__} is not a weight-only module"
+            )
         released += sum(t.numel() * t.element_size() for t in original.parameters())
-        released += sum(t.numel() * t.element_size() for t in original.buffers())
         inner = name.split("base_model.model.", 1)[-1]
-        module.original_module = ReleasedOriginal(inner, type(original).__name__, weight.shape, weight.dtype)
+        module.original_module = ReleasedOriginal(inner, original)  # same slot: parameter order kept
     return released
 
 
@@ -112,8 +135,8 @@ class LLMFamily:
         name: family name (``qwen2``, ``internlm2``).
         lora_targets: module names (last path component) of every linear layer of the decoder
             blocks that gets a LoRA adapter. The LM head is never one of them.
-        embed_module: name of the input-embedding module (trained as a full copy with LoRA).
-        head_module: name of the output-head module (trained as a full copy with LoRA).
+        embed_module: name of the input-embedding module (trained with LoRA: see ``train_embeddings``).
+        head_module: name of the output-head module (trained with LoRA: see ``train_embeddings``).
         default_template: chat template name of :data:`xtuner.utils.PROMPT_TEMPLATE`.
     """
 
