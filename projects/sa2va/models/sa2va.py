@@ -331,7 +331,8 @@ class Sa2VAModel(BaseModel):
                 raise ValueError(f"trainable[{part!r}] = 'lora': LoRA is only available for 'llm'")
         self.requires_grad_(False)
         if self.trainable["llm"] == "lora":
-            self.mllm.apply_lora(**self.lora_cfg)  # PEFT marks LoRA and modules_to_save trainable
+            # PEFT marks LoRA and the embedding / head copies (or their new-token rows) trainable.
+            self.mllm.apply_lora(**self.lora_cfg)
         for name, param in self.named_parameters():
             if self.trainable[part_of(name)] == "full":
                 param.requires_grad_(True)
@@ -370,7 +371,7 @@ class Sa2VAModel(BaseModel):
         return [n for n, p in self.named_parameters() if p.requires_grad]
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Only the trainable tensors (LoRA, modules_to_save copies, ``mlp1``, mask decoder, fcs)."""
+        """Only the trainable tensors (LoRA, embedding / head copies or rows, ``mlp1``, mask decoder, fcs)."""
         full = super().state_dict(*args, **kwargs)
         keep = set(self.trainable_keys())
         prefix = kwargs.get("prefix", "")
