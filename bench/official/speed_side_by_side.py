@@ -18,8 +18,9 @@ Sides (each in its own process: both code bases name their package ``projects.sa
   comparison when flash-attn is missing).
 * ``ref`` / ``opt``: the toolkit's reference and optimised steps (bench/harness/speed.py).
 
-Each side runs at batch 2 and then at doubling batches until one runs out of memory: the largest that
-fits is reported. Prints one table (samples/s, peak memory, ratio to the official step at the same
+Each side runs at batch 2 and then at doubling batches until one runs out of memory, passes ``--max-batch``
+or reaches its time limit: the largest batch measured is reported with the reason its sweep stopped. Prints
+one table (samples/s, peak memory, ratio to the official step at the same
 batch) and writes ``--json``.
 
     # GPU (official source carried in bench/official/src, kit installed to /tmp/site):
@@ -378,7 +379,15 @@ def run_child(argv: list[str], pythonpath: list[str], log: Path, timeout: float)
             return 124
 
 
-def summarise(name: str, rows: list[dict], device_name: str) -> list[str]:
+def sweep_end(rows: list[dict], side: str, max_batch: int | None) -> str:
+    """Why ``side``'s batch sweep stopped: its error row (out of memory, time limit), else the cap."""
+    errors = [r for r in rows if r["side"] == side and "error" in r]
+    if errors:
+        return errors[-1]["error"] + (f" at batch {errors[-1]['batch']}" if errors[-1]["batch"] else "")
+    return f"the sweep's cap, --max-batch {max_batch}" if max_batch else "the sweep's cap"
+
+
+def summarise(name: str, rows: list[dict], device_name: str, max_batch: int | None = None) -> list[str]:
     off = {r["batch"]: r for r in rows if r["side"] == "official" and "error" not in r}
     lines = [
         f"{name} on {device_name}",
@@ -399,11 +408,14 @@ def summarise(name: str, rows: list[dict], device_name: str) -> list[str]:
         lines.append(
             f"{r['side']:<10}{r['batch']:>6}{r['samples_per_s']:>11.2f}{peak:>10}{ratio:>14}  {note}"
         )
-    fits = {}
+    fits: dict[str, int] = {}
     for r in rows:
         if "error" not in r:
             fits[r["side"]] = max(fits.get(r["side"], 0), r["batch"])
-    lines.append("largest batch that fits: " + ", ".join(f"{k} {v}" for k, v in fits.items()))
+    lines.append(
+        "largest batch measured: "
+        + ", ".join(f"{side} {b} ({sweep_end(rows, side, max_batch)})" for side, b in fits.items())
+    )
     best = {
         side: next(r for r in rows if r["side"] == side and r["batch"] == b and "error" not in r)
         for side, b in fits.items()
@@ -411,7 +423,7 @@ def summarise(name: str, rows: list[dict], device_name: str) -> list[str]:
     if "official" in best:
         base = best["official"]["samples_per_s"]
         lines.append(
-            "at the largest batch each fits, x official: "
+            "at the largest batch measured per side, x official: "
             + ", ".join(f"{k} {r['samples_per_s'] / base:.2f}" for k, r in best.items() if k != "official")
         )
     return lines
@@ -530,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stderr.write(log.read_text()[-3000:])
             print(f"[side-by-side] {name}/{side}: done in {time.time() - t:.0f} s", flush=True)
         all_rows[name] = rows
-        report += [*summarise(name, rows, device_name), ""]
+        report += [*summarise(name, rows, device_name, args.max_batch), ""]
     print("\n".join(report))
     if args.json:
         args.json.write_text(json.dumps({"device": device_name, "rows": all_rows}, indent=1))
