@@ -7,32 +7,12 @@ checkpoint: iteration 2, mid-epoch); the resumed run skips 2 batches, crosses th
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from projects.sa2va.engine.hooks import read_loss_records
-
-ROOT = Path(__file__).resolve().parents[2]
-CFG = "tests/engine/configs/tiny_fault.py"
-OPTIONS = [
-    "train_dataloader.dataset.ann_file=data/chase_db1/annotations_test.json",
-    "train_cfg.max_epochs=1.5",
-    "default_hooks.checkpoint.interval=2",
-    "model.lora.dropout=0.1",
-]
-
-
-def train(work_dir: Path, *extra: str, log: str, cfg_options: tuple[str, ...] = ()) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [sys.executable, "tools/train.py", CFG, "--work-dir", str(work_dir), *extra]
-    cmd += ["--cfg-options", *OPTIONS, *cfg_options]
-    with open(work_dir.parent / log, "w") as f:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+from tests.procs import start_tiny_fault_training as train
 
 
 @pytest.mark.slow

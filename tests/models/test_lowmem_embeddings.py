@@ -11,10 +11,8 @@ killed mid-epoch resumes to the same losses.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -32,8 +30,8 @@ from projects.sa2va.engine.hooks import read_loss_records
 from projects.sa2va.models.tokenizer import SPECIAL_TOKENS
 from tests.checkpoint.hf_fixture import model_cfg, write_official_folder
 from tests.checkpoint.test_hf_sa2va import folder_keys, make_batch, outputs
+from tests.procs import start_tiny_fault_training
 
-ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ("qwen2", "internlm2")
 LOWMEM = dict(r=8, alpha=16, dropout=0.0, train_embeddings="new_tokens")
 STEPS = 3
@@ -245,22 +243,11 @@ def test_lowmem_config_differs_from_the_4b_reference_only_in_the_embedding_rows(
 
 
 # --- resume --------------------------------------------------------------------------------------------
-CFG = "tests/engine/configs/tiny_fault.py"
-OPTIONS = [
-    "train_dataloader.dataset.ann_file=data/chase_db1/annotations_test.json",
-    "train_cfg.max_epochs=1.5",
-    "default_hooks.checkpoint.interval=2",
-    "model.lora.dropout=0.1",
-    "model.lora.train_embeddings=new_tokens",
-]
+NEW_TOKENS = ("model.lora.train_embeddings=new_tokens",)
 
 
 def _train(work_dir: Path, *extra: str, log: str, cfg_options: tuple[str, ...] = ()) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [sys.executable, "tools/train.py", CFG, "--work-dir", str(work_dir), *extra]
-    cmd += ["--cfg-options", *OPTIONS, *cfg_options]
-    with open(work_dir.parent / log, "w") as f:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    return start_tiny_fault_training(work_dir, *extra, log=log, cfg_options=NEW_TOKENS + cfg_options)
 
 
 @pytest.mark.slow

@@ -11,11 +11,7 @@ run killed while it kept the originals resumes without them to the losses of a r
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +27,7 @@ from projects.sa2va.engine.hooks import read_loss_records
 from projects.sa2va.models.mllm import ReleasedOriginal
 from projects.sa2va.models.tokenizer import load_tokenizer
 from tests.checkpoint.hf_fixture import model_cfg, write_official_folder
+from tests.procs import start_tiny_fault_training as _run
 from tests.tiny import build_tiny_dataset, tiny_processor
 
 ITERATIONS = 20
@@ -169,24 +166,6 @@ def test_disabling_the_adapter_names_the_released_original(pair):
 
 
 # --- resume across the change ---------------------------------------------------------------------------
-ROOT = Path(__file__).resolve().parents[2]
-CFG = "tests/engine/configs/tiny_fault.py"
-OPTIONS = [
-    "train_dataloader.dataset.ann_file=data/chase_db1/annotations_test.json",
-    "train_cfg.max_epochs=1.5",
-    "default_hooks.checkpoint.interval=2",
-    "model.lora.dropout=0.1",
-]
-
-
-def _run(work_dir: Path, *extra: str, log: str, cfg_options: tuple[str, ...] = ()) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [sys.executable, "tools/train.py", CFG, "--work-dir", str(work_dir), *extra]
-    cmd += ["--cfg-options", *OPTIONS, *cfg_options]
-    with open(work_dir.parent / log, "w") as f:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-
-
 @pytest.mark.slow
 def test_checkpoint_saved_with_originals_resumes_without_them(tmp_path):
     """mmengine's optimiser state indexes every parameter, frozen ones included: the placeholders keep an
