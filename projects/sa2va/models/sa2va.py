@@ -20,6 +20,7 @@ from torch import nn
 from ..special_tokens import SEG_TOKEN
 from ..structures import Sa2VABatch
 from .builder import build_component
+from .compile import CompiledGraphLog, compile_layers, compile_settings, decoder_layers, restore_eager
 from .fast_init import no_weight_init
 from .feature_cache import FrozenEncoders, FrozenFeatureCache, build_feature_cache
 from .losses import MaskLoss
@@ -216,6 +217,15 @@ class Sa2VAModel(BaseModel):
             has nothing left to move. ``'cuda'`` falls back to the CPU (with a log line) when no GPU is
             visible, so one config serves both. mmengine sets each rank's current GPU before it builds
             the model, so ``'cuda'`` is that rank's GPU. ``None`` (default): the current default device.
+        compile_llm: regional ``torch.compile`` of the LLM's decoder layers (:mod:`.compile`), opt-in:
+            ``False`` (default, eager), ``True`` (automatic dynamic shapes: variable padded lengths cost
+            2-3 compiled graphs, not one per length) or a dict of
+            :class:`~.compile.LLMCompileSettings` fields (``dynamic``, ``backend``, ``mode``,
+            ``recompile_limit``). Applied once, after LoRA (the PEFT wrappers are inside the compiled
+            region), in place through ``nn.Module.compile``: ``state_dict`` keys are unchanged. The layers
+            run compiled in training mode only; :meth:`train` ``(False)`` / ``eval()`` restores the eager
+            layers (validation, prediction, generation) and ``train()`` compiles them again (dynamo keeps
+            the graphs). Each time dynamo has compiled another graph it is logged.
         data_preprocessor: defaults to :class:`Sa2VADataPreprocessor`.
     """
 
@@ -235,6 +245,7 @@ class Sa2VAModel(BaseModel):
         skip_init: bool | None = None,
         init_device: str | torch.device | None = None,
         feature_cache: FrozenFeatureCache | dict | None = None,
+        compile_llm: bool | dict[str, Any] = False,
         data_preprocessor: dict | nn.Module | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor or Sa2VADataPreprocessor())
@@ -305,6 +316,15 @@ class Sa2VAModel(BaseModel):
             self.data_preprocessor.num_image_token = self.mllm.num_image_token
             self.data_preprocessor.vision_rows_per_output = self.mllm.vision_rows_per_output
             self.data_preprocessor.keep_pixels_on_host = self.feature_cache is not None
+        self.llm_compile = compile_settings(compile_llm)
+        self._compiled_graphs: CompiledGraphLog | None = None
+        if self.llm_compile is not None:
+            self._compiled_graphs = CompiledGraphLog()
+            n = compile_layers(decoder_layers(self.mllm.base_llm()), self.llm_compile)
+            self.train(self.training)  # eager layers in eval mode
+            MMLogger.get_current_instance().info(
+                f"compile_llm: {n} decoder layers compiled in place ({self.llm_compile}; training mode only)"
+            )
         self.log_trainable()
 
     # --- building ----------------------------------------------------------------------------------
@@ -321,6 +341,19 @@ class Sa2VAModel(BaseModel):
                 f"{load_weights!r}) but the loader did not write them: {unwritten[:10]}; load them, or "
                 "build with skip_init=False to keep their random initialisation"
             )
+
+    def train(self, mode: bool = True) -> Sa2VAModel:
+        """``nn.Module.train``; with ``compile_llm`` also compiles (``mode=True``) or restores the eager
+        (``mode=False``) decoder layers."""
+        super().train(mode)
+        settings = getattr(self, "llm_compile", None)  # None while __init__ runs
+        if settings is not None:
+            layers = decoder_layers(self.mllm.base_llm())
+            if mode:
+                compile_layers(layers, settings)
+            else:
+                restore_eager(layers)
+        return self
 
     # --- trainability -----------------------------------------------------------------------------
     def _apply_trainability(self) -> None:
@@ -520,6 +553,8 @@ class Sa2VAModel(BaseModel):
             image_slots_checked=batch.seg_counts is not None,  # set after the host-side checks
             image_grid_thw=batch.image_grid_thw,
         )
+        if self._compiled_graphs is not None and self.training:
+            self._compiled_graphs.update(tuple(batch.input_ids.shape))
         pos, counts = self.seg_positions(batch.input_ids, batch.seg_counts)
         seg_embeds = self.text_hidden_fcs(hidden.flatten(0, 1).index_select(0, pos))
         obj_to_img = torch.div(pos, hidden.shape[1], rounding_mode="floor")
