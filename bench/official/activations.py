@@ -86,9 +86,10 @@ def group_of(name: str) -> str:
             return "llm.mlp"
         if parts[-1].endswith("layernorm"):
             return "llm.norm"
-        if parts[-1] == "layers":  # reentrant checkpointing saves a layer's inputs outside its hooks
-            return "llm.checkpoint"
         return "llm.layer"
+    if parts[-2:] == ["model", "model"] and ("language_model" in parts or "llm" in parts):
+        # the decoder itself (Qwen2Model): checkpointing saves each layer's inputs there, outside its hooks
+        return "llm.checkpoint"
     if "embed_tokens" in parts:
         return "llm.embed"
     if "lm_head" in parts:
@@ -99,8 +100,8 @@ def group_of(name: str) -> str:
 
 
 class SavedByModule:
-    """Context manager: bytes of distinct non-parameter storages saved for backward, per :func:`group_of`
-    group and dtype, charged to the innermost module (of ``model``) running when each was saved."""
+    """Context manager: bytes of distinct non-parameter storages saved for backward, per module name and
+    dtype, charged to the innermost module (of ``model``) running when each was saved."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -108,8 +109,8 @@ class SavedByModule:
         self.stack: list[str] = [""]
         self.seen: set[int] = set()
         self.keep: list[torch.Tensor] = []  # keeps storages alive so their addresses stay unique
-        self.bytes: dict[tuple[str, str], int] = defaultdict(int)
-        self.numel: dict[tuple[str, str], int] = defaultdict(int)
+        self.bytes: dict[tuple[str, str], int] = defaultdict(int)  # (module, dtype) -> bytes
+        self.numel: dict[tuple[str, str], int] = defaultdict(int)  # (module, dtype) -> elements
         self.largest: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
         self.handles: list = []
 
@@ -124,8 +125,9 @@ class SavedByModule:
         self.keep.append(t)
         module = self.stack[-1]
         g = group_of(module)
-        self.bytes[(g, str(t.dtype).removeprefix("torch."))] += st.nbytes()
-        self.numel[(g, str(t.dtype).removeprefix("torch."))] += st.nbytes() // t.element_size()
+        key = (module, str(t.dtype).removeprefix("torch."))
+        self.bytes[key] += st.nbytes()
+        self.numel[key] += st.nbytes() // t.element_size()
         self.largest[g].append((st.nbytes(), module, f"{tuple(t.shape)} {t.dtype}"))
         return t
 
@@ -154,8 +156,8 @@ class SavedByModule:
             for g, v in self.largest.items()
         }
         return {
-            "bytes": [[g, d, b] for (g, d), b in sorted(self.bytes.items())],
-            "numel": [[g, d, n] for (g, d), n in sorted(self.numel.items())],
+            "bytes": [[m, d, b] for (m, d), b in sorted(self.bytes.items())],
+            "numel": [[m, d, n] for (m, d), n in sorted(self.numel.items())],
             "largest": top,
         }
 
@@ -285,7 +287,7 @@ def param_dtypes(model: torch.nn.Module) -> dict[str, str]:
 
 
 def per_sample(res: dict, b0: int, b1: int, cuda_dropout: bool = False) -> dict[tuple[str, str], float]:
-    """Bytes per extra sample by (group, dtype): (batch b1 - batch b0) / (b1 - b0).
+    """Bytes per extra sample by (:func:`group_of` group, dtype): (batch b1 - batch b0) / (b1 - b0).
 
     ``cuda_dropout``: charge the dropout groups 1 byte per saved element. On the host ``F.dropout`` saves
     its ``input``-dtype noise tensor for backward (ATen ``dropout`` takes the fused ``native_dropout`` only on
@@ -293,11 +295,11 @@ def per_sample(res: dict, b0: int, b1: int, cuda_dropout: bool = False) -> dict[
     """
 
     def table(b: int) -> dict[tuple[str, str], float]:
-        out = {(g, d): v for g, d, v in res[str(b)]["bytes"]}
-        if cuda_dropout:
-            for g, d, n in res[str(b)]["numel"]:
-                if g == "llm.lora_dropout":
-                    out[(g, d)] = n
+        out: dict[tuple[str, str], float] = defaultdict(float)
+        counts = {(m, d): n for m, d, n in res[str(b)]["numel"]}
+        for m, d, v in res[str(b)]["bytes"]:
+            g = group_of(m)
+            out[(g, d)] += counts[(m, d)] if cuda_dropout and g == "llm.lora_dropout" else v
         return out
 
     a, b = table(b0), table(b1)

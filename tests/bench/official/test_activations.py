@@ -19,7 +19,8 @@ def test_group_of_names_of_both_sides():
         assert group_of(f"{prefix}.mlp.act_fn") == "llm.mlp"
         assert group_of(f"{prefix}.input_layernorm") == "llm.norm"
         assert group_of(prefix) == "llm.layer"
-    assert group_of("mllm.language_model.base_model.model.model.layers") == "llm.checkpoint"
+    assert group_of("mllm.language_model.base_model.model.model") == "llm.checkpoint"
+    assert group_of("mllm.model.language_model.base_model.model.model") == "llm.checkpoint"
     assert group_of("mllm.language_model.base_model.model.lm_head.modules_to_save.default") == "llm.head"
     assert group_of("mllm.model.language_model.base_model.model.model.norm") == "llm.other"
     assert group_of("mllm.model.vision_model.encoder.layers.0.attn") == "vision"
@@ -48,15 +49,16 @@ def test_counts_distinct_non_parameter_storages_per_innermost_module():
     x = torch.randn(3, 8, requires_grad=True)
     with SavedByModule(net) as s:
         net(x)
-    got = {(g, d): b for g, d, b in s.result()["bytes"]}
+    got = {(m, d): b for m, d, b in s.result()["bytes"]}
     # fc: x (3*8 fp32); top level: relu's output (3*16) once, though sin saves a view of it too;
     # dropout on the host saves its fp32 noise (3*8), not a bool mask.
     assert got == {
-        ("top (losses, glue)", "float32"): 3 * 8 * 4 + 3 * 16 * 4,
-        ("llm.lora_dropout", "float32"): 3 * 8 * 4,
+        ("fc", "float32"): 3 * 8 * 4,
+        ("", "float32"): 3 * 16 * 4,
+        ("lora_dropout", "float32"): 3 * 8 * 4,
     }
-    numel = {(g, d): n for g, d, n in s.result()["numel"]}
-    assert numel[("llm.lora_dropout", "float32")] == 3 * 8
+    numel = {(m, d): n for m, d, n in s.result()["numel"]}
+    assert numel[("lora_dropout", "float32")] == 3 * 8
 
 
 def test_host_dropout_saves_input_dtype_noise_under_autocast():
@@ -66,18 +68,21 @@ def test_host_dropout_saves_input_dtype_noise_under_autocast():
     x = torch.randn(4, 32, dtype=torch.bfloat16, requires_grad=True)
     with SavedByModule(m) as s:
         m["lora_dropout"](x)
-    assert s.result()["bytes"] == [["llm.lora_dropout", "bfloat16", 4 * 32 * 2]]
+    assert s.result()["bytes"] == [["lora_dropout", "bfloat16", 4 * 32 * 2]]
     assert F.dropout(x, 0.05, training=True).dtype == torch.bfloat16
 
 
-def _res(b1: dict, b2: dict) -> dict:
-    def rows(d):
-        return [[g, dt, v] for (g, dt), v in d.items()]
+LAYER = "mllm.language_model.base_model.model.model.layers.0"
+MLP, DROP, HEAD = f"{LAYER}.mlp.act_fn", f"{LAYER}.mlp.down_proj.lora_dropout.default", "mllm.lm_head"
 
-    numel = {k: v // 4 for k, v in b2.items()}
+
+def _res(b1: dict, b2: dict) -> dict:
+    def rows(d, div=1):
+        return [[m, dt, v // div] for (m, dt), v in d.items()]
+
     return {
-        "1": {"bytes": rows(b1), "numel": rows({k: v // 4 for k, v in b1.items()})},
-        "2": {"bytes": rows(b2), "numel": rows(numel)},
+        "1": {"bytes": rows(b1), "numel": rows(b1, 4)},
+        "2": {"bytes": rows(b2), "numel": rows(b2, 4)},
         "tokens_2": 10,
         "checkpointing": False,
     }
@@ -86,16 +91,8 @@ def _res(b1: dict, b2: dict) -> dict:
 def test_per_sample_and_report_scale_layer_groups():
     mib = 2**20
     res = _res(
-        {
-            ("llm.mlp", "bfloat16"): 10 * mib,
-            ("llm.lora_dropout", "float32"): 4 * mib,
-            ("llm.head", "bfloat16"): mib,
-        },
-        {
-            ("llm.mlp", "bfloat16"): 30 * mib,
-            ("llm.lora_dropout", "float32"): 8 * mib,
-            ("llm.head", "bfloat16"): mib,
-        },
+        {(MLP, "bfloat16"): 10 * mib, (DROP, "float32"): 4 * mib, (HEAD, "bfloat16"): mib},
+        {(MLP, "bfloat16"): 30 * mib, (DROP, "float32"): 8 * mib, (HEAD, "bfloat16"): mib},
     )
     assert per_sample(res, 1, 2) == {
         ("llm.head", "bfloat16"): 0,
