@@ -27,7 +27,7 @@ import math
 import statistics
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from projects.sa2va.datasets.collate import sa2va_collate
 from projects.sa2va.datasets.image_processing import InternVLImageProcessor
 from projects.sa2va.datasets.processor import Sa2VAProcessor
 from projects.sa2va.datasets.refseg import RefSegDataset
+from projects.sa2va.models.compile import compiled_decoder_layers, dynamo_graphs
 from projects.sa2va.models.feature_cache import build_feature_cache
 from projects.sa2va.models.internvl import Qwen2InternVL
 from projects.sa2va.models.losses import MaskLoss
@@ -92,7 +93,8 @@ class RunConfig:
         cache: feature-cache mode (``'off'``, ``'memory'``, ``'disk'``).
         fused_adamw: ``torch.optim.AdamW(fused=True)`` (CUDA) instead of the default foreach one.
         compile_llm: regional ``torch.compile`` of the LLM: each decoder layer's forward is compiled
-            (:func:`compiled_decoder_layers`; the layers share one compiled graph per input shape).
+            (:func:`projects.sa2va.models.compile.compiled_decoder_layers`, the code of
+            ``Sa2VAModel(compile_llm=...)``; the layers share one compiled graph per input shape).
         gradient_checkpointing: recompute LLM activations in backward.
         lora: overrides of the benchmark's LoRA settings (:func:`bench_lora`), e.g.
             ``{'train_embeddings': False}``. They take effect when the model is built
@@ -172,46 +174,6 @@ def check_lora(model: Sa2VAModel, shape: ModelShape, cfg: RunConfig) -> None:
 def lora_label(overrides: Mapping[str, Any]) -> str:
     """Table text of a row's LoRA overrides: ``train_embeddings=new_tokens`` (``-`` for none)."""
     return ",".join(f"{k}={v}" for k, v in overrides.items()) or "-"
-
-
-@contextlib.contextmanager
-def compiled_decoder_layers(model: Sa2VAModel, *, dynamic: bool | None) -> Iterator[int]:
-    """Regional ``torch.compile`` of the LLM while the context is open: ``nn.Module.compile`` on each
-    decoder layer (``base_llm().model.layers``, LoRA wrappers inside). The layers run the same code on
-    the same shapes, so dynamo compiles one graph (forward and backward) and every layer reuses it:
-    compile time is that of one layer, whatever the depth. (That holds when the first layer's input
-    requires grad, as the later layers' inputs do; it does whenever the embeddings or ``mlp1`` train.
-    Otherwise the first layer gets a second graph.) The embedding, rotary table, attention-mask
-    construction, final norm and head stay eager. Restores the eager layers and resets dynamo on exit.
-
-    Args:
-        dynamic: ``torch.compile``'s ``dynamic``: ``False`` when every batch has one padded length (one
-            graph); ``None`` (dynamo's automatic dynamic shapes: a second, dynamic graph after the first
-            length change) when they differ.
-
-    Yields:
-        the number of compiled layers.
-    """
-    layers = getattr(getattr(model.mllm.base_llm(), "model", None), "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
-        raise TypeError(
-            f"compile_llm: {type(model.mllm.base_llm()).__name__} has no decoder layers at .model.layers"
-        )
-    for layer in layers:
-        layer.compile(dynamic=dynamic)
-    try:
-        yield len(layers)
-    finally:
-        for layer in layers:
-            layer._compiled_call_impl = None  # what nn.Module.compile set; None = the eager __call__
-        torch._dynamo.reset()  # drop this row's graphs and guards (they refer to this model)
-
-
-def dynamo_graphs() -> int:
-    """Graphs dynamo has compiled in this process so far (``torch._dynamo`` counters)."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
 
 
 def load_samples(
