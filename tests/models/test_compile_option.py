@@ -264,3 +264,54 @@ def test_compile_option_values() -> None:
         compile_settings("yes")
     with pytest.raises(ValueError, match="dynamic must be None, True or False"):
         build_tiny_model(compile_llm={"dynamic": "auto"})
+
+
+def test_internlm2_decoder_layers_compile_with_lora_over_two_lengths() -> None:
+    """The InternLM2 family (own decoder code, boolean mask always passed): LoRA-wrapped layers compiled in
+    place give the eager logits and gradients for two sequence lengths in a row (``aot_eager``)."""
+    from peft import LoraConfig, get_peft_model
+
+    from projects.sa2va.models.compile import compile_layers, restore_eager
+    from projects.sa2va.models.internlm2 import InternLM2Config, InternLM2ForCausalLM
+
+    torch.manual_seed(0)
+    dims = dict(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2)
+    lm = InternLM2ForCausalLM(InternLM2Config(**dims, num_attention_heads=4, num_key_value_heads=2))
+    targets = ["wqkv", "wo", "w1", "w2", "w3"]
+    # trained embedding / head copies, as Sa2VA's train_embeddings=True: the first layer's input requires
+    # grad like the others', so all layers share one graph per shape
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=targets,
+        modules_to_save=["tok_embeddings", "output"],
+        init_lora_weights=False,
+    )
+    lm = get_peft_model(lm, cfg)
+    lm.train()
+    keys = list(lm.state_dict())
+    layers = decoder_layers(lm.get_base_model())
+
+    def step(length: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        ids = torch.arange(2 * length).reshape(2, length) % 100
+        mask = torch.ones_like(ids)
+        mask[1, : length // 3] = 0  # left padding
+        lm.zero_grad(set_to_none=True)
+        logits = lm(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        logits.float().square().mean().backward()
+        return logits.detach(), [p.grad.clone() for p in lm.parameters() if p.requires_grad]
+
+    want = [step(n) for n in (17, 23)]
+    torch._dynamo.reset()
+    before = dynamo_graphs()
+    compile_layers(layers, LLMCompileSettings(backend="aot_eager"))
+    try:
+        got = [step(n) for n in (17, 23)]
+        assert dynamo_graphs() - before == 2  # static 17, then symbolic in the length
+    finally:
+        restore_eager(layers)
+    assert list(lm.state_dict()) == keys
+    for (gl, gg), (wl, wg) in zip(got, want):
+        torch.testing.assert_close(gl, wl, rtol=1e-5, atol=1e-6)
+        for a, b in zip(gg, wg):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
