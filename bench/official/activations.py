@@ -14,10 +14,13 @@ Hiera-L) with ``--llm-layers`` decoder layers and ``--vit-layers`` InternViT lay
 saves the same, so the per-layer numbers scale to the 36 layers of the 4B LLM). The toolkit side is the
 speed harness's model (bench/harness/speed.py: LoRA r=128 dropout 0.05, trained embedding / head copies,
 point sampling, ``lm_logits='supervised'``) with frozen weights in bf16 and trainable ones in fp32, as on
-the GPU; the official side is ``speed_side_by_side.py``'s official model (weights as its code leaves
-them), on the same random weights.
+the GPU, and once more with its LLM's gradient checkpointing on (``toolkit+ckpt``, non-reentrant as in
+``Qwen2InternVL(gradient_checkpointing=True)``); the official side is ``speed_side_by_side.py``'s official
+model (weights as its code leaves them), on the same random weights. Writes ``WORK/report.txt``: the table
+as measured, and again with the dropout groups at 1 byte per element (what CUDA's dropout saves, see
+:func:`per_sample`).
 
-    .venv/bin/python bench/official/activations.py --work /tmp/sa2va_act        # about 10 minutes, 2 cores
+    .venv/bin/python bench/official/activations.py --work /tmp/sa2va_act        # about 6 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -256,8 +260,6 @@ def official_side(args: argparse.Namespace) -> dict:
     inp = torch.load(args.work / "official_inputs.pt", weights_only=False)
     if not dist.is_initialized():
         dist.init_process_group("gloo", init_method=f"file://{args.work / 'pg'}", rank=0, world_size=1)
-    import os
-
     os.chdir(args.work)
     torch.manual_seed(0)
     model, llm_attn = sbs.build_official_model(inp, torch.device("cpu"), "official")
@@ -399,9 +401,16 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if args.side is None:
             official_path = ":".join(str(p) for p in (args.overlay, args.src))
-            for side, path in (("prepare", ""), ("official", official_path), ("toolkit", "")):
-                env = {**__import__("os").environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}
-                subprocess.run([sys.executable, __file__, f"--side={side}", *common], env=env, check=True)
+            runs = (
+                ("prepare", "", []),
+                ("official", official_path, []),
+                ("toolkit", "", []),
+                ("toolkit", "", ["--toolkit-checkpointing"]),
+            )
+            for side, path, extra in runs:
+                env = {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}
+                cmd = [sys.executable, __file__, f"--side={side}", *common, *extra]
+                subprocess.run(cmd, env=env, check=True)
         sides = {}
         for name, file in (
             ("official", "official"),
