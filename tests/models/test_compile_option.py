@@ -191,6 +191,15 @@ def test_export_of_the_compiled_run_equals_the_eager_config_export(runs, tmp_pat
 
 
 # --- in-process -------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test starts with empty dynamo caches: the layers of all models share one code object
+    (``nn.Module._call_impl``), whose graphs count against one ``recompile_limit``."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 def _steps(model, dataset, batches: list[list[int]]) -> tuple[list[int], list[float]]:
     """AdamW steps, one per batch of dataset indices; returns the padded lengths and the total losses."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -315,3 +324,36 @@ def test_internlm2_decoder_layers_compile_with_lora_over_two_lengths() -> None:
         torch.testing.assert_close(gl, wl, rtol=1e-5, atol=1e-6)
         for a, b in zip(gg, wg):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", ["sa2va_tiny_qwen3vl_demo", "sa2va_tiny_qwen2_5vl_demo"])
+def test_qwen_vl_families_compile_over_three_lengths_with_eager_losses(config) -> None:
+    """The Qwen-VL text decoders (multimodal rotary positions; Qwen3-VL adds its deepstack features outside
+    the layers): compiled layers (``aot_eager``, default shape policy) give the eager losses over three
+    padded lengths, keys unchanged."""
+    from mmengine.config import Config
+    from xtuner.registry import BUILDER
+
+    from projects.sa2va.configs import config_path
+    from projects.sa2va.models.builder import build_component
+
+    cfg = Config.fromfile(str(config_path(config)))
+    ds_cfg = dict(cfg.train_dataloader.dataset)
+    ds_cfg.update(ann_file=str(DATA_ROOT / "annotations_train.json"), image_root=str(DATA_ROOT / "images"))
+    dataset = build_component(ds_cfg)
+
+    def build(**overrides):
+        model_cfg = cfg.model.copy()
+        model_cfg.update(overrides)
+        torch.manual_seed(0)
+        return BUILDER.build(model_cfg)
+
+    eager = build()
+    lengths, want = _steps(eager, dataset, BATCHES)
+    assert len(set(lengths)) == 3, lengths
+    compiled = build(compile_llm=dict(backend="aot_eager"))
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    got_lengths, got = _steps(compiled, dataset, BATCHES)
+    assert got_lengths == lengths
+    assert 1 <= compiled._compiled_graphs.graphs <= 3
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=0)

@@ -21,6 +21,11 @@ symbolic graph (one graph); ``dynamic=False`` compiles one graph per distinct ``
 batch has one padded length, as in the speed harness). ``torch._dynamo.config.recompile_limit`` (torch's
 default: 8) caps the graphs of this code; beyond it the layers run eager (dynamo's behaviour; the
 :class:`CompiledGraphLog` warns).
+
+Tested on the CPU (``tests/models/test_compile_option.py``): Qwen2 (InternVL) through the launcher with
+inductor, InternLM2 decoder layers with LoRA, gradient checkpointing. Not tested: DDP (each rank compiles its
+own layers; regional compilation needs no DDP graph splitting), DeepSpeed (ZeRO-3 gathers parameters in
+module hooks, which would run inside the compiled region).
 """
 
 from __future__ import annotations

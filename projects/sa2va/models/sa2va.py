@@ -225,7 +225,8 @@ class Sa2VAModel(BaseModel):
             region), in place through ``nn.Module.compile``: ``state_dict`` keys are unchanged. The layers
             run compiled in training mode only; :meth:`train` ``(False)`` / ``eval()`` restores the eager
             layers (validation, prediction, generation) and ``train()`` compiles them again (dynamo keeps
-            the graphs). Each time dynamo has compiled another graph it is logged.
+            the graphs). Each time dynamo has compiled another graph it is logged. Works with the
+            adapter's ``gradient_checkpointing`` (the compiled layers are recomputed in backward).
         data_preprocessor: defaults to :class:`Sa2VADataPreprocessor`.
     """
 
