@@ -15,15 +15,18 @@ LoRA must be applied first: the PEFT ``LoraLayer`` wrappers are then inside the 
 Shapes (``dynamic``): the layers' input is ``[B, L, H]``. With ``dynamic=None`` (the default of
 :class:`LLMCompileSettings`, dynamo's automatic dynamic shapes) the first batch compiles a graph for its
 ``[B, L]``; the first batch of another length recompiles once, to a graph symbolic in the sizes that
-changed (``L``; ``B`` when a smaller last batch comes), which then serves every later length: a training
-run with variable padded lengths compiles 2-3 graphs, not one per length. ``dynamic=True`` starts with the
+changed (``L``; ``B`` when a smaller last batch comes), which then serves every later length. A batch
+without padding passes no attention mask (transformers' SDPA path), which is another input signature and
+gets its own graph(s). A training run with variable padded lengths thus compiles a few graphs, not one per
+length (6 iterations of the tiny demo: 3, a static and a symbolic one with a mask and one without). ``dynamic=True`` starts with the
 symbolic graph (one graph); ``dynamic=False`` compiles one graph per distinct ``[B, L]`` (best when every
 batch has one padded length, as in the speed harness). ``torch._dynamo.config.recompile_limit`` (torch's
 default: 8) caps the graphs of this code; beyond it the layers run eager (dynamo's behaviour; the
 :class:`CompiledGraphLog` warns).
 
 Tested on the CPU (``tests/models/test_compile_option.py``): Qwen2 (InternVL) through the launcher with
-inductor, InternLM2 decoder layers with LoRA, gradient checkpointing. Not tested: DDP (each rank compiles its
+inductor; Qwen2.5-VL, Qwen3-VL, the InternLM2 decoder layers with LoRA and gradient checkpointing with
+``aot_eager``. Not tested: DDP (each rank compiles its
 own layers; regional compilation needs no DDP graph splitting), DeepSpeed (ZeRO-3 gathers parameters in
 module hooks, which would run inside the compiled region).
 """

@@ -219,7 +219,7 @@ class Sa2VAModel(BaseModel):
             the model, so ``'cuda'`` is that rank's GPU. ``None`` (default): the current default device.
         compile_llm: regional ``torch.compile`` of the LLM's decoder layers (:mod:`.compile`), opt-in:
             ``False`` (default, eager), ``True`` (automatic dynamic shapes: variable padded lengths cost
-            2-3 compiled graphs, not one per length) or a dict of
+            a few compiled graphs, not one per length) or a dict of
             :class:`~.compile.LLMCompileSettings` fields (``dynamic``, ``backend``, ``mode``,
             ``recompile_limit``). Applied once, after LoRA (the PEFT wrappers are inside the compiled
             region), in place through ``nn.Module.compile``: ``state_dict`` keys are unchanged. The layers
