@@ -15,12 +15,13 @@ LoRA must be applied first: the PEFT ``LoraLayer`` wrappers are then inside the 
 Shapes (``dynamic``): the layers' input is ``[B, L, H]``. With ``dynamic=None`` (the default of
 :class:`LLMCompileSettings`, dynamo's automatic dynamic shapes) the first batch compiles a graph for its
 ``[B, L]``; the first batch of another length recompiles once, to a graph symbolic in the sizes that
-changed (``L``; ``B`` when a smaller last batch comes), which then serves every later length. A batch
-without padding passes no attention mask (transformers' SDPA path), which is another input signature and
-gets its own graph(s). A training run with variable padded lengths thus compiles a few graphs, not one per
-length (6 iterations of the tiny demo: 3, a static and a symbolic one with a mask and one without). ``dynamic=True`` starts with the
-symbolic graph (one graph); ``dynamic=False`` compiles one graph per distinct ``[B, L]`` (best when every
-batch has one padded length, as in the speed harness). ``torch._dynamo.config.recompile_limit`` (torch's
+changed (``L``; ``B`` when a smaller last batch comes), which then serves every later length. In the
+transformers decoders (Qwen2, Qwen-VL) a batch without padding passes no attention mask, another input
+signature with its own graph(s). A training run with variable padded lengths thus compiles a few graphs, not
+one per length (6 iterations of the tiny demo: 3, a static and a symbolic one with a mask and one without).
+``dynamic=True`` starts with the symbolic graphs (the tiny demo: 2, with and without a mask);
+``dynamic=False`` compiles one graph per distinct ``[B, L]`` (best when every batch has one padded length,
+as in the speed harness). ``torch._dynamo.config.recompile_limit`` (torch's
 default: 8) caps the graphs of this code; beyond it the layers run eager (dynamo's behaviour; the
 :class:`CompiledGraphLog` warns).
 
