@@ -16,7 +16,9 @@ Sides (each in its own process: both code bases name their package ``projects.sa
   the official code picks (flash-attention 2 when ``flash_attn`` imports, else eager); ``--official-attn
   sdpa`` switches the LLM to PyTorch SDPA after building (an explicit deviation, for a fused-kernel
   comparison when flash-attn is missing).
-* ``ref`` / ``opt``: the toolkit's reference and optimised steps (bench/harness/speed.py).
+* ``ref`` / ``ckpt`` / ``opt``: the toolkit's reference step; the same with gradient checkpointing of the
+  LLM's decoder layers (what the official ``InternVL_V1_5`` always turns on: xtuner ``model/internvl.py``,
+  ``self.gradient_checkpointing_enable()`` in its constructor); the optimised step (bench/harness/speed.py).
 
 Each side runs at batch 2 and then at doubling batches until one runs out of memory, passes ``--max-batch``
 or reaches its time limit: the largest batch measured is reported with the reason its sweep stopped. Prints
@@ -332,6 +334,8 @@ def ours_worker(args: argparse.Namespace, name: str, work: Path, side: str) -> N
     for bsz in batch_sizes(2, args.max_batch):
         if side == "ref":
             cfg = hb.RunConfig("ref", bsz)
+        elif side == "ckpt":  # like the official step, which always checkpoints its LLM's decoder layers
+            cfg = hb.RunConfig("ckpt", bsz, gradient_checkpointing=True)
         else:
             cfg = hb.RunConfig("opt", bsz, cache="memory", fused_adamw=True)
         r = hb.run_one(
@@ -433,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="1b,4b")
     p.add_argument("--tiny", action="store_true", help="the tiny shapes (CPU smoke run)")
-    p.add_argument("--sides", default="official,ref,opt")
+    p.add_argument("--sides", default="official,ref,ckpt,opt")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--max-batch", type=int, default=64, help="stop doubling the batch here")
@@ -460,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the official inputs already in --work (from an earlier run with the same models)",
     )
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--worker", choices=("prepare", "official", "ref", "opt"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("prepare", "official", "ref", "ckpt", "opt"), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
