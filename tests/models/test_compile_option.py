@@ -357,3 +357,30 @@ def test_qwen_vl_families_compile_over_three_lengths_with_eager_losses(config) -
     assert got_lengths == lengths
     assert 1 <= compiled._compiled_graphs.graphs <= 3
     torch.testing.assert_close(got, want, rtol=RTOL, atol=0)
+
+
+def test_ddp_two_ranks_compiled_run_has_the_eager_losses(tmp_path) -> None:
+    """Two CPU ranks (``tools/dist.sh``, gloo): DDP around a model whose layers are compiled in place
+    (``aot_eager``) logs the losses of the eager two-rank run (12 records, 2 ranks x batch 2: 3 steps)."""
+    records = json.loads((DATA_ROOT / "annotations_train.json").read_text())[:RECORDS]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(records))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    losses = {}
+    runs = (("eager", 29641, []), ("compiled", 29642, ["model.compile_llm.backend=aot_eager"]))
+    for name, port, extra in runs:
+        work = tmp_path / name
+        cmd = ["bash", "tools/dist.sh", "train", CONFIG, "2", "--work-dir", str(work), "--cfg-options"]
+        cmd += ["train_cfg.max_epochs=1", f"train_dataloader.dataset.ann_file={ann}", *extra]
+        res = subprocess.run(
+            cmd, cwd=ROOT, env=dict(env, PORT=str(port)), capture_output=True, text=True, timeout=300
+        )
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        from projects.sa2va.engine.hooks import read_loss_records
+
+        records_by_iter = read_loss_records(work / "train_losses.jsonl")
+        assert sorted(records_by_iter) == [1, 2, 3]
+        losses[name] = [float(records_by_iter[i][k]) for i in (1, 2, 3) for k in LOSS_KEYS]
+        if extra:
+            assert "compile_llm: 2 decoder layers compiled in place" in res.stdout + res.stderr
+    torch.testing.assert_close(losses["compiled"], losses["eager"], rtol=RTOL, atol=0)

@@ -26,10 +26,9 @@ default: 8) caps the graphs of this code; beyond it the layers run eager (dynamo
 :class:`CompiledGraphLog` warns).
 
 Tested on the CPU (``tests/models/test_compile_option.py``): Qwen2 (InternVL) through the launcher with
-inductor; Qwen2.5-VL, Qwen3-VL, the InternLM2 decoder layers with LoRA and gradient checkpointing with
-``aot_eager``. Not tested: DDP (each rank compiles its
-own layers; regional compilation needs no DDP graph splitting), DeepSpeed (ZeRO-3 gathers parameters in
-module hooks, which would run inside the compiled region).
+inductor; Qwen2.5-VL, Qwen3-VL, the InternLM2 decoder layers with LoRA, gradient checkpointing and DDP (two
+gloo ranks through ``tools/dist.sh``) with ``aot_eager``. Not tested: DeepSpeed (ZeRO-3 gathers parameters
+in module hooks, which would run inside the compiled region).
 """
 
 from __future__ import annotations
