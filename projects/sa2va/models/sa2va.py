@@ -321,8 +321,8 @@ class Sa2VAModel(BaseModel):
         self._compiled_graphs: CompiledGraphLog | None = None
         if self.llm_compile is not None:
             self._compiled_graphs = CompiledGraphLog()
-            n = compile_layers(decoder_layers(self.mllm.base_llm()), self.llm_compile)
-            self.train(self.training)  # eager layers in eval mode
+            n = len(decoder_layers(self.mllm.base_llm()))
+            self.train(self.training)  # compiles the layers in training mode (the default), not in eval mode
             MMLogger.get_current_instance().info(
                 f"compile_llm: {n} decoder layers compiled in place ({self.llm_compile}; training mode only)"
             )
