@@ -107,4 +107,7 @@ done
     echo "fov = inside the field of view (tools/test.py --fov-masks auto), whole = every pixel"
     "$PY" bench/gpu/seeds_report.py "${RUNS[@]}" --json "$OUT/seeds.json"
 } | tee "$OUT/summary.txt"
+CURVE_LOGS=()
+for SEED in $SEEDS; do CURVE_LOGS+=(--log "$SEED=$WD/seed$SEED/train.log"); done
+"$PY" bench/gpu/seeds_curves.py "${CURVE_LOGS[@]}" --out "$OUT/curves.png"
 echo "results in $OUT: $(ls "$OUT" | tr '\n' ' ')"
