@@ -21,23 +21,13 @@ import pytest
 import torch
 
 from bench.harness import speed as hb
+from tests.inductor import needs_inductor
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_DROPOUT = {"dropout": 0.0}
 
 
-def inductor_available() -> str:
-    """Why inductor cannot compile on this host ("" when it can): it needs a C++ compiler on the CPU."""
-    from torch._inductor import cpp_builder
-
-    try:
-        cpp_builder.get_cpp_compiler()
-    except Exception as e:  # any failure to find a compiler means: inductor cannot run here
-        return f"inductor has no C++ compiler on this host: {e}"
-    return ""
-
-
-pytestmark = pytest.mark.skipif(bool(inductor_available()), reason=inductor_available() or "n/a")
+pytestmark = needs_inductor
 
 
 @pytest.fixture(scope="module")

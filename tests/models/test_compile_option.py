@@ -39,6 +39,7 @@ from projects.sa2va.models.compile import (
     dynamo_graphs,
     is_compiled,
 )
+from tests.inductor import needs_inductor
 from tests.tiny import DATA_ROOT, ROOT, build_tiny_dataset, build_tiny_model
 
 CONFIG = "projects/sa2va/configs/sa2va_tiny_demo.py"
@@ -46,20 +47,6 @@ RECORDS = 12
 ITERS = 6  # 12 records, batch 2, 1 epoch
 LOSS_KEYS = ("loss", "loss_lm", "loss_mask", "loss_dice")
 RTOL = 2e-6
-
-
-def inductor_available() -> str:
-    """Why inductor cannot compile on this host ("" when it can): it needs a C++ compiler on the CPU."""
-    from torch._inductor import cpp_builder
-
-    try:
-        cpp_builder.get_cpp_compiler()
-    except Exception as e:  # any failure to find a compiler means: inductor cannot run here
-        return f"inductor has no C++ compiler on this host: {e}"
-    return ""
-
-
-needs_inductor = pytest.mark.skipif(bool(inductor_available()), reason=inductor_available() or "n/a")
 
 
 def _train(work: Path, ann: Path, options: list[str]) -> subprocess.Popen:
