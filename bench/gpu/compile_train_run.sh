@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Issue 19: model.compile_llm through the real launcher, on ONE GPU, random weights. For each model of $MODELS
+# (1b: projects/sa2va/configs/sa2va_1b_random.py, 4b: sa2va_4b_random.py; tiny: sa2va_tiny_demo.py) runs
+# tools/train.py for $ITERS iterations eager, then with $COMPILE_OPTS (model.compile_llm=True: each decoder
+# layer torch.compile'd, automatic dynamic shapes; the padded length varies from batch to batch), each in its
+# own process, with what the harness's feature-cache rows used: the frozen-feature cache in memory, batch
+# $BATCH_1B / $BATCH_4B, one optimiser step per iteration (accumulative_counts=1), fused AdamW (FUSED=1).
+# Also set for the measurement: every iteration logged unsmoothed (logger.interval=1, window_size=1), full
+# batches only (drop_last=True: samples/s = batch / s/iter), no checkpoint, no validation.
+# Then prints the table of bench/gpu/compile_train_table.py: s/iter over the iterations after the first
+# $WARMUP, less those that compiled a graph (read from the log), samples/s, peak memory (MiB of
+# max_memory_allocated), first and last loss, the first iteration's time and the compile iterations' times.
+#
+# On the lent GPU box (kit with the transformers 4.57 stack, see ../shared/gpu/README.md; carry .whl):
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+#     && export PYTHONPATH=/tmp/site:$PWD && OUT=$OUT bash bench/gpu/compile_train_run.sh
+# CPU smoke run (the tiny demo, batch 2, 8 iterations, warm-up 2; the compiled run with inductor, or with the
+# aot_eager backend where inductor has no C++ compiler):
+#   SMOKE=1 PY=.venv/bin/python bash bench/gpu/compile_train_run.sh
+# Knobs: MODELS (1b,4b; SMOKE: tiny), ITERS (40; SMOKE: 8), WARMUP (10; SMOKE: 2), WINDOW (time only the
+# last WINDOW iterations; default all after the warm-up), BATCH_1B (32), BATCH_4B (16), BATCH_TINY (2),
+# RUNS ("eager compiled"), COMPILE_OPTS (model.compile_llm=True), FUSED (1; SMOKE: 0), OUT (compile_train_out),
+# WD (/tmp/sa2va_compile_train: work dirs), PY (python3), BUDGET_S (360; SMOKE: none): a run that would start
+# later than BUDGET_S seconds after the start is listed as skipped.
+# $OUT gets at most 2 + 2 x (runs) files: gpu.txt (card, versions, wall time per run), compile_train.md (the
+# table), compile_train_rows.json and one <model>_<run>.log per run (its compile lines and last 30 lines).
+set -euo pipefail
+OUT=${OUT:-compile_train_out}
+PY=${PY:-python3}
+SMOKE=${SMOKE:-0}
+RUNS=${RUNS:-eager compiled}
+WD=${WD:-/tmp/sa2va_compile_train}
+COMPILE_OPTS=${COMPILE_OPTS:-model.compile_llm=True}
+if [ "$SMOKE" = 1 ]; then
+    MODELS=${MODELS:-tiny}; ITERS=${ITERS:-8}; WARMUP=${WARMUP:-2}; FUSED=${FUSED:-0}
+    BUDGET_S=${BUDGET_S:-1000000}
+else
+    MODELS=${MODELS:-1b,4b}; ITERS=${ITERS:-40}; WARMUP=${WARMUP:-10}; FUSED=${FUSED:-1}; BUDGET_S=${BUDGET_S:-360}
+fi
+WINDOW=${WINDOW:-}
+mkdir -p "$OUT" "$WD"
+T0=$(date +%s)
+C=projects/sa2va/configs
+
+: > "$OUT/gpu.txt"
+if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/gpu.txt"
+fi
+"$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
+    | tee -a "$OUT/gpu.txt"
+if [ "$SMOKE" = 1 ] && [ "$COMPILE_OPTS" = model.compile_llm=True ]; then
+    why=$("$PY" -c "
+from torch._inductor import cpp_builder
+try:
+    cpp_builder.get_cpp_compiler()
+except Exception as e:
+    print(e)" 2>&1 | tail -1)
+    if [ -n "$why" ]; then
+        COMPILE_OPTS=model.compile_llm.backend=aot_eager
+        echo "[compile-train] inductor cannot compile here ($why): the compiled smoke run uses $COMPILE_OPTS" \
+            | tee -a "$OUT/gpu.txt"
+    fi
+fi
+
+status=0
+table_args=(--warmup "$WARMUP")
+if [ -n "$WINDOW" ]; then table_args+=(--window "$WINDOW"); fi
+for model in ${MODELS//,/ }; do
+    case $model in
+        1b) cfg=$C/sa2va_1b_random.py; batch=${BATCH_1B:-32} ;;
+        4b) cfg=$C/sa2va_4b_random.py; batch=${BATCH_4B:-16} ;;
+        tiny) cfg=$C/sa2va_tiny_demo.py; batch=${BATCH_TINY:-2} ;;
+        *) echo "unknown model '$model' in MODELS=$MODELS (known: 1b, 4b, tiny)"; exit 2 ;;
+    esac
+    opts=(train_cfg.max_epochs=None "train_cfg.max_iters=$ITERS" "train_dataloader.batch_size=$batch"
+          train_dataloader.drop_last=True optim_wrapper.accumulative_counts=1 model.feature_cache.mode=memory
+          default_hooks.logger.interval=1 log_processor.window_size=1 default_hooks.checkpoint=None
+          val_cfg=None val_dataloader=None val_evaluator=None)
+    if [ "$FUSED" = 1 ]; then opts+=(optim_wrapper.optimizer.fused=True); fi
+    for run in $RUNS; do
+        case $run in
+            eager) extra=(); compiled=no ;;
+            compiled) read -r -a extra <<< "$COMPILE_OPTS"; compiled=yes ;;
+            *) echo "unknown run '$run' in RUNS=$RUNS (known: eager, compiled)"; exit 2 ;;
+        esac
+        name=${model}_$run
+        elapsed=$(( $(date +%s) - T0 ))
+        if [ "$elapsed" -gt "$BUDGET_S" ]; then
+            echo "[compile-train] skipped $name: ${elapsed} s past BUDGET_S=$BUDGET_S s" | tee -a "$OUT/gpu.txt"
+            table_args+=(--skipped "$model" "$compiled" "$batch" "would start at ${elapsed} s, past BUDGET_S=$BUDGET_S s")
+            continue
+        fi
+        rm -rf "${WD:?}/$name"
+        t=$(date +%s)
+        echo "[compile-train] $name: $PY tools/train.py $cfg --cfg-options ${opts[*]} ${extra[*]}" | tee -a "$OUT/gpu.txt"
+        if "$PY" tools/train.py "$cfg" --work-dir "$WD/$name" --cfg-options "${opts[@]}" "${extra[@]}" \
+            > "$WD/$name.log" 2>&1; then
+            echo "[compile-train] $name: $(( $(date +%s) - t )) s wall" | tee -a "$OUT/gpu.txt"
+        else
+            tail -40 "$WD/$name.log"
+            echo "[compile-train] FAILED: $name after $(( $(date +%s) - t )) s (log tail: $OUT/$name.log)" \
+                | tee -a "$OUT/gpu.txt"
+            status=1
+        fi
+        { grep -E "compile_llm|recompile|feature cache: [0-9]|Error" "$WD/$name.log" | head -20 || true
+          echo "..."; tail -30 "$WD/$name.log"; } > "$OUT/$name.log"
+        table_args+=(--run "$model" "$compiled" "$batch" "$WD/$name")
+    done
+done
+
+"$PY" bench/gpu/compile_train_table.py "${table_args[@]}" \
+    --out-md "$OUT/compile_train.md" --out-json "$OUT/compile_train_rows.json" || status=1
+echo "[compile-train] total $(( $(date +%s) - T0 )) s" | tee -a "$OUT/gpu.txt"
+exit $status
