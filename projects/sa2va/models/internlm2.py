@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 __all__ = ["InternLM2Config", "InternLM2ForCausalLM", "InternLM2Model"]
@@ -237,8 +238,11 @@ class InternLM2MLP(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
-class InternLM2DecoderLayer(nn.Module):
-    """Pre-norm block: ``h = x + attn(norm(x)); out = h + ffn(norm(h))``."""
+class InternLM2DecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm block: ``h = x + attn(norm(x)); out = h + ffn(norm(h))``.
+
+    A transformers ``GradientCheckpointingLayer``: its own ``gradient_checkpointing`` switch recomputes it in
+    backward (set on every layer by ``gradient_checkpointing_enable``, on some by :mod:`.checkpointing`)."""
 
     def __init__(self, config: InternLM2Config, layer_idx: int) -> None:
         super().__init__()
@@ -372,10 +376,8 @@ class InternLM2Model(InternLM2PreTrainedModel):
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden.append(hidden)
-            if self.gradient_checkpointing and self.training:
-                hidden = self._gradient_checkpointing_func(layer.__call__, hidden, cos, sin, mask, None)
-            else:
-                hidden = layer(hidden, cos, sin, mask, past_key_values)
+            # a checkpointed layer (its own switch) runs with past_key_values=None
+            hidden = layer(hidden, cos, sin, mask, past_key_values=past_key_values)
         hidden = self.norm(hidden)
         if output_hidden_states:
             all_hidden.append(hidden)

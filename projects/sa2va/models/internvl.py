@@ -21,6 +21,13 @@ from ..hf_folder import read_hf_config as read_checked_hf_config
 from ..pixels import model_pixels
 from ..special_tokens import IMG_CONTEXT_TOKEN
 from .builder import build_component
+from .checkpointing import (
+    CheckpointOption,
+    apply_partial_policy,
+    llm_decoder_layers,
+    log_policy,
+    resolve_policy,
+)
 from .fast_init import default_dtype, torch_init_disabled
 from .internvit import InternVisionConfig, InternVisionModel
 from .mllm import LLMFamily, MLLMAdapter
@@ -71,7 +78,9 @@ class InternVLMLLM(MLLMAdapter):
         ps_version: pixel-shuffle version (``'v2'``).
         select_layer: ViT layer whose output feeds ``mlp1`` (-1: the last).
         torch_dtype: dtype of the built weights (``None``: float32).
-        gradient_checkpointing: recompute LLM (and ViT) activations in backward.
+        gradient_checkpointing: which activations are recomputed in backward (:mod:`.checkpointing`):
+            ``False``; ``True`` (every LLM decoder layer and the ViT); an ``int`` ``N`` (the first ``N``
+            decoder layers); a ``float`` in ``(0, 1]`` (that fraction of them, rounded up).
     """
 
     def __init__(
@@ -85,7 +94,7 @@ class InternVLMLLM(MLLMAdapter):
         ps_version: str | None = None,
         select_layer: int | None = None,
         torch_dtype: str | torch.dtype | None = None,
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: CheckpointOption = False,
     ) -> None:
         super().__init__()
         hf = read_hf_config(path) if path is not None else {}
@@ -133,8 +142,8 @@ class InternVLMLLM(MLLMAdapter):
         self.num_image_token = int((patches * self.downsample_ratio) ** 2)
         self.img_context_token_id = self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
         self.lora_applied = False
-        if gradient_checkpointing:
-            self.enable_gradient_checkpointing()
+        if gradient_checkpointing is not False:
+            self.enable_gradient_checkpointing(gradient_checkpointing)
 
     # --- family hooks ----------------------------------------------------------------------------
     def build_llm(self, llm_config: dict, dtype: torch.dtype | None) -> PreTrainedModel:
@@ -150,10 +159,23 @@ class InternVLMLLM(MLLMAdapter):
         """The dtype the model was built in: that of its frozen ViT patch embedding (never upcast)."""
         return self.vision_model.embeddings.patch_embedding.weight.dtype
 
-    def enable_gradient_checkpointing(self) -> None:
-        self.base_llm().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.base_llm().config.use_cache = False
-        self.vision_model.gradient_checkpointing = True
+    def enable_gradient_checkpointing(self, policy: CheckpointOption = True) -> None:
+        """Set which activations are recomputed in backward (:mod:`.checkpointing`; replaces an earlier
+        setting). ``True``: every LLM decoder layer and the ViT; ``N`` / a fraction: the first decoder layers.
+
+        Raises:
+            ValueError / TypeError: a bad ``policy`` (:func:`~.checkpointing.resolve_policy`).
+        """
+        lm = self.base_llm()
+        resolved = resolve_policy(policy, len(llm_decoder_layers(lm)))
+        if resolved.full:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            lm.config.use_cache = False
+            self.vision_model.gradient_checkpointing = True
+        else:
+            apply_partial_policy(lm, resolved)
+            self.vision_model.gradient_checkpointing = False
+        log_policy(policy, resolved)
 
     # --- forward ---------------------------------------------------------------------------------
     def encode_vit(self, pixel_values: torch.Tensor) -> torch.Tensor:

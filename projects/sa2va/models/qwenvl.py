@@ -36,6 +36,13 @@ from transformers import (
 )
 
 from .builder import build_component
+from .checkpointing import (
+    CheckpointOption,
+    apply_partial_policy,
+    llm_decoder_layers,
+    log_policy,
+    resolve_policy,
+)
 from .internvl import read_hf_config
 from .mllm import LLMFamily, MLLMAdapter
 from .tokenizer import add_sa2va_tokens
@@ -186,7 +193,9 @@ class QwenVLMLLM(MLLMAdapter):
             absent token ids are taken from the tokenizer); default: read from ``path``.
         path: a Sa2VA Qwen-VL Hugging Face folder (weights are loaded by the caller).
         torch_dtype: dtype of the built weights (``None``: float32).
-        gradient_checkpointing: recompute decoder (and vision) activations in backward.
+        gradient_checkpointing: which activations are recomputed in backward (:mod:`.checkpointing`):
+            ``False``; ``True`` (every decoder layer and the vision tower); an ``int`` ``N`` (the first ``N``
+            decoder layers); a ``float`` in ``(0, 1]`` (that fraction of them, rounded up).
 
     Attributes:
         config: the Qwen-VL config (the M-RoPE index reads it).
@@ -215,7 +224,7 @@ class QwenVLMLLM(MLLMAdapter):
         config: dict | None = None,
         path: str | None = None,
         torch_dtype: str | torch.dtype | None = None,
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: CheckpointOption = False,
     ) -> None:
         super().__init__()
         hf = read_hf_config(path) if path is not None else {}
@@ -255,8 +264,8 @@ class QwenVLMLLM(MLLMAdapter):
         )
         self.vision_rows_per_output = int(self.config.vision_config.spatial_merge_size) ** 2
         self.lora_applied = False
-        if gradient_checkpointing:
-            self.enable_gradient_checkpointing()
+        if gradient_checkpointing is not False:
+            self.enable_gradient_checkpointing(gradient_checkpointing)
 
     def _token_id(self, token: str, expected: int) -> int:
         got = self.tokenizer.convert_tokens_to_ids(token)
@@ -271,10 +280,24 @@ class QwenVLMLLM(MLLMAdapter):
     def hidden_size(self) -> int:
         return int(self.config.text_config.hidden_size)
 
-    def enable_gradient_checkpointing(self) -> None:
-        kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
-        self.base_llm().model.gradient_checkpointing_enable(**kwargs)
-        self.vision_model.gradient_checkpointing_enable(**kwargs)
+    def enable_gradient_checkpointing(self, policy: CheckpointOption = True) -> None:
+        """Set which activations are recomputed in backward (:mod:`.checkpointing`; replaces an earlier
+        setting). ``True``: every decoder layer and the vision tower; ``N`` / a fraction: the first decoder
+        layers.
+
+        Raises:
+            ValueError / TypeError: a bad ``policy`` (:func:`~.checkpointing.resolve_policy`).
+        """
+        lm = self.base_llm()
+        resolved = resolve_policy(policy, len(llm_decoder_layers(lm)))
+        if resolved.full:
+            kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+            lm.model.gradient_checkpointing_enable(**kwargs)
+            self.vision_model.gradient_checkpointing_enable(**kwargs)
+        else:
+            apply_partial_policy(lm, resolved)
+            self.vision_model.gradient_checkpointing_disable()
+        log_policy(policy, resolved)
 
     @property
     def build_dtype(self) -> torch.dtype:

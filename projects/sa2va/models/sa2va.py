@@ -226,7 +226,8 @@ class Sa2VAModel(BaseModel):
             run compiled in training mode only; :meth:`train` ``(False)`` / ``eval()`` restores the eager
             layers (validation, prediction, generation) and ``train()`` compiles them again (dynamo keeps
             the graphs). Each time dynamo has compiled another graph it is logged. Works with the
-            adapter's ``gradient_checkpointing`` (the compiled layers are recomputed in backward).
+            adapter's ``gradient_checkpointing``, all layers or some (:mod:`.checkpointing`): the
+            checkpointed compiled layers are recomputed in backward.
         data_preprocessor: defaults to :class:`Sa2VADataPreprocessor`.
     """
 
