@@ -1,15 +1,24 @@
-"""Issue 19 speed/memory rows for Sa2VA-1B / -4B shapes: the LM head at every position vs only at the
-supervised positions, the reference batch 2 with and without gradient checkpointing (foreach and fused
-AdamW), the optimised (feature-cache) batches, eager or with the decoder layers compiled, under LoRA
-settings other than the reference's. Run by ``bench/gpu/speed_run.sh`` (see there for the GPU box set-up).
+"""Issue 19 speed/memory rows for Sa2VA-1B / -4B and Sa2VA-Qwen3-VL-4B shapes: the LM head at every
+position vs only at the supervised positions, the reference batch 2 with and without gradient
+checkpointing (foreach and fused AdamW), the optimised (feature-cache) batches, eager or with the decoder
+layers compiled, under LoRA settings other than the reference's. Run by ``bench/gpu/speed_run.sh`` (see
+there for the GPU box set-up).
 
     PYTHONPATH=/tmp/site:$PWD python3 bench/gpu/speed_bench.py --models 4b,1b            # one GPU
     PYTHONPATH=/tmp/site:$PWD python3 bench/gpu/speed_bench.py \
         --rows "1b:opt32,opt32-compiled;4b[train_embeddings=new_tokens]:ref,ckpt-fused,opt24"
+    PYTHONPATH=/tmp/site:$PWD python3 bench/gpu/speed_bench.py --rows "qwen3vl4b:ref,opt16,opt16-compiled"
     python bench/gpu/speed_bench.py --tiny --steps 2 --warmup 1 --profile-steps 1          # CPU smoke run
+    python bench/gpu/speed_bench.py --device cpu --steps 2 --warmup 1 --profile-steps 1 --workers 0 \
+        --num-images 4 --rows "tinyqwen3vl:ref,opt2"                                     # Qwen3-VL on the CPU
 
-``--rows``: groups ``MODEL[KEY=VALUE,...]:ROW,ROW,...`` separated by ``;``. ``MODEL`` is ``1b``, ``4b`` or
-``tiny``; the optional ``[...]`` are LoRA overrides (``RunConfig.lora``, e.g. ``train_embeddings=new_tokens``,
+``--rows``: groups ``MODEL[KEY=VALUE,...]:ROW,ROW,...`` separated by ``;``. ``MODEL`` is ``1b``, ``4b``,
+``tiny`` (InternVL shapes), ``qwen3vl4b`` (Sa2VA-Qwen3-VL-4B: Qwen3-VL-4B vision tower and text decoder, SAM2
+Hiera-L; ``_base_/model_sa2va_qwen3vl_4b_random.py``) or ``tinyqwen3vl`` (``_base_/model_tiny_qwen3vl.py``);
+the Qwen3-VL samples are built with the config's Qwen-VL image processor (patches + ``image_grid_thw``, 400
+image tokens for a 512x512 image at the 4B's pixel budget) and its LLM FLOPs count the Qwen3 decoder from
+``text_config`` (``head_dim`` included), every token (image tokens too) and the DeepStack additions. The
+optional ``[...]`` are LoRA overrides (``RunConfig.lora``, e.g. ``train_embeddings=new_tokens``,
 ``keep_originals=True``; values ``True`` / ``False`` / numbers / text) with which the group's model is built
 (one build per group, freed before the next). ``ROW`` is ``ref`` (batch ``--ref-batch``, no cache), ``ckpt``
 (ref + gradient checkpointing), ``ckpt-fused`` (the same with fused AdamW) or ``optN`` (feature cache in
@@ -62,7 +71,9 @@ import torch  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="4b,1b", help="comma list of 1b, 4b (ignored with --tiny or --rows)")
+    p.add_argument(
+        "--models", default="4b,1b", help="comma list of 1b, 4b, qwen3vl4b (ignored with --tiny or --rows)"
+    )
     p.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (smoke run)")
     p.add_argument("--rows", default=None, help="the row plan (see above); replaces the four options below")
     p.add_argument("--ref-batch", type=int, default=2)
@@ -91,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --- the row plan ----------------------------------------------------------------------------------
-MODELS = ("1b", "4b", "tiny")
+MODELS = ("1b", "4b", "tiny", "qwen3vl4b", "tinyqwen3vl")
 _GROUP = re.compile(r"^(?P<model>[a-z0-9]+)(?:\[(?P<lora>[^\]]*)\])?:(?P<rows>.+)$")
 _ROW = re.compile(r"^(?P<kind>ref|ckpt-fused|ckpt|opt(?P<batch>\d+))(?P<all>-all)?(?P<compiled>-compiled)?$")
 

@@ -19,6 +19,9 @@ PRESET_CONFIGS: dict[str, str] = {
     "tiny": "_base_/model_tiny",  # InternViT 2x32 at 224 px, Qwen2 2x64, SAM2 Hiera 4x16 at 256 px
     "1b": "_base_/model_sa2va_1b_random",  # InternViT-300M + Qwen2.5-0.5B + SAM2 Hiera-L
     "4b": "_base_/model_sa2va_4b_random",  # InternViT-300M + Qwen2.5-3B + SAM2 Hiera-L
+    # Qwen3-VL-4B vision tower (24x1024, DeepStack) + Qwen3-4B text decoder + SAM2 Hiera-L
+    "qwen3vl4b": "_base_/model_sa2va_qwen3vl_4b_random",
+    "tinyqwen3vl": "_base_/model_tiny_qwen3vl",  # Qwen3-VL vision 2x32 + text 3x64, SAM2 Hiera 4x16
 }
 #: SAM2 input size when a config sets no ``overrides.image_size`` (``sam2_hiera_*.yaml``).
 SAM2_DEFAULT_IMAGE_SIZE = 1024
@@ -32,24 +35,38 @@ def load_preset(name: str) -> dict[str, Any]:
     """The shapes of the model in ``PRESET_CONFIGS[name]``, as plain (fresh, mutable) dicts.
 
     Returns:
-        ``vision_config`` / ``llm_config`` (the config's ``model.mllm`` dicts), ``sam2_overrides``
-        (``model.grounding_encoder.overrides`` or ``None``), ``vit_image_size`` (InternViT tile, px),
-        ``sam2_image_size`` (SAM2 input, px) and ``lora_r`` (``model.lora.r``).
+        ``mllm_type`` (the class of the config's ``model.mllm``), ``vision_config`` / ``llm_config`` (the
+        config's ``model.mllm`` dicts; for a Qwen-VL adapter, built from one ``config``, its
+        ``vision_config`` / ``text_config``), ``sam2_overrides`` (``model.grounding_encoder.overrides`` or
+        ``None``), ``vit_image_size`` (InternViT tile, px; ``None`` for Qwen-VL, whose image size comes from
+        the processor's pixel budget), ``sam2_image_size`` (SAM2 input, px), ``lora_r`` (``model.lora.r``),
+        ``trainable`` (``model.trainable`` or ``None``) and ``image_processor`` (the config's
+        ``processor.image_processor`` dict, ``type`` included).
 
     Raises:
         ValueError: unknown ``name``.
     """
     if name not in PRESET_CONFIGS:
         raise ValueError(f"unknown model preset {name!r} (expected one of {sorted(PRESET_CONFIGS)})")
-    model = Config.fromfile(str(config_path(PRESET_CONFIGS[name]))).model
-    vision = model.mllm.vision_config.to_dict()
+    cfg = Config.fromfile(str(config_path(PRESET_CONFIGS[name])))
+    model = cfg.model
+    mllm = model.mllm
+    if "config" in mllm:  # the Qwen-VL adapters take one Qwen-VL config (text_config + vision_config)
+        vision, llm, vit_size = mllm.config.vision_config.to_dict(), mllm.config.text_config.to_dict(), None
+    else:
+        vision, llm = mllm.vision_config.to_dict(), mllm.llm_config.to_dict()
+        vit_size = vision["image_size"]
     overrides = model.grounding_encoder.get("overrides")
     overrides = overrides.to_dict() if overrides is not None else None
+    trainable = model.get("trainable")
     return dict(
+        mllm_type=mllm.type,
         vision_config=vision,
-        llm_config=model.mllm.llm_config.to_dict(),
+        llm_config=llm,
         sam2_overrides=overrides,
-        vit_image_size=vision["image_size"],
+        vit_image_size=vit_size,
         sam2_image_size=(overrides or {}).get("image_size", SAM2_DEFAULT_IMAGE_SIZE),
         lora_r=model.lora.r,
+        trainable=trainable.to_dict() if trainable is not None else None,
+        image_processor=cfg.processor.image_processor.to_dict(),
     )

@@ -12,11 +12,14 @@ side in one process:
   embeddings, its backward gives their gradient, which is then fed into the LLM's backward;
 * one extra step under ``torch.cuda.set_sync_debug_mode('warn')`` counts host-device syncs.
 
-Batches are real samples of the bundled data (``data/chase_db1``) preprocessed by
-:class:`RefSegDataset` as a 512x512 image would be (one InternViT tile, the 1024 SAM2 input), with the
-tiny offline tokenizer: ~380 tokens per sample with 5 masks. They are collated (with cache digests)
-and pinned before timing: data loading and hashing happen in DataLoader workers in real training and
-are not timed here.
+Batches are real samples of the bundled data (``data/chase_db1``, 512x512 images) preprocessed by
+:class:`RefSegDataset` with the tiny offline tokenizer of the family, 5 masks per sample. InternVL shapes
+(``1b``, ``4b``, ``tiny``): one InternViT tile per image, the 1024 SAM2 input, ~380 tokens per sample.
+Qwen3-VL shapes (``qwen3vl4b``, ``tinyqwen3vl``): the model config's own Qwen-VL image processor (patches +
+``image_grid_thw``; ``<|vision_start|>`` + ``<|image_pad|>`` x n + ``<|vision_end|>`` in the text; at
+Sa2VA's pixel budget a 512x512 image is resized to 640x640: 400 image tokens). They are collated (with
+cache digests) and pinned before timing: data loading and hashing happen in DataLoader workers in real
+training and are not timed here.
 """
 
 from __future__ import annotations
@@ -39,40 +42,86 @@ from projects.sa2va.datasets.collate import sa2va_collate
 from projects.sa2va.datasets.image_processing import InternVLImageProcessor
 from projects.sa2va.datasets.processor import Sa2VAProcessor
 from projects.sa2va.datasets.refseg import RefSegDataset
+from projects.sa2va.models.builder import build_component
 from projects.sa2va.models.compile import compiled_decoder_layers, dynamo_graphs
 from projects.sa2va.models.feature_cache import build_feature_cache
 from projects.sa2va.models.internvl import Qwen2InternVL
 from projects.sa2va.models.losses import MaskLoss
+from projects.sa2va.models.mllm import MLLMAdapter
+from projects.sa2va.models.qwenvl import Qwen3VLSa2VA
+from projects.sa2va.models.qwenvl_tokenizer import build_tiny_qwenvl_tokenizer
 from projects.sa2va.models.sa2va import DEFAULT_LORA, Sa2VAModel
 from projects.sa2va.models.sam2_grounding import SAM2GroundingEncoder
 from projects.sa2va.models.tokenizer import build_tiny_tokenizer
 
-from .flops import SampleFlops, counted_flops, llm_forward_flops, mlp1_forward_flops, vit_forward_flops
-from .presets import BENCH_VOCAB_SIZE, load_preset
+from .flops import (
+    SampleFlops,
+    counted_flops,
+    deepstack_flops,
+    llm_forward_flops,
+    mlp1_forward_flops,
+    qwen3vl_vision_forward_flops,
+    vit_forward_flops,
+)
+from .presets import BENCH_VOCAB_SIZE, PRESET_CONFIGS, load_preset
 
 
 @dataclass(frozen=True)
 class ModelShape:
+    """The shapes of one benchmark model (read from its ``_base_`` config by :func:`model_shape`).
+
+    Attributes:
+        vision_config / llm_config: InternViT + Qwen2 configs, or Qwen3-VL's ``vision_config`` /
+            ``text_config``.
+        vit_image_size: InternViT tile size (px); ``None`` for Qwen-VL (the processor's pixel budget).
+        mllm_type: the adapter class of the config's ``model.mllm``; it picks the :class:`BenchFamily`.
+        trainable: the config's ``model.trainable`` (``None``: the model's defaults).
+        image_processor: the config's image processor dict (used by the Qwen-VL family).
+    """
+
     name: str
     vision_config: dict
     llm_config: dict
     sam2_overrides: dict | None
-    vit_image_size: int
+    vit_image_size: int | None
     sam2_image_size: int
     lora_r: int = 128
+    mllm_type: type = Qwen2InternVL
+    trainable: dict | None = None
+    image_processor: dict | None = None
+
+    @property
+    def family(self) -> type[BenchFamily]:
+        """The :class:`BenchFamily` of :attr:`mllm_type` (``ValueError`` if the harness has none)."""
+        family = BENCH_FAMILIES.get(self.mllm_type)
+        if family is None:
+            raise ValueError(
+                f"model shape {self.name!r}: the benchmark has no family for {self.mllm_type.__name__} "
+                f"(known: {[t.__name__ for t in BENCH_FAMILIES]})"
+            )
+        return family
+
+
+#: Shapes whose LM takes :data:`BENCH_VOCAB_SIZE` over the config's vocabulary (their published figures).
+BENCH_VOCAB_SHAPES = ("1b", "4b")
 
 
 def model_shape(name: str) -> ModelShape:
-    """``'1b'`` (InternViT-300M + Qwen2.5-0.5B + SAM2 Hiera-L), ``'4b'`` (+ Qwen2.5-3B), ``'tiny'``.
+    """A shape of :data:`~.presets.PRESET_CONFIGS`: ``'1b'`` (InternViT-300M + Qwen2.5-0.5B + SAM2
+    Hiera-L), ``'4b'`` (+ Qwen2.5-3B), ``'tiny'``, ``'qwen3vl4b'`` (Qwen3-VL-4B vision tower and text
+    decoder + SAM2 Hiera-L), ``'tinyqwen3vl'``.
 
     Shapes are read from the ``_base_`` model configs (:func:`load_preset`); 1b / 4b use
-    :data:`BENCH_VOCAB_SIZE`.
+    :data:`BENCH_VOCAB_SIZE`, the others the config's vocabulary (Qwen3-VL-4B: 151936, as
+    ``sa2va_qwen3vl_4b_random.py`` trains it).
     """
-    if name not in ("1b", "4b", "tiny"):
-        raise ValueError(f"unknown model shape {name!r} (expected 1b, 4b or tiny)")
+    if name not in PRESET_CONFIGS:
+        raise ValueError(f"unknown model shape {name!r} (expected one of {list(PRESET_CONFIGS)})")
     p = load_preset(name)
-    llm = p["llm_config"] if name == "tiny" else {**p["llm_config"], "vocab_size": BENCH_VOCAB_SIZE}
-    return ModelShape(
+    llm = p["llm_config"]
+    if name in BENCH_VOCAB_SHAPES:
+        llm = {**llm, "vocab_size": BENCH_VOCAB_SIZE}
+    shape = ModelShape(
         name,
         p["vision_config"],
         llm,
@@ -80,7 +129,114 @@ def model_shape(name: str) -> ModelShape:
         p["vit_image_size"],
         p["sam2_image_size"],
         lora_r=p["lora_r"],
+        mllm_type=p["mllm_type"],
+        trainable=p["trainable"],
+        image_processor=p["image_processor"],
     )
+    shape.family  # noqa: B018 (refuses a family the harness does not know, at once)
+    return shape
+
+
+# --- families --------------------------------------------------------------------------------------
+class BenchFamily:
+    """What the benchmark does per MLLM family: build the adapter, preprocess images, count the FLOPs of
+    the vision tower and of the image-token path into the LLM. One subclass per adapter class
+    (:data:`BENCH_FAMILIES`)."""
+
+    @staticmethod
+    def build_mllm(shape: ModelShape, dtype: str | None) -> MLLMAdapter:
+        raise NotImplementedError
+
+    @staticmethod
+    def image_processor(shape: ModelShape) -> Any:
+        """The image processor the family's samples are built with."""
+        raise NotImplementedError
+
+    @staticmethod
+    def checkpointed_lm(model: Sa2VAModel) -> Any:
+        """The transformers model whose ``gradient_checkpointing_enable`` recomputes the decoder layers."""
+        return model.mllm.base_llm()
+
+    @staticmethod
+    def vision_forward_flops(shape: ModelShape, batch: Any) -> float:
+        """Forward FLOPs of the frozen vision tower per sample of the collated ``batch``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def image_path_forward_flops(shape: ModelShape, model: Sa2VAModel, batch: Any) -> float:
+        """Forward FLOPs per sample of the trained path from the vision tokens into the LLM (beyond the
+        decoder itself, whose image tokens are counted as sequence positions)."""
+        raise NotImplementedError
+
+
+class InternVLBench(BenchFamily):
+    """InternViT + ``mlp1`` + Qwen2 (:class:`Qwen2InternVL`): one tile per 512x512 image."""
+
+    @staticmethod
+    def build_mllm(shape: ModelShape, dtype: str | None) -> MLLMAdapter:
+        return Qwen2InternVL(
+            tokenizer=build_tiny_tokenizer(),
+            vision_config=dict(shape.vision_config),
+            llm_config=dict(shape.llm_config),
+            torch_dtype=dtype,
+        )
+
+    @staticmethod
+    def image_processor(shape: ModelShape) -> Any:
+        # one 448 tile + no thumbnail: what InternVL's tiling gives a 512x512 image
+        return InternVLImageProcessor(
+            tile_size=shape.vit_image_size,
+            max_tiles=1,
+            num_image_token=(shape.vit_image_size // 14) ** 2 // 4,
+        )
+
+    @staticmethod
+    def vision_forward_flops(shape: ModelShape, batch: Any) -> float:
+        tiles = sum(batch.num_tiles) / batch.batch_size
+        return vit_forward_flops({**shape.vision_config, "image_size": shape.vit_image_size}, 1) * tiles
+
+    @staticmethod
+    def image_path_forward_flops(shape: ModelShape, model: Sa2VAModel, batch: Any) -> float:
+        tiles = sum(batch.num_tiles) / batch.batch_size
+        tokens = int(tiles * model.mllm.num_image_token)
+        return mlp1_forward_flops(shape.vision_config["hidden_size"], shape.llm_config["hidden_size"], tokens)
+
+
+class Qwen3VLBench(BenchFamily):
+    """Qwen3-VL vision tower (mergers and DeepStack mergers) + Qwen3 text decoder (:class:`Qwen3VLSa2VA`),
+    with the config's Qwen-VL image processor; no projector: the DeepStack features are added to the
+    hidden states at the image positions after the first decoder layers."""
+
+    @staticmethod
+    def build_mllm(shape: ModelShape, dtype: str | None) -> MLLMAdapter:
+        config = dict(text_config=dict(shape.llm_config), vision_config=dict(shape.vision_config))
+        return Qwen3VLSa2VA(tokenizer=build_tiny_qwenvl_tokenizer(), config=config, torch_dtype=dtype)
+
+    @staticmethod
+    def checkpointed_lm(model: Sa2VAModel) -> Any:
+        # the text decoder inside QwenVLCausalLM (the wrapper itself does not take gradient checkpointing)
+        return model.mllm.base_llm().model
+
+    @staticmethod
+    def image_processor(shape: ModelShape) -> Any:
+        if not shape.image_processor:
+            raise ValueError(f"model shape {shape.name!r}: a Qwen-VL shape needs an image processor dict")
+        return build_component(dict(shape.image_processor))
+
+    @staticmethod
+    def vision_forward_flops(shape: ModelShape, batch: Any) -> float:
+        grids = [tuple(int(v) for v in g) for g in batch.image_grid_thw.tolist()]
+        return qwen3vl_vision_forward_flops(shape.vision_config, grids) / batch.batch_size
+
+    @staticmethod
+    def image_path_forward_flops(shape: ModelShape, model: Sa2VAModel, batch: Any) -> float:
+        tokens = float((batch.input_ids == model.mllm.img_context_token_id).sum()) / batch.batch_size
+        levels = len(shape.vision_config.get("deepstack_visual_indexes") or [])
+        return deepstack_flops(shape.llm_config["hidden_size"], tokens, levels)
+
+
+#: Adapter class (the config's ``model.mllm.type``) -> its benchmark family.
+BENCH_FAMILIES: dict[type, type[BenchFamily]] = {Qwen2InternVL: InternVLBench, Qwen3VLSa2VA: Qwen3VLBench}
 
 
 @dataclass(frozen=True)
@@ -138,16 +294,13 @@ def bench_lora(shape: ModelShape, overrides: Mapping[str, Any] | None = None) ->
 
 def build_model(shape: ModelShape, device: torch.device, lora: Mapping[str, Any] | None = None) -> Sa2VAModel:
     """Random-weight Sa2VA of ``shape`` built directly on ``device`` (bf16 frozen weights on CUDA), with
-    the LoRA settings :func:`bench_lora` ``(shape, lora)``."""
+    the family's adapter (:attr:`ModelShape.family`), the config's ``trainable`` settings and the LoRA
+    settings :func:`bench_lora` ``(shape, lora)``."""
     dtype = "bfloat16" if device.type == "cuda" else None
     with torch.device(device):
         model = Sa2VAModel(
-            mllm=Qwen2InternVL(
-                tokenizer=build_tiny_tokenizer(),
-                vision_config=dict(shape.vision_config),
-                llm_config=dict(shape.llm_config),
-                torch_dtype=dtype,
-            ),
+            mllm=shape.family.build_mllm(shape, dtype),
+            trainable=dict(shape.trainable) if shape.trainable else None,
             grounding_encoder=SAM2GroundingEncoder(
                 config_name="sam2_hiera_l.yaml", overrides=shape.sam2_overrides, torch_dtype=dtype
             ),
@@ -179,19 +332,15 @@ def lora_label(overrides: Mapping[str, Any]) -> str:
 def load_samples(
     shape: ModelShape, tokenizer: Any, data_root: str | Path, num_images: int, workers: int
 ) -> list[dict]:
-    """``num_images`` preprocessed samples (5 masks each) of the bundled data set."""
+    """``num_images`` preprocessed samples (5 masks each) of the bundled data set, with the family's image
+    processor (:meth:`BenchFamily.image_processor`)."""
     from xtuner.utils import PROMPT_TEMPLATE
 
     root = Path(data_root)
     processor = Sa2VAProcessor(
         tokenizer=tokenizer,
         template=PROMPT_TEMPLATE.qwen_chat,
-        # one 448 tile + no thumbnail: what InternVL's tiling gives a 512x512 image
-        image_processor=InternVLImageProcessor(
-            tile_size=shape.vit_image_size,
-            max_tiles=1,
-            num_image_token=(shape.vit_image_size // 14) ** 2 // 4,
-        ),
+        image_processor=shape.family.image_processor(shape),
         sam2_size=shape.sam2_image_size,
     )
     ds = RefSegDataset(
@@ -394,8 +543,10 @@ class Trainer:
                 with timer("cache"):
                     vit_tokens, feats = m.encode_images(batch)  # the model's own call of the cache
             else:
+                grid = {} if batch.image_grid_thw is None else {"image_grid_thw": batch.image_grid_thw}
                 with timer("vit"), torch.no_grad():
-                    vit_tokens = m.mllm.encode_vit(batch.pixel_values.to(self.device, non_blocking=True))
+                    pixels = batch.pixel_values.to(self.device, non_blocking=True)
+                    vit_tokens = m.mllm.encode_vit(pixels, **grid)
                 with timer("sam2_encoder"), torch.no_grad():
                     feats = m.grounding_encoder.encode_image(
                         batch.g_pixel_values.to(self.device, non_blocking=True)
@@ -406,6 +557,7 @@ class Trainer:
                     attention_mask=batch.attention_mask,
                     vit_tokens=vit_tokens,
                     image_slots_checked=batch.seg_counts is not None,
+                    image_grid_thw=batch.image_grid_thw,  # Qwen-VL M-RoPE (None for InternVL)
                 )
                 # The LM head where the model's training loss applies it (Sa2VAModel.lm_logits).
                 if m.lm_logits == "supervised":
@@ -452,19 +604,22 @@ def count_syncs(trainer: Trainer, data: dict) -> tuple[int, list[str]]:
 def sample_flops(
     model: Sa2VAModel, shape: ModelShape, batch: dict, cached: bool
 ) -> tuple[SampleFlops, float]:
-    """Model FLOPs per sample of ``batch`` (analytic for ViT / LLM; flop counter for SAM2), tokens."""
+    """Model FLOPs per sample of ``batch`` (analytic for vision tower / LLM; flop counter for SAM2), tokens.
+
+    The LLM is counted over each sample's real tokens (image tokens included) with the head at every
+    position, plus the family's image path (InternVL ``mlp1``, Qwen3-VL DeepStack additions) and
+    ``text_hidden_fcs`` at the ``[SEG]`` tokens."""
     b = batch["data"]
+    family = shape.family
     lengths = b.attention_mask.sum(dim=1).tolist()
-    tiles = sum(b.num_tiles) / b.batch_size
-    vit_cfg, llm_cfg = shape.vision_config, dict(shape.llm_config)
+    llm_cfg = dict(shape.llm_config)
     llm_cfg["vocab_size"] = model.mllm.base_llm().get_output_embeddings().weight.shape[0]
-    n_img_tok = model.mllm.num_image_token
     llm = statistics.mean(llm_forward_flops(llm_cfg, n, lora_r=shape.lora_r) for n in lengths)
     h = llm_cfg["hidden_size"]
-    llm += mlp1_forward_flops(vit_cfg["hidden_size"], h, int(tiles * n_img_tok))
+    llm += family.image_path_forward_flops(shape, model, b)
     n_obj = sum(m.shape[0] for m in b.masks) / b.batch_size
     llm += n_obj * 2 * (h * h + h * model.grounding_encoder.hidden_dim)
-    vit = 0.0 if cached else vit_forward_flops({**vit_cfg, "image_size": shape.vit_image_size}, 1) * tiles
+    vit = 0.0 if cached else family.vision_forward_flops(shape, b)
     ge = model.grounding_encoder
     device = next(model.parameters()).device
     img = torch.randn(1, 3, ge.image_size, ge.image_size, device=device)
@@ -517,11 +672,12 @@ def run_one(
     model.feature_cache = build_feature_cache(cache_cfg)
     model.data_preprocessor.keep_pixels_on_host = model.feature_cache is not None
     base = model.mllm.base_llm()
+    ckpt_lm = shape.family.checkpointed_lm(model)
     if cfg.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        ckpt_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # PEFT with frozen input embeddings needs inputs that require grad; ours are trained copies.
-    elif base.is_gradient_checkpointing:
-        base.gradient_checkpointing_disable()
+    elif ckpt_lm.is_gradient_checkpointing:
+        ckpt_lm.gradient_checkpointing_disable()
     model.train()
     trainer = None
     stage = "setting up"
@@ -610,8 +766,9 @@ STAGE_COLUMNS = (
 
 
 def format_table(results: list[Result], peak_flops: float, device_name: str) -> str:
+    w = max([6] + [len(r.model) + 1 for r in results])  # the model column
     head = (
-        f"{'model':<6}{'config':<8}{'batch':>6}{'cache':>7}{'samp/s':>9}{'step ms':>9}"
+        f"{'model':<{w}}{'config':<8}{'batch':>6}{'cache':>7}{'samp/s':>9}{'step ms':>9}"
         + "".join(f"{c:>9}" for c, _ in STAGE_COLUMNS)
         + f"{'peak GiB':>10}{'GF/samp':>10}{'MFU%':>7}{'LLM MFU%':>9}{'tok':>6}{'pad%':>6}{'syncs':>6}"
         + f"{'supL MiB':>9}{'allL MiB':>9}"
@@ -628,7 +785,7 @@ def format_table(results: list[Result], peak_flops: float, device_name: str) -> 
     for r in results:
         c = r.config
         if r.error:
-            lines.append(f"{r.model:<6}{c.name:<8}{c.batch_size:>6}{c.cache:>7}  {r.error}")
+            lines.append(f"{r.model:<{w}}{c.name:<8}{c.batch_size:>6}{c.cache:>7}  {r.error}")
             continue
         stage_ms = [sum(r.stages.get(k, 0.0) for k in keys) * 1e3 for _, keys in STAGE_COLUMNS]
         f = r.flops
@@ -636,7 +793,7 @@ def format_table(results: list[Result], peak_flops: float, device_name: str) -> 
         llm_t = sum(r.stages.get(k, 0.0) for k in ("llm_fwd", "llm_bwd"))
         llm_mfu = f.llm * c.batch_size / llm_t / peak_flops * 100 if f and llm_t else 0.0
         lines.append(
-            f"{r.model:<6}{c.name:<8}{c.batch_size:>6}{c.cache:>7}{r.samples_per_s:>9.2f}"
+            f"{r.model:<{w}}{c.name:<8}{c.batch_size:>6}{c.cache:>7}{r.samples_per_s:>9.2f}"
             f"{r.step_s * 1e3:>9.1f}"
             + "".join(f"{v:>9.1f}" for v in stage_ms)
             + f"{r.peak_gib:>10.2f}{(f.total if f else 0) / 1e9:>10.0f}{mfu:>7.1f}{llm_mfu:>9.1f}"
