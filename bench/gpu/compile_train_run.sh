@@ -11,6 +11,9 @@
 # $WARMUP, less those that compiled a graph (read from the log), samples/s, peak memory (MiB of
 # max_memory_allocated), first and last loss, the first iteration's time and the compile iterations' times.
 #
+# Wall time for MODELS=1b,4b on an H100: not yet measured; estimated at 6-7 minutes (model builds and compiling
+# included) from a 20-iteration tools/train.py run of the 1B config (61 s, bench/records/qwen3vl_4b) and the
+# harness's step and first-step times (bench/records/speed_s6, speed_s7).
 # On the lent GPU box (kit with the transformers 4.57 stack, see ../shared/gpu/README.md; carry .whl):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
 #     && export PYTHONPATH=/tmp/site:$PWD && OUT=$OUT bash bench/gpu/compile_train_run.sh
@@ -102,7 +105,7 @@ for model in ${MODELS//,/ }; do
                 | tee -a "$OUT/gpu.txt"
             status=1
         fi
-        { grep -E "compile_llm|recompile|feature cache: [0-9]|Error" "$WD/$name.log" | head -20 || true
+        { grep -E "compile_llm|recompile|Error|out of memory" "$WD/$name.log" | head -20 || true
           echo "..."; tail -30 "$WD/$name.log"; } > "$OUT/$name.log"
         table_args+=(--run "$model" "$compiled" "$batch" "$WD/$name")
     done
