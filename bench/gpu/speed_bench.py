@@ -21,11 +21,13 @@ image tokens for a 512x512 image at the 4B's pixel budget) and its LLM FLOPs cou
 optional ``[...]`` are LoRA overrides (``RunConfig.lora``, e.g. ``train_embeddings=new_tokens``,
 ``keep_originals=True``; values ``True`` / ``False`` / numbers / text) with which the group's model is built
 (one build per group, freed before the next). ``ROW`` is ``ref`` (batch ``--ref-batch``, no cache), ``ckpt``
-(ref + gradient checkpointing), ``ckpt-fused`` (the same with fused AdamW) or ``optN`` (feature cache in
-memory, fused AdamW, batch ``N``), each optionally followed by ``-all`` (the LM head at every position,
-``lm_logits='all'``; default: only at the supervised positions) and ``-compiled`` (the decoder layers
-compiled, ``RunConfig.compile_llm``). Without ``--rows`` the plan is the one of ``--models``,
-``--opt-batches``, ``--baseline`` and ``--no-ckpt``.
+(ref + gradient checkpointing), ``ckpt-fused`` (the same with fused AdamW), ``optN`` (feature cache in
+memory, fused AdamW, batch ``N``) or ``optN-ckptK`` (``optN`` with the first ``K`` LLM decoder layers
+recomputed in backward: ``RunConfig.gradient_checkpointing=K``, the adapters' per-layer policy of
+:mod:`projects.sa2va.models.checkpointing`; e.g. ``4b:opt24-ckpt12``), each optionally followed by
+``-all`` (the LM head at every position, ``lm_logits='all'``; default: only at the supervised positions)
+and ``-compiled`` (the decoder layers compiled, ``RunConfig.compile_llm``).
+Without ``--rows`` the plan is the one of ``--models``, ``--opt-batches``, ``--baseline`` and ``--no-ckpt``.
 
 Every row goes through :func:`bench.harness.speed.run_one` (the throughput pass times
 ``Sa2VAModel(mode='loss')``, so ``lm_logits`` decides the LM head there). Its profiling pass (the ``LLM f+b``
@@ -35,9 +37,9 @@ FLOPs as the harness does (the head at every position); ``LLM MFU*`` counts the 
 positions, the FLOPs the supervised path needs (the honest figure for its rows).
 
 An optimised batch that runs out of memory ends the search upwards in its group: the group's later ``opt``
-rows of the same LM head and compilation at that batch or larger are listed as not run. With
-``--budget-s``, a row (or a model build) that would start later than that many seconds after the start is
-listed as not run. Every row is also written as a JSON line to ``--out``.
+rows of the same LM head, compilation and checkpointed layers at that batch or larger are listed as not
+run. With ``--budget-s``, a row (or a model build) that would start later than that many seconds after the
+start is listed as not run. Every row is also written as a JSON line to ``--out``.
 
 A group whose model cannot be built with its LoRA overrides (a ``TypeError`` / ``ValueError`` of the model
 code) lists its rows as "build failed: <error>", and a ``-compiled`` row whose compilation raises lists
@@ -104,7 +106,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --- the row plan ----------------------------------------------------------------------------------
 MODELS = ("1b", "4b", "tiny", "qwen3vl4b", "tinyqwen3vl")
 _GROUP = re.compile(r"^(?P<model>[a-z0-9]+)(?:\[(?P<lora>[^\]]*)\])?:(?P<rows>.+)$")
-_ROW = re.compile(r"^(?P<kind>ref|ckpt-fused|ckpt|opt(?P<batch>\d+))(?P<all>-all)?(?P<compiled>-compiled)?$")
+_ROW = re.compile(
+    r"^(?P<kind>ref|ckpt-fused|ckpt|opt(?P<batch>\d+)(?:-ckpt(?P<ckpt>\d+))?)"
+    r"(?P<all>-all)?(?P<compiled>-compiled)?$"
+)
 
 
 @dataclass
@@ -153,8 +158,8 @@ def parse_rows(spec: str, ref_batch: int) -> list[Group]:
             r = _ROW.match(token)
             if not r:
                 raise ValueError(
-                    f"--rows: row {token!r} in {part!r} is not ref, ckpt, ckpt-fused or optN, with optional "
-                    "-all and -compiled"
+                    f"--rows: row {token!r} in {part!r} is not ref, ckpt, ckpt-fused, optN or optN-ckptK, "
+                    "with optional -all and -compiled"
                 )
             kind = r["kind"]
             if kind == "ref":
@@ -163,8 +168,18 @@ def parse_rows(spec: str, ref_batch: int) -> list[Group]:
                 cfg = hb.RunConfig("ckpt", ref_batch, gradient_checkpointing=True)
             elif kind == "ckpt-fused":
                 cfg = hb.RunConfig("ckpt-fused", ref_batch, gradient_checkpointing=True, fused_adamw=True)
-            else:
+            elif r["ckpt"] is None:
                 cfg = hb.RunConfig("opt", int(r["batch"]), cache="memory", fused_adamw=True)
+            else:  # optN-ckptK: the first K decoder layers checkpointed
+                layers, n = int(r["ckpt"]), hb.model_shape(m["model"]).llm_config["num_hidden_layers"]
+                if layers > n:
+                    raise ValueError(
+                        f"--rows: row {token!r} in {part!r} checkpoints {layers} of {n} decoder layers"
+                    )
+                name, batch = f"opt-ckpt{layers}", int(r["batch"])
+                cfg = hb.RunConfig(
+                    name, batch, cache="memory", fused_adamw=True, gradient_checkpointing=layers
+                )
             cfg = replace(cfg, compile_llm=bool(r["compiled"]), lora=dict(lora))
             group.rows.append(("all" if r["all"] else "supervised", cfg))
         groups.append(group)
@@ -288,9 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             "positions per sample",
             flush=True,
         )
-        failed_at: dict[tuple[str, bool], int] = {}  # (lm_logits, compiled) -> smallest opt batch that OOMed
+        # (lm_logits, compiled, checkpointing) -> smallest opt batch that OOMed
+        failed_at: dict[tuple[str, bool, bool | int], int] = {}
         for lm_logits, cfg in group.rows:
-            key = (lm_logits, cfg.compile_llm)
+            key = (lm_logits, cfg.compile_llm, cfg.gradient_checkpointing)
             if cfg.cache != "off" and key in failed_at and cfg.batch_size >= failed_at[key]:
                 not_run(group, lm_logits, cfg, f"batch {failed_at[key]} ran out of memory")
                 continue

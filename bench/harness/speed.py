@@ -251,7 +251,10 @@ class RunConfig:
         compile_llm: regional ``torch.compile`` of the LLM: each decoder layer's forward is compiled
             (:func:`projects.sa2va.models.compile.compiled_decoder_layers`, the code of
             ``Sa2VAModel(compile_llm=...)``; the layers share one compiled graph per input shape).
-        gradient_checkpointing: recompute LLM activations in backward.
+        gradient_checkpointing: recompute LLM activations in backward: ``True``, every decoder layer
+            (transformers' ``gradient_checkpointing_enable``; the ``ckpt`` rows); an ``int`` ``N``, the first
+            ``N`` decoder layers (the adapter's per-layer policy, :mod:`projects.sa2va.models.checkpointing`;
+            the ``optB-ckptN`` rows).
         lora: overrides of the benchmark's LoRA settings (:func:`bench_lora`), e.g.
             ``{'train_embeddings': False}``. They take effect when the model is built
             (``build_model(shape, device, lora=cfg.lora)``); :func:`run_one` refuses a model built with
@@ -263,7 +266,7 @@ class RunConfig:
     cache: str = "off"
     fused_adamw: bool = False
     compile_llm: bool = False
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | int = False
     lora: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -673,11 +676,13 @@ def run_one(
     model.data_preprocessor.keep_pixels_on_host = model.feature_cache is not None
     base = model.mllm.base_llm()
     ckpt_lm = shape.family.checkpointed_lm(model)
-    if cfg.gradient_checkpointing:
+    if cfg.gradient_checkpointing is True:
         ckpt_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # PEFT with frozen input embeddings needs inputs that require grad; ours are trained copies.
     elif ckpt_lm.is_gradient_checkpointing:
         ckpt_lm.gradient_checkpointing_disable()
+    if not isinstance(cfg.gradient_checkpointing, bool) and cfg.gradient_checkpointing:
+        model.mllm.enable_gradient_checkpointing(cfg.gradient_checkpointing)  # the first N decoder layers
     model.train()
     trainer = None
     stage = "setting up"
