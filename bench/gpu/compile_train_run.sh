@@ -22,7 +22,9 @@
 #   SMOKE=1 PY=.venv/bin/python bash bench/gpu/compile_train_run.sh
 # Knobs: MODELS (1b,4b; SMOKE: tiny), ITERS (40; SMOKE: 8), WARMUP (10; SMOKE: 2), WINDOW (time only the
 # last WINDOW iterations; default all after the warm-up), BATCH_1B (32), BATCH_4B (16), BATCH_TINY (2),
-# RUNS ("eager compiled"), COMPILE_OPTS (model.compile_llm=True), FUSED (1; SMOKE: 0), OUT (compile_train_out),
+# RUNS ("eager compiled"), COMPILE_OPTS (model.compile_llm=True), FUSED (1; SMOKE: 0), COLD_CACHE (1: each run
+# gets empty inductor and Triton caches under $WD, so the compile iterations' times are those of a cold start;
+# 0: torch's default cache directories, where an earlier run's graphs are reused), OUT (compile_train_out),
 # WD (/tmp/sa2va_compile_train: work dirs), PY (python3), BUDGET_S (360; SMOKE: none): a run that would start
 # later than BUDGET_S seconds after the start is listed as skipped.
 # $OUT gets at most 2 + 2 x (runs) files: gpu.txt (card, versions, wall time per run), compile_train.md (the
@@ -34,6 +36,7 @@ SMOKE=${SMOKE:-0}
 RUNS=${RUNS:-eager compiled}
 WD=${WD:-/tmp/sa2va_compile_train}
 COMPILE_OPTS=${COMPILE_OPTS:-model.compile_llm=True}
+COLD_CACHE=${COLD_CACHE:-1}
 if [ "$SMOKE" = 1 ]; then
     MODELS=${MODELS:-tiny}; ITERS=${ITERS:-8}; WARMUP=${WARMUP:-2}; FUSED=${FUSED:-0}
     BUDGET_S=${BUDGET_S:-1000000}
@@ -93,7 +96,10 @@ for model in ${MODELS//,/ }; do
             table_args+=(--skipped "$model" "$compiled" "$batch" "would start at ${elapsed} s, past BUDGET_S=$BUDGET_S s")
             continue
         fi
-        rm -rf "${WD:?}/$name"
+        rm -rf "${WD:?}/$name" "${WD:?}/${name}_cache"
+        if [ "$COLD_CACHE" = 1 ]; then  # compile from scratch, as on a fresh machine
+            export TORCHINDUCTOR_CACHE_DIR=$WD/${name}_cache/inductor TRITON_CACHE_DIR=$WD/${name}_cache/triton
+        fi
         t=$(date +%s)
         echo "[compile-train] $name: $PY tools/train.py $cfg --cfg-options ${opts[*]} ${extra[*]}" | tee -a "$OUT/gpu.txt"
         if "$PY" tools/train.py "$cfg" --work-dir "$WD/$name" --cfg-options "${opts[@]}" "${extra[@]}" \
