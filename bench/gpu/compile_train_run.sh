@@ -27,7 +27,7 @@
 # 0: torch's default cache directories, where an earlier run's graphs are reused), OUT (compile_train_out),
 # WD (/tmp/sa2va_compile_train: work dirs), PY (python3), BUDGET_S (360; SMOKE: none): a run that would start
 # later than BUDGET_S seconds after the start is listed as skipped.
-# $OUT gets at most 2 + 2 x (runs) files: gpu.txt (card, versions, wall time per run), compile_train.md (the
+# $OUT gets 3 files and one per run (7 for MODELS=1b,4b): gpu.txt (card, versions, wall time per run), compile_train.md (the
 # table), compile_train_rows.json and one <model>_<run>.log per run (its compile lines and last 30 lines).
 set -euo pipefail
 OUT=${OUT:-compile_train_out}
