@@ -12,16 +12,17 @@ Accepted values (``L`` = the LLM's decoder layers, e.g. 36 for Sa2VA-4B):
   feature cache; use ``True`` when it trains).
 * a ``float`` ``f`` in ``(0, 1]``: the first ``ceil(f * L)`` decoder layers, as for an ``int``.
 
-Which layers, and why the first ones: every layer's saved activations are alive together at the end of the
-forward, so the peak there is ``(L - N) * A + N * X`` whichever ``N`` layers are checkpointed (``A``: what a
-layer saves for backward; ``X``: its ``[B, L_seq, H]`` input, which a checkpointed layer keeps). They differ
-during the backward, which runs from the last layer to the first, freeing each layer's activations as it
-goes: a checkpointed layer recomputes its ``A`` when its backward starts. Checkpointing the last layers puts
-that recompute at the start of the backward, on top of the activations of every stored layer below and of the
-LM loss's logits gradient (the highest point of the step); checkpointing the first layers puts it at the end,
-when the stored layers above have been freed. The recompute cost is the same (one extra forward per
-checkpointed layer), so the first ``N`` give the lower or equal peak. Other selections (every ``k``-th layer,
-explicit lists) are not offered: for the same ``N`` they cost the same time and never lower the peak.
+Which layers, and why the first ones: every layer's saved activations are alive
+together at the end of the forward, ``(L - N) * A + N * X`` whichever ``N`` layers are checkpointed (``A``:
+what a layer saves for backward; ``X``: its ``[B, L_seq, H]`` input, which a checkpointed layer keeps). They
+differ during the backward, which runs from the last layer to the first, freeing each layer's activations as
+it goes: a checkpointed layer recomputes its ``A`` when its backward starts. Checkpointing the last layer puts
+that recompute at the start of the backward, on top of the stored activations of every layer below it
+(``(L - N + 1) * A + N * X``: one layer's ``A`` above the end of the forward); checkpointing the first layers
+puts it at the end, when the stored layers above have been freed (the peak stays ``(L - N) * A + N * X``).
+The recompute cost is the same (one extra forward per checkpointed layer), so the first ``N`` give the lower
+or equal peak. Other selections (every ``k``-th layer, explicit lists) are not offered: for the same ``N``
+they cost the same time and never lower the peak.
 
 Mechanism: transformers' own per-layer switch (4.57.1). Decoder layers deriving from
 ``transformers.modeling_layers.GradientCheckpointingLayer`` (Qwen2, Qwen2.5-VL, Qwen3-VL text layers, and
