@@ -9,6 +9,10 @@
 #        (train_embeddings=new_tokens);
 #      - reference, checkpointed and feature-cache batch 24 with the model's default LoRA settings;
 #      rows that would start later than BENCH_BUDGET_S seconds after part 1 started are listed as not run;
+#      ROWS may also name the Sa2VA-Qwen3-VL-4B shapes (model qwen3vl4b: the Qwen3-VL-4B vision tower and text
+#      decoder of _base_/model_sa2va_qwen3vl_4b_random.py with SAM2 Hiera-L, Qwen-VL samples with image_grid_thw),
+#      e.g. ROWS="qwen3vl4b:ref,opt16,opt16-compiled": the same columns (samples/s, step ms, peak, LLM ms, LLM MFU)
+#      as the InternVL rows; not in the default ROWS;
 #   2. Sa2VA-Qwen3-VL-4B shapes through tools/train.py (20 iterations, batch 2, as bench/gpu/qwen3vl_run.sh),
 #      default path, then lm_logits='all' as the baseline (skipped when past the time budget).
 # Prints the card, then one table per part; everything also lands in $OUT (default ./gpu_out).
@@ -16,9 +20,11 @@
 # On the lent GPU box (kit with the transformers 4.57 stack, see ../shared/gpu/README.md; carry .whl):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
 #     && export PYTHONPATH=/tmp/site:$PWD && OUT=$OUT PARTS=bench bash bench/gpu/speed_run.sh
-# CPU smoke run of the same script (tiny models, 2 steps; the tiny Qwen3-VL demo for one epoch, 10 iterations):
+# CPU smoke run of the same script (tiny models, 2 steps, the tiny Qwen3-VL shape's ref and opt rows included;
+# the tiny Qwen3-VL demo for one epoch, 10 iterations):
 #   SMOKE=1 PY=.venv/bin/python bash bench/gpu/speed_run.sh
-# Knobs: PARTS ("bench qwen"), ROWS (speed_bench.py --rows), STEPS (10), BENCH_BUDGET_S (200 on a GPU),
+# Knobs: PARTS ("bench qwen"), ROWS (speed_bench.py --rows; models 1b, 4b, qwen3vl4b, and on the CPU tiny,
+# tinyqwen3vl), STEPS (10), BENCH_BUDGET_S (200 on a GPU),
 # MODELS / OPT_BATCHES without ROWS: the previous runs' plan (speed_bench.py --models / --opt-batches),
 # QWEN_BASELINE (1), BUDGET_S (430 on a GPU, none in SMOKE mode: part-2 runs that would start later than this
 # many seconds after the start are skipped, so that one call stays under ~8 minutes).
@@ -42,10 +48,11 @@ fi
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
     | tee -a "$OUT/gpu.txt"
 
-# --- part 1: InternVL shapes through the benchmark harness -------------------------------------------------
+# --- part 1: InternVL (and, through ROWS, Qwen3-VL) shapes through the benchmark harness -------------------
 if [ "$SMOKE" = 1 ]; then
-    # the default GPU plan's groups at tiny batches, and one with the embedding / head frozen
-    ROWS=${ROWS:-"tiny:opt4,opt4-compiled;tiny[keep_originals=True]:ref,ckpt-fused,opt2;tiny[train_embeddings=new_tokens]:ref,ckpt-fused,opt2,opt4;tiny:ref,ckpt-fused,opt4;tiny[train_embeddings=False]:ref,opt4"}
+    # the default GPU plan's groups at tiny batches, one with the embedding / head frozen, and the tiny
+    # Qwen3-VL shape's reference and feature-cache rows
+    ROWS=${ROWS:-"tiny:opt4,opt4-compiled;tiny[keep_originals=True]:ref,ckpt-fused,opt2;tiny[train_embeddings=new_tokens]:ref,ckpt-fused,opt2,opt4;tiny:ref,ckpt-fused,opt4;tiny[train_embeddings=False]:ref,opt4;tinyqwen3vl:ref,opt2"}
     bench_args=(--device cpu --steps 2 --warmup 1 --profile-steps 1 --num-images 4 --workers 0
                 --budget-s "${BENCH_BUDGET_S:-1000000}" --rows "$ROWS")
 else
