@@ -20,9 +20,9 @@ Sides (each in its own process: both code bases name their package ``projects.sa
   LLM's decoder layers (what the official ``InternVL_V1_5`` always turns on: xtuner ``model/internvl.py``,
   ``self.gradient_checkpointing_enable()`` in its constructor); the optimised step (bench/harness/speed.py).
 
-Each side runs at batch 2 and then at doubling batches until one runs out of memory, passes ``--max-batch``
-or reaches its time limit: the largest batch measured is reported with the reason its sweep stopped. Prints
-one table (samples/s, peak memory, ratio to the official step at the same
+Each side runs at batch ``--first-batch`` (2) and then at doubling batches until one runs out of memory,
+passes ``--max-batch`` or reaches its time limit: the largest batch measured is reported with the reason its
+sweep stopped. Prints one table (samples/s, peak memory, ratio to the official step at the same
 batch) and writes ``--json``.
 
     # GPU (official source carried in bench/official/src, kit installed to /tmp/site):
@@ -244,7 +244,7 @@ def official_worker(args: argparse.Namespace, work: Path) -> None:
     model, llm_attn = build_official_model(inp, device, args.official_attn)
     step_kind = args.official_step
     rows = []
-    for bsz in batch_sizes(2, args.max_batch):
+    for bsz in batch_sizes(args.first_batch, args.max_batch):
         row = {
             "side": "official",
             "batch": bsz,
@@ -331,7 +331,7 @@ def ours_worker(args: argparse.Namespace, name: str, work: Path, side: str) -> N
     model = hb.build_model(shape, device)
     samples = hb.load_samples(shape, model.tokenizer, args.data_root, args.num_images, workers=args.workers)
     rows = []
-    for bsz in batch_sizes(2, args.max_batch):
+    for bsz in batch_sizes(args.first_batch, args.max_batch):
         if side == "ref":
             cfg = hb.RunConfig("ref", bsz)
         elif side == "ckpt":  # like the official step, which always checkpoints its LLM's decoder layers
@@ -440,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sides", default="official,ref,ckpt,opt")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--first-batch", type=int, default=2, help="the sweep's first batch (then doubling)")
     p.add_argument("--max-batch", type=int, default=64, help="stop doubling the batch here")
     p.add_argument("--official-step", choices=("amp", "ds"), default="amp")
     p.add_argument("--official-attn", choices=("auto", "sdpa"), default="auto")
@@ -486,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     common = [
         f"--steps={args.steps}",
         f"--warmup={args.warmup}",
+        f"--first-batch={args.first_batch}",
         f"--max-batch={args.max_batch}",
         f"--official-step={args.official_step}",
         f"--official-attn={args.official_attn}",
