@@ -37,6 +37,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from projects.sa2va.evaluation.plots import load_scalars  # noqa: E402
+
 #: a window iteration slower than this many times the window's median is named in the row's note
 SLOW_FACTOR = 3.0
 
@@ -94,18 +100,7 @@ def read_scalars(path: str | Path) -> list[dict]:
             iterations that are not 1, 2, ... n (the run did not log every iteration).
     """
     path = Path(path)
-    records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {n} is not JSON ({e.msg}): {line[:80]!r}") from e
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path}: line {n} is not a JSON object: {line[:80]!r}")
-        if {"iter", "time", "loss"} <= rec.keys():
-            records.append(rec)
+    records = [rec for rec in load_scalars(path) if {"iter", "time", "loss"} <= rec.keys()]
     if not records:
         raise ValueError(f"{path}: no training record (a line with 'iter', 'time' and 'loss')")
     iters = [int(r["iter"]) for r in records]

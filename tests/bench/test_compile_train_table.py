@@ -173,7 +173,7 @@ def test_compile_line_belongs_to_the_next_iteration_line() -> None:
 
 def test_bad_inputs_are_refused_naming_the_file(tmp_path) -> None:
     _write_run(tmp_path / "a", {}, scalars_extra="{not json\n")
-    with pytest.raises(ValueError, match=r"scalars\.json: line 11 is not JSON"):
+    with pytest.raises(ValueError, match=r"scalars\.json:11: not valid JSON"):
         run_row(tmp_path / "a", model="1b", compiled="no", batch=32, warmup=2)
     gaps = tmp_path / "gaps.json"
     gaps.write_text("".join(json.dumps({"iter": i, "time": 1.0, "loss": 1.0}) + "\n" for i in (5, 10)))
