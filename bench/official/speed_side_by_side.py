@@ -21,7 +21,10 @@ Sides (each in its own process: both code bases name their package ``projects.sa
   ``self.gradient_checkpointing_enable()`` in its constructor); the optimised step (bench/harness/speed.py).
 
 Each side runs at batch ``--first-batch`` (2) and then at doubling batches until one runs out of memory,
-passes ``--max-batch`` or reaches its time limit: the largest batch measured is reported with the reason its
+passes ``--max-batch`` or reaches its time limit; after an out-of-memory batch it bisects between the largest
+batch that ran and that one over the multiples of ``--refine`` (8), e.g. 24 between 16 and 32 (``sweep``,
+through the toolkit's batch search); the DeepSpeed official step measures ``--first-batch`` only (one batch
+per process). The largest batch measured is reported with the reason its
 sweep stopped. Prints one table (samples/s, peak memory, ratio to the official step at the same
 batch) and writes ``--json``.
 
@@ -34,11 +37,14 @@ batch) and writes ``--json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -60,9 +66,60 @@ def batch_sizes(first: int, largest: int) -> list[int]:
     return out
 
 
-def is_oom(e: BaseException) -> bool:
-    msg = str(e)
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in msg or "can't allocate memory" in msg
+def load_batch_finder():
+    """The toolkit's :mod:`projects.sa2va.engine.batch_finder`, loaded from its file under another name (in
+    the official side's process ``projects`` is the official package)."""
+    import importlib.util
+
+    name = "sa2va_toolkit_batch_finder"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "projects/sa2va/engine/batch_finder.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # its dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def sweep(
+    side: str,
+    first: int,
+    largest: int,
+    measure: Callable[[int], dict],
+    refine: int,
+    save: Callable[[list[dict]], None],
+) -> list[dict]:
+    """Rows of ``measure(batch)`` at ``first``, then doubling up to ``largest`` until a batch runs out of
+    memory, then bisection between the largest batch that ran and the first that did not, over the multiples
+    of ``refine`` (0: no bisection), through the toolkit's batch search
+    (:func:`projects.sa2va.engine.batch_finder.search_batch`). ``measure`` returns the batch's row and raises
+    an out-of-memory error where it does not fit (recorded as an ``error`` row); another error is recorded
+    the same way and ends the sweep.
+    ``save(rows)`` runs after every batch (the rows so far survive a timeout)."""
+    bf = load_batch_finder()
+    rows: list[dict] = []
+    cands = set(batch_sizes(first, largest))
+    if refine > 0:
+        cands |= {b for b in range(refine, largest + 1, refine) if b >= first}
+
+    def trial(bsz: int):
+        try:
+            rows.append(measure(bsz))
+        except Exception as e:
+            if bf.is_out_of_memory(e):
+                error = f"out of memory at batch {bsz}"
+            else:
+                traceback.print_exc()
+                error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+            rows.append({"side": side, "batch": bsz, "error": error})
+            save(rows)
+            raise
+        save(rows)
+        return bf.Measure()
+
+    # an error other than out of memory is recorded in its row (traceback in the log); the sweep ends there
+    with contextlib.suppress(Exception):
+        bf.search_batch(trial, start=first, max_batch=largest, candidates=sorted(cands), bisect=refine > 0)
+    return rows
 
 
 def free(device: torch.device) -> None:
@@ -243,8 +300,8 @@ def official_worker(args: argparse.Namespace, work: Path) -> None:
     torch.manual_seed(0)
     model, llm_attn = build_official_model(inp, device, args.official_attn)
     step_kind = args.official_step
-    rows = []
-    for bsz in batch_sizes(args.first_batch, args.max_batch):
+
+    def measure(bsz: int) -> dict:
         row = {
             "side": "official",
             "batch": bsz,
@@ -303,19 +360,19 @@ def official_worker(args: argparse.Namespace, work: Path) -> None:
             row.update(samples_per_s=bsz / dt, step_s=dt)
             if device.type == "cuda":
                 row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        except (torch.OutOfMemoryError, RuntimeError) as e:
-            if not is_oom(e):
-                raise
-            row["error"] = f"out of memory at batch {bsz}"
         finally:
             engine = opt = None
             model.zero_grad(set_to_none=True)
             free(device)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        (work / "official_result.json").write_text(json.dumps(rows))  # rows so far survive a timeout
-        if "error" in row or step_kind == "ds":  # DeepSpeed keeps its engine state: one batch per process
-            break
+        return row
+
+    def save(rows: list[dict]) -> None:
+        print(json.dumps(rows[-1]), flush=True)
+        (work / "official_result.json").write_text(json.dumps(rows))
+
+    # DeepSpeed keeps its engine state: one batch per process
+    largest = args.first_batch if step_kind == "ds" else args.max_batch
+    rows = sweep("official", args.first_batch, largest, measure, args.refine, save)
     (work / "official_result.json").write_text(json.dumps(rows))
     dist.destroy_process_group()
 
@@ -330,8 +387,9 @@ def ours_worker(args: argparse.Namespace, name: str, work: Path, side: str) -> N
     torch.manual_seed(0)
     model = hb.build_model(shape, device)
     samples = hb.load_samples(shape, model.tokenizer, args.data_root, args.num_images, workers=args.workers)
-    rows = []
-    for bsz in batch_sizes(args.first_batch, args.max_batch):
+    bf = load_batch_finder()
+
+    def measure(bsz: int) -> dict:
         if side == "ref":
             cfg = hb.RunConfig("ref", bsz)
         elif side == "ckpt":  # like the official step, which always checkpoints its LLM's decoder layers
@@ -349,16 +407,23 @@ def ours_worker(args: argparse.Namespace, name: str, work: Path, side: str) -> N
             profile_steps=0,
             cache_dir=None,
         )
-        row = {"side": side, "batch": bsz}
+        if r.error and bf.is_out_of_memory(RuntimeError(r.error)):
+            raise torch.OutOfMemoryError(r.error)
         if r.error:
-            row["error"] = r.error
-        else:
-            row.update(samples_per_s=r.samples_per_s, step_s=r.step_s, peak_gib=r.peak_gib)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        (work / f"{side}_result.json").write_text(json.dumps(rows))  # rows so far survive a timeout
-        if r.error:
-            break
+            raise RuntimeError(r.error)
+        return {
+            "side": side,
+            "batch": bsz,
+            "samples_per_s": r.samples_per_s,
+            "step_s": r.step_s,
+            "peak_gib": r.peak_gib,
+        }
+
+    def save(rows: list[dict]) -> None:
+        print(json.dumps(rows[-1]), flush=True)
+        (work / f"{side}_result.json").write_text(json.dumps(rows))
+
+    rows = sweep(side, args.first_batch, args.max_batch, measure, args.refine, save)
     (work / f"{side}_result.json").write_text(json.dumps(rows))
 
 
@@ -387,7 +452,9 @@ def sweep_end(rows: list[dict], side: str, max_batch: int | None) -> str:
     """Why ``side``'s batch sweep stopped: its error row (out of memory, time limit), else the cap."""
     errors = [r for r in rows if r["side"] == side and "error" in r]
     if errors:
-        return errors[-1]["error"] + (f" at batch {errors[-1]['batch']}" if errors[-1]["batch"] else "")
+        e = errors[-1]
+        named = not e["batch"] or f"batch {e['batch']}" in e["error"]
+        return e["error"] + ("" if named else f" at batch {e['batch']}")
     return f"the sweep's cap, --max-batch {max_batch}" if max_batch else "the sweep's cap"
 
 
@@ -442,6 +509,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--first-batch", type=int, default=2, help="the sweep's first batch (then doubling)")
     p.add_argument("--max-batch", type=int, default=64, help="stop doubling the batch here")
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=8,
+        help="after an out-of-memory batch, bisect over the multiples of this (0: doubling only)",
+    )
     p.add_argument("--official-step", choices=("amp", "ds"), default="amp")
     p.add_argument("--official-attn", choices=("auto", "sdpa"), default="auto")
     p.add_argument("--num-images", type=int, default=20)
@@ -489,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         f"--warmup={args.warmup}",
         f"--first-batch={args.first_batch}",
         f"--max-batch={args.max_batch}",
+        f"--refine={args.refine}",
         f"--official-step={args.official_step}",
         f"--official-attn={args.official_attn}",
         f"--num-images={args.num_images}",

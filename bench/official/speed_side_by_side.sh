@@ -14,8 +14,10 @@
 #     bash bench/official/speed_side_by_side.sh                 # 1b,4b; official AMP step, its own attention
 #     MODELS=1b OFFICIAL_ATTN=sdpa bash bench/official/speed_side_by_side.sh
 # Knobs: MODELS (1b,4b), OFFICIAL_STEP (amp|ds), OFFICIAL_ATTN (auto|sdpa), STEPS (10), WARMUP (3),
-# FIRST_BATCH (2: the sweep's first batch, then doubling), MAX_BATCH (64), SIDE_TIMEOUT (seconds per side and model, 3600), BUDGET (seconds for the whole run: later
-# sides are skipped, none by default), OVERLAY (.official_overlay when present, else /tmp/official_overlay),
+# FIRST_BATCH (2: the sweep's first batch, then doubling), MAX_BATCH (64), REFINE (8: after an out-of-memory
+# batch, bisect over multiples of 8; 0: doubling only), SIDE_TIMEOUT (seconds per side and model, 3600),
+# BUDGET (seconds for the whole run: later sides are skipped, none by default), OVERLAY (.official_overlay
+# when present, else /tmp/official_overlay),
 # INSTALL_KIT (1: install .whl into /tmp/site when present), PY (python3), WORK (/tmp/sa2va_side_by_side).
 # Everything lands in $OUT: side_by_side.json, side_by_side.txt (the table), side_logs.tar.gz (each side's log).
 # CPU smoke run (tiny shapes): INSTALL_KIT=0 PY=.venv/bin/python STEPS=1 WARMUP=1 MAX_BATCH=2 \
@@ -37,7 +39,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 rc=0
 "${PY:-python3}" bench/official/speed_side_by_side.py --models "${MODELS:-1b,4b}" --official-step "${OFFICIAL_STEP:-amp}" \
     --official-attn "${OFFICIAL_ATTN:-auto}" --steps "${STEPS:-10}" --warmup "${WARMUP:-3}" \
-    --first-batch "${FIRST_BATCH:-2}" --max-batch "${MAX_BATCH:-64}" --timeout "${SIDE_TIMEOUT:-3600}" ${BUDGET:+--budget "$BUDGET"} --overlay "$OVERLAY" --work "$WORK" \
+    --first-batch "${FIRST_BATCH:-2}" --max-batch "${MAX_BATCH:-64}" --refine "${REFINE:-8}" --timeout "${SIDE_TIMEOUT:-3600}" ${BUDGET:+--budget "$BUDGET"} --overlay "$OVERLAY" --work "$WORK" \
     --json "$OUT/side_by_side.json" "$@" 2>&1 | tee "$OUT/side_by_side.txt" || rc=$?
 # Each side's own log (the official model's build messages, OOM traces) beside the table.
 (cd "$WORK" && tar -czf "$OUT/side_logs.tar.gz" --exclude='*.pt' --exclude='*.safetensors' --exclude=pg \

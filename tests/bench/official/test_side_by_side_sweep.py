@@ -1,0 +1,74 @@
+"""The side-by-side benchmark's batch sweep (bench/official/speed_side_by_side.py ``sweep``): doubling, then
+bisection over multiples of ``refine`` through the toolkit's batch search, rows saved after every batch."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def sbs():
+    path = ROOT / "bench/official/speed_side_by_side.py"
+    spec = importlib.util.spec_from_file_location("sbs_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_measure(limit: int, tried: list[int], fail_with: Exception | None = None, fail_at: int = 0):
+    def measure(bsz: int) -> dict:
+        tried.append(bsz)
+        if fail_with is not None and bsz == fail_at:
+            raise fail_with
+        if bsz > limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {bsz} GiB")
+        return {"side": "ref", "batch": bsz, "samples_per_s": float(bsz)}
+
+    return measure
+
+
+def test_doubling_then_bisection_over_multiples_of_refine(sbs) -> None:
+    tried, saved = [], []
+    rows = sbs.sweep("ref", 2, 64, fake_measure(27, tried), 8, lambda r: saved.append(list(r)))
+    assert tried == [2, 4, 8, 16, 32, 24]
+    assert [r["batch"] for r in rows] == tried
+    assert rows[4] == {"side": "ref", "batch": 32, "error": "out of memory at batch 32"}
+    assert "error" not in rows[5]  # 24 fits: the largest batch measured
+    assert len(saved) == len(tried) and saved[-1] == rows  # saved after every batch
+
+
+def test_no_refine_is_doubling_only_and_the_cap_ends_it(sbs) -> None:
+    tried = []
+    rows = sbs.sweep("ref", 2, 16, fake_measure(100, tried), 0, lambda r: None)
+    assert tried == [2, 4, 8, 16] and all("error" not in r for r in rows)
+    tried = []
+    sbs.sweep("ref", 2, 64, fake_measure(27, tried), 0, lambda r: None)
+    assert tried == [2, 4, 8, 16, 32]
+
+
+def test_first_batch_starts_the_sweep_higher(sbs) -> None:
+    tried = []
+    sbs.sweep("official", 32, 128, fake_measure(50, tried), 8, lambda r: None)
+    assert tried == [32, 64, 48, 56]
+
+
+def test_another_error_is_recorded_and_ends_the_sweep(sbs) -> None:
+    tried = []
+    measure = fake_measure(100, tried, ValueError("bad shape\nmore"), 8)
+    rows = sbs.sweep("ckpt", 2, 64, measure, 8, lambda r: None)
+    assert tried == [2, 4, 8]
+    assert rows[-1] == {"side": "ckpt", "batch": 8, "error": "ValueError: bad shape"}
+
+
+def test_summary_names_the_largest_batch_and_why_the_sweep_stopped(sbs) -> None:
+    rows = sbs.sweep("ref", 2, 64, fake_measure(27, []), 8, lambda r: None)
+    lines = sbs.summarise("4b", rows, "GPU", 64)
+    assert "largest batch measured: ref 24 (out of memory at batch 32)" in lines
