@@ -5,10 +5,8 @@ like the reference rows, and the FLOP counts match hand counts from the config n
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,18 +20,11 @@ from bench.harness.flops import llm_forward_flops, qwen3vl_vision_forward_flops
 from projects.sa2va.datasets.qwenvl_processing import QwenVLImageProcessor
 from projects.sa2va.models.feature_cache import build_feature_cache
 from projects.sa2va.models.qwenvl import Qwen3VLSa2VA
+from tests.bench.test_speed_rows import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 DATA = ROOT / "data/chase_db1"
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("tool_speed_bench_qwen", ROOT / "bench/gpu/speed_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
