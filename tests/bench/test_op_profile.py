@@ -2,9 +2,11 @@
 
 Releasing PEFT's frozen embedding / head originals (the default since 489a039) must leave the step's work
 unchanged: the same ATen ops the same number of times and the same losses as keeping them. Training only
-the added tokens' rows (``train_embeddings='new_tokens'``, PEFT ``trainable_token_indices``) adds, per
-forward of the embedding and of the head, a host tensor of the token ids (on CUDA a blocking copy) and an
-out-of-place ``index_copy`` of the whole weight (peft 0.21.2 ``TrainableTokensLayer.get_merged_weights``).
+the added tokens' rows (``train_embeddings='new_tokens'``, PEFT ``trainable_token_indices``) with PEFT's
+own forward (``fast_trainable_tokens=False``) adds, per forward of the embedding and of the head, a host
+tensor of the token ids (on CUDA a blocking copy) and an out-of-place ``index_copy`` of the whole weight
+(peft 0.21.2 ``TrainableTokensLayer.get_merged_weights``); the default fast forward
+(:mod:`projects.sa2va.models.trainable_tokens`) adds neither.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def profiles() -> dict[str, dict]:
         "default": run(),
         "keep": run("keep_originals=True"),
         "new_tokens": run("train_embeddings=new_tokens"),
+        "new_tokens_peft": run("train_embeddings=new_tokens", "fast_trainable_tokens=False"),
     }
 
 
@@ -51,8 +54,8 @@ def test_released_originals_change_no_step_work(profiles):
     assert default["host_tensors"] == 0 and "aten::index_copy" not in default["ops"]
 
 
-def test_new_tokens_copies_both_weights_every_forward(profiles):
-    new, default = profiles["new_tokens"], profiles["default"]
+def test_new_tokens_with_peft_forward_copies_both_weights_every_forward(profiles):
+    new, default = profiles["new_tokens_peft"], profiles["default"]
     assert new["ops"]["aten::index_copy"]["count"] == 2  # embedding and head, one full copy each
     assert new["ops"]["autograd::engine::evaluate_function: IndexCopyBackward0"]["count"] == 2
     assert new["host_tensors"] == 2  # torch.tensor(token_indices) per forward: a blocking copy on CUDA
@@ -60,9 +63,21 @@ def test_new_tokens_copies_both_weights_every_forward(profiles):
     assert new["trainable"] < default["trainable"]
 
 
+def test_new_tokens_fast_forward_copies_no_weight_and_no_ids(profiles):
+    fast, peft, default = profiles["new_tokens"], profiles["new_tokens_peft"], profiles["default"]
+    assert "aten::index_copy" not in fast["ops"]  # no out-of-place copy of a weight
+    # one in-place write of the trained columns into the head's fresh [N, V] logits, and its backward
+    assert fast["ops"]["aten::index_copy_"]["count"] == 1
+    assert fast["ops"]["autograd::engine::evaluate_function: IndexCopyBackward0"]["count"] == 1
+    assert fast["host_tensors"] == 0
+    assert fast["trainable"] == peft["trainable"]
+    # same model before the first update; the head's trained columns come from their own matmul (rounding)
+    assert fast["losses"][0] == pytest.approx(default["losses"][0], rel=1e-6)
+
+
 def test_compare_lists_the_differing_ops(profiles, tmp_path):
     paths = []
-    for name in ("default", "new_tokens"):
+    for name in ("default", "new_tokens_peft"):
         paths.append(tmp_path / f"{name}.json")
         paths[-1].write_text(json.dumps(profiles[name]))
     text = op_profile.compare(*paths, top=5)

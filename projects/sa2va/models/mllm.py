@@ -31,6 +31,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .tokenizer import SPECIAL_TOKENS
+from .trainable_tokens import use_fast_trainable_tokens
 
 __all__ = [
     "TRAIN_EMBEDDINGS_MODES",
@@ -266,6 +267,7 @@ class MLLMAdapter(nn.Module):
         dropout: float = 0.05,
         train_embeddings: bool | str = True,
         keep_originals: bool = False,
+        fast_trainable_tokens: bool = True,
     ) -> None:
         """Wrap the LM with PEFT LoRA on every decoder linear layer (never the head).
 
@@ -278,6 +280,9 @@ class MLLMAdapter(nn.Module):
             keep_originals: with ``train_embeddings=True``, keep PEFT's frozen originals of the two
                 modules (needed only to disable or unload the adapter); by default they are released
                 (:func:`release_frozen_originals`), which changes no computation.
+            fast_trainable_tokens: with ``train_embeddings='new_tokens'``, give PEFT's trainable-token layers
+                the forward of :mod:`.trainable_tokens` (same values, no per-step ``[V, H]`` weight copy or
+                host->device copy of the ids); ``False`` keeps PEFT's own forward.
         """
         if self.lora_applied:
             raise RuntimeError("LoRA is already applied")
@@ -305,6 +310,8 @@ class MLLMAdapter(nn.Module):
         )
         self.language_model = get_peft_model(self.language_model, cfg)
         self.lora_applied = True
+        if ids and fast_trainable_tokens:
+            use_fast_trainable_tokens(self.language_model)
         if train_embeddings is True and not keep_originals:
             freed = release_frozen_originals(self.language_model)
             MMLogger.get_current_instance().info(
