@@ -284,3 +284,22 @@ def test_unsupported_base_layers_are_refused():
     plain = get_peft_model(tiny_lm(), LoraConfig(r=2, target_modules=["k_proj"]))
     with pytest.raises(ValueError, match="no PEFT TrainableTokensLayer"):
         use_fast_trainable_tokens(plain)
+
+
+def test_fast_layers_compile_without_graph_breaks():
+    """``torch.compile(fullgraph=True)`` (the AOT-autograd tracer, no codegen) traces both fast layers, the
+    id cache being built inside the first traced call, and gives the eager values and gradients."""
+    fast, _ = tiny_peft_lm()
+    use_fast_trainable_tokens(fast)
+    emb, head = fast.get_input_embeddings().token_adapter, fast.get_output_embeddings().token_adapter
+    x = torch.tensor([[1, 3, 7, 60, 2, 3]])
+    h = torch.randn(6, 16)
+    for layer, inp in ((emb, x), (head, h)):
+        delta = layer.trainable_tokens_delta["default"]
+        eager = layer(inp)
+        (g_eager,) = torch.autograd.grad(eager.square().sum(), delta)
+        layer.__dict__.pop("_fast_token_index", None)
+        compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)(inp)
+        (g_compiled,) = torch.autograd.grad(compiled.square().sum(), delta)
+        torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(g_compiled, g_eager, rtol=1e-6, atol=1e-6)
