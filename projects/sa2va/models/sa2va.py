@@ -184,7 +184,8 @@ class Sa2VAModel(BaseModel):
         loss_mask: a :class:`MaskLoss` (or its config dict): BCE + Dice weights, resolution mode.
         trainable: part -> ``'frozen' | 'full' | 'lora'`` (``'lora'`` only for ``llm``); missing
             parts take :data:`DEFAULT_TRAINABLE` (the reference recipe).
-        lora: LoRA settings (``r``, ``alpha``, ``dropout``, ``train_embeddings``, ``keep_originals``; see
+        lora: LoRA settings (``r``, ``alpha``, ``dropout``, ``train_embeddings``, ``keep_originals``,
+            ``fast_trainable_tokens``; see
             :meth:`~.mllm.MLLMAdapter.apply_lora`) used when ``trainable['llm'] == 'lora'``; missing keys
             take :data:`DEFAULT_LORA`. ``train_embeddings``: ``True`` (full embedding / head copies, the
             official recipe), ``'new_tokens'`` (only the rows of Sa2VA's added tokens; less memory, not the
