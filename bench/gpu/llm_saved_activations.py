@@ -11,10 +11,12 @@ are summed: fp32 trainable weights + gradients + the two AdamW states (16 bytes 
 frozen weights and buffers per part, and the foreach AdamW step's temporary (4 bytes per trainable
 parameter; fused AdamW has none). With ``--reference-peak`` (a measured peak of the official recipe) it
 predicts each option's peak as that peak minus the official recipe's static bytes plus the option's, taking
-the activations and transients of a step as equal in all three. For ``new_tokens`` that is close but not
-exact: its head builds a merged ``[V, H]`` bf16 weight in the forward and a dense ``[V, H]`` bf16 gradient in
-the backward, as autocast's bf16 copy of the official recipe's fp32 head and its bf16 gradient do; its
-embedding adds a merged ``[V, H]`` bf16 weight at the start of the forward and a dense bf16 gradient at the
+the activations and transients of a step as equal in all three. For ``new_tokens`` with PEFT's own
+forward (``lora=dict(fast_trainable_tokens=False)``; the default forward, ``trainable_tokens.py``, builds
+neither merged weight nor dense weight gradient) that is close but not exact: its head builds a merged
+``[V, H]`` bf16 weight in the forward and a dense ``[V, H]`` bf16 gradient in the backward, as autocast's bf16
+copy of the official recipe's fp32 head and its bf16 gradient do; its embedding adds a merged ``[V, H]`` bf16
+weight at the start of the forward and a dense bf16 gradient at the
 end of the backward (0.58 GiB each at 4B shapes), when few activations are held.
 
 Builds the preset's Qwen2 LM (``_base_`` config shapes, 151674-row head as in the benchmark) on ``meta`` with
