@@ -21,13 +21,7 @@ from ..hf_folder import read_hf_config as read_checked_hf_config
 from ..pixels import model_pixels
 from ..special_tokens import IMG_CONTEXT_TOKEN
 from .builder import build_component
-from .checkpointing import (
-    CheckpointOption,
-    apply_partial_policy,
-    llm_decoder_layers,
-    log_policy,
-    resolve_policy,
-)
+from .checkpointing import CheckpointOption
 from .fast_init import default_dtype, torch_init_disabled
 from .internvit import InternVisionConfig, InternVisionModel
 from .mllm import LLMFamily, MLLMAdapter
@@ -159,23 +153,14 @@ class InternVLMLLM(MLLMAdapter):
         """The dtype the model was built in: that of its frozen ViT patch embedding (never upcast)."""
         return self.vision_model.embeddings.patch_embedding.weight.dtype
 
-    def enable_gradient_checkpointing(self, policy: CheckpointOption = True) -> None:
-        """Set which activations are recomputed in backward (:mod:`.checkpointing`; replaces an earlier
-        setting). ``True``: every LLM decoder layer and the ViT; ``N`` / a fraction: the first decoder layers.
-
-        Raises:
-            ValueError / TypeError: a bad ``policy`` (:func:`~.checkpointing.resolve_policy`).
-        """
+    def _checkpoint_everything(self) -> None:
         lm = self.base_llm()
-        resolved = resolve_policy(policy, len(llm_decoder_layers(lm)))
-        if resolved.full:
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            lm.config.use_cache = False
-            self.vision_model.gradient_checkpointing = True
-        else:
-            apply_partial_policy(lm, resolved)
-            self.vision_model.gradient_checkpointing = False
-        log_policy(policy, resolved)
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm.config.use_cache = False
+        self.vision_model.gradient_checkpointing = True
+
+    def _stop_vision_checkpointing(self) -> None:
+        self.vision_model.gradient_checkpointing = False
 
     # --- forward ---------------------------------------------------------------------------------
     def encode_vit(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,13 @@ from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 from transformers import PreTrainedModel
 
+from .checkpointing import (
+    CheckpointOption,
+    apply_partial_policy,
+    llm_decoder_layers,
+    log_policy,
+    resolve_policy,
+)
 from .tokenizer import SPECIAL_TOKENS
 from .trainable_tokens import use_fast_trainable_tokens
 
@@ -231,6 +238,32 @@ class MLLMAdapter(nn.Module):
         """The transformers causal LM, with or without the PEFT wrapper around it."""
         lm = self.language_model
         return lm.get_base_model() if self.lora_applied else lm
+
+    def enable_gradient_checkpointing(self, policy: CheckpointOption = True) -> None:
+        """Set which activations are recomputed in backward (:mod:`.checkpointing`; replaces an earlier
+        setting). ``True``: every LLM decoder layer and the vision encoder (:meth:`_checkpoint_everything`);
+        ``N`` / a fraction: the first decoder layers, the vision encoder not.
+
+        Raises:
+            ValueError / TypeError: a bad ``policy`` (:func:`~.checkpointing.resolve_policy`).
+        """
+        lm = self.base_llm()
+        resolved = resolve_policy(policy, len(llm_decoder_layers(lm)))
+        if resolved.full:
+            self._checkpoint_everything()
+        else:
+            apply_partial_policy(lm, resolved)
+            self._stop_vision_checkpointing()
+        log_policy(policy, resolved)
+
+    def _checkpoint_everything(self) -> None:
+        """Family hook: transformers' ``gradient_checkpointing_enable`` (``use_reentrant=False``) on the LM,
+        and the vision encoder's checkpointing."""
+        raise NotImplementedError
+
+    def _stop_vision_checkpointing(self) -> None:
+        """Family hook: the vision encoder's checkpointing off."""
+        raise NotImplementedError
 
     def resize_token_embeddings(self) -> None:
         """Grow the LM embeddings and head to ``len(tokenizer)`` (new rows: mean init by transformers).

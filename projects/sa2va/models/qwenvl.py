@@ -36,13 +36,7 @@ from transformers import (
 )
 
 from .builder import build_component
-from .checkpointing import (
-    CheckpointOption,
-    apply_partial_policy,
-    llm_decoder_layers,
-    log_policy,
-    resolve_policy,
-)
+from .checkpointing import CheckpointOption
 from .internvl import read_hf_config
 from .mllm import LLMFamily, MLLMAdapter
 from .tokenizer import add_sa2va_tokens
@@ -280,24 +274,13 @@ class QwenVLMLLM(MLLMAdapter):
     def hidden_size(self) -> int:
         return int(self.config.text_config.hidden_size)
 
-    def enable_gradient_checkpointing(self, policy: CheckpointOption = True) -> None:
-        """Set which activations are recomputed in backward (:mod:`.checkpointing`; replaces an earlier
-        setting). ``True``: every decoder layer and the vision tower; ``N`` / a fraction: the first decoder
-        layers.
+    def _checkpoint_everything(self) -> None:
+        kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+        self.base_llm().model.gradient_checkpointing_enable(**kwargs)
+        self.vision_model.gradient_checkpointing_enable(**kwargs)
 
-        Raises:
-            ValueError / TypeError: a bad ``policy`` (:func:`~.checkpointing.resolve_policy`).
-        """
-        lm = self.base_llm()
-        resolved = resolve_policy(policy, len(llm_decoder_layers(lm)))
-        if resolved.full:
-            kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
-            lm.model.gradient_checkpointing_enable(**kwargs)
-            self.vision_model.gradient_checkpointing_enable(**kwargs)
-        else:
-            apply_partial_policy(lm, resolved)
-            self.vision_model.gradient_checkpointing_disable()
-        log_policy(policy, resolved)
+    def _stop_vision_checkpointing(self) -> None:
+        self.vision_model.gradient_checkpointing_disable()
 
     @property
     def build_dtype(self) -> torch.dtype:
