@@ -3,7 +3,8 @@
 # `git archive` checkout carrying .whl (with bench/gpu/add_deepspeed_wheels.sh), .official_overlay and
 # bench/official/src (see bench/official/speed_side_by_side.sh):
 #   1. issue 19: Sa2VA-4B feature-cache rows, eager vs compiled decoder layers, and batch 24 with 12 of the 36
-#      decoder layers checkpointed (bench/gpu/speed_run.sh, speed_bench.py --rows), at most $S19 seconds;
+#      decoder layers checkpointed (bench/gpu/speed_run.sh, speed_bench.py --rows --kernel-profile: device
+#      kernels of one step by kind), at most $S19 seconds;
 #   2. issue 20: the largest batch of the official step and of the toolkit's like-for-like `ckpt` side at
 #      Sa2VA-4B shapes (sweep 32, 64), then the official step at Sa2VA-1B shapes (32, 64, 128)
 #      (bench/official/speed_side_by_side.sh --first-batch), at most $S20_4B and $S20_1B seconds (0: not run).
@@ -20,7 +21,7 @@ if [ -d .whl ]; then
     export PYTHONPATH=/tmp/site:$PWD
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" || true
-OUT=$OUT/s19 PARTS=bench STEPS=10 BENCH_BUDGET_S=$((S19 - 60)) \
+OUT=$OUT/s19 PARTS=bench STEPS=10 KERNEL_PROFILE=1 BENCH_BUDGET_S=$((S19 - 60)) \
     ROWS="4b:opt16,opt16-compiled,opt24-ckpt12-compiled" timeout "$S19" bash bench/gpu/speed_run.sh
 echo "s19 rc=$?"
 rm -f "$OUT/s19/gpu.txt"

@@ -49,6 +49,11 @@ Per row the table also gives the padding fraction of the batch (padded positions
 share of the LLM's token positions that padding-free packing would remove) and the size of one fp32 copy of
 the step's LM logits at the supervised positions (what a fused linear cross-entropy would never
 materialise) and at every position (what ``lm_logits='all'`` materialises).
+
+``--kernel-profile`` (CUDA) runs one more step of each row under ``torch.profiler`` and adds a second table:
+the step's device span, the share of it in which a kernel ran (the rest is the device waiting for the
+host), and the kernel time by kind (GEMM, attention, compiled, element-wise, ...;
+:mod:`bench.harness.kernel_profile`); the row's JSON line holds the same with its top kernels.
 """
 
 from __future__ import annotations
@@ -95,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--profile-steps", type=int, default=2)
+    p.add_argument(
+        "--kernel-profile", action="store_true", help="device kernels of one more step by kind (CUDA rows)"
+    )
     p.add_argument("--num-images", type=int, default=20)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--data-root", default=str(ROOT / "data/chase_db1"))
@@ -326,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                     warmup=args.warmup,
                     profile_steps=args.profile_steps,
                     cache_dir=None,
+                    kernel_profile=args.kernel_profile,
                 )
             except Exception as e:
                 if not cfg.compile_llm:
@@ -364,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                     error=r.error,
                     stages_ms={k: v * 1e3 for k, v in r.stages.items()},
                     flops=asdict(r.flops) if r.flops else None,
+                    kernels=r.kernels,
                 )
             )
             figures = r.error or f"{r.samples_per_s:.2f} samples/s, peak {r.peak_gib:.2f} GiB"
@@ -372,6 +382,13 @@ def main(argv: list[str] | None = None) -> int:
         hb.free_memory(device)
     print()
     print(format_rows(rows, card, peak))
+    profiled = [(f"{r['model']}/{r['config']}/b{r['batch']}" + ("/compiled" if r["compile_llm"] else ""),
+                 r["kernels"]) for r in rows if r.get("kernels")]  # fmt: skip
+    if profiled:
+        from bench.harness.kernel_profile import format_kernel_table
+
+        print()
+        print(format_kernel_table(profiled))
     print(f"[speed] total {time.time() - t0:.0f} s")
     if out:
         out.close()

@@ -24,7 +24,7 @@
 # the tiny Qwen3-VL demo for one epoch, 10 iterations):
 #   SMOKE=1 PY=.venv/bin/python bash bench/gpu/speed_run.sh
 # Knobs: PARTS ("bench qwen"), ROWS (speed_bench.py --rows; models 1b, 4b, qwen3vl4b, and on the CPU tiny,
-# tinyqwen3vl), STEPS (10), BENCH_BUDGET_S (200 on a GPU),
+# tinyqwen3vl), STEPS (10), BENCH_BUDGET_S (200 on a GPU), KERNEL_PROFILE (0; 1: speed_bench.py --kernel-profile),
 # MODELS / OPT_BATCHES without ROWS: the previous runs' plan (speed_bench.py --models / --opt-batches),
 # QWEN_BASELINE (1), BUDGET_S (430 on a GPU, none in SMOKE mode: part-2 runs that would start later than this
 # many seconds after the start are skipped, so that one call stays under ~8 minutes).
@@ -57,6 +57,7 @@ if [ "$SMOKE" = 1 ]; then
                 --budget-s "${BENCH_BUDGET_S:-1000000}" --rows "$ROWS")
 else
     bench_args=(--steps "${STEPS:-10}" --warmup 2 --profile-steps 2 --budget-s "${BENCH_BUDGET_S:-200}")
+    if [ "${KERNEL_PROFILE:-0}" = 1 ]; then bench_args+=(--kernel-profile); fi
     if [ -z "${ROWS:-}" ] && [ -n "${MODELS:-}${OPT_BATCHES:-}" ]; then
         # the plan of the previous runs (records/speed_s6): per model ref (+ all), ckpt, ckpt-fused, opt search
         bench_args+=(--models "${MODELS:-4b,1b}" --opt-batches "${OPT_BATCHES:-4b:16,24,32,48;1b:16,32,64,96}")

@@ -498,6 +498,9 @@ class Result:
     syncs: int = -1
     sync_sites: list[str] = field(default_factory=list)
     loss: float = float("nan")
+    #: ``kernel_profile``: :meth:`bench.harness.kernel_profile.KernelSummary.as_dict` of one extra step
+    #: (CUDA), or ``{"error": ...}`` when profiling failed; empty when not asked for or not on CUDA
+    kernels: dict = field(default_factory=dict)
     error: str = ""
 
 
@@ -604,6 +607,19 @@ def count_syncs(trainer: Trainer, data: dict) -> tuple[int, list[str]]:
     return len(hits), sites
 
 
+def profiled_kernels(trainer: Trainer, data: dict) -> dict:
+    """Device kernels of one more step by kind (:func:`bench.harness.kernel_profile.profile_cuda`);
+    ``{"error": ...}`` when the profiler fails (the row's figures stand without it)."""
+    from bench.harness.kernel_profile import profile_cuda
+
+    try:
+        return profile_cuda(lambda: trainer.step(data)).as_dict()
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if is_out_of_memory(e):
+            raise
+        return {"error": f"kernel profile failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+
+
 def sample_flops(
     model: Sa2VAModel, shape: ModelShape, batch: dict, cached: bool
 ) -> tuple[SampleFlops, float]:
@@ -664,6 +680,7 @@ def run_one(
     warmup: int,
     profile_steps: int,
     cache_dir: str | None,
+    kernel_profile: bool = False,
 ) -> Result:
     res = Result(shape.name, cfg)
     logger = MMLogger.get_current_instance()
@@ -739,6 +756,9 @@ def run_one(
             trainer.staged_step(batches[i % n_distinct], timer)
         res.stages = {k: timer.median(k) for k in timer.times}
         res.syncs, res.sync_sites = count_syncs(trainer, batches[0])
+        if kernel_profile and device.type == "cuda":
+            stage = "kernel profile"
+            res.kernels = profiled_kernels(trainer, batches[0])
         res.flops, res.tokens = sample_flops(model, shape, batches[0], cached=model.feature_cache is not None)
         if model.feature_cache is not None:
             logger.info(f"{shape.name}/{cfg.name}: feature cache {model.feature_cache.stats()}")
