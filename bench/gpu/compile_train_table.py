@@ -47,7 +47,7 @@ from projects.sa2va.evaluation.plots import load_scalars  # noqa: E402
 SLOW_FACTOR = 3.0
 
 _ITER = re.compile(r"Iter\(train\) \[\s*(\d+)/\s*\d+\]")
-_GRAPHS = re.compile(r"compile_llm: (\d+) graph\(s\) compiled so far")
+_GRAPHS = re.compile(r"compile_(?:llm|decoder): (\d+) graph\(s\) compiled so far")
 _LIMIT = "reached torch._dynamo.config.recompile_limit"
 
 

@@ -25,8 +25,9 @@ optional ``[...]`` are LoRA overrides (``RunConfig.lora``, e.g. ``train_embeddin
 memory, fused AdamW, batch ``N``) or ``optN-ckptK`` (``optN`` with the first ``K`` LLM decoder layers
 recomputed in backward: ``RunConfig.gradient_checkpointing=K``, the adapters' per-layer policy of
 :mod:`projects.sa2va.models.checkpointing`; e.g. ``4b:opt24-ckpt12``), each optionally followed by
-``-all`` (the LM head at every position, ``lm_logits='all'``; default: only at the supervised positions)
-and ``-compiled`` (the decoder layers compiled, ``RunConfig.compile_llm``).
+``-all`` (the LM head at every position, ``lm_logits='all'``; default: only at the supervised positions),
+``-compiled`` (the decoder layers compiled, ``RunConfig.compile_llm``) and ``-cdec`` (the SAM2 mask decoder
+compiled, ``RunConfig.compile_decoder``; e.g. ``4b:opt16-compiled-cdec``).
 Without ``--rows`` the plan is the one of ``--models``, ``--opt-batches``, ``--baseline`` and ``--no-ckpt``.
 
 Every row goes through :func:`bench.harness.speed.run_one` (the throughput pass times
@@ -116,7 +117,7 @@ MODELS = ("1b", "4b", "tiny", "qwen3vl4b", "tinyqwen3vl")
 _GROUP = re.compile(r"^(?P<model>[a-z0-9]+)(?:\[(?P<lora>[^\]]*)\])?:(?P<rows>.+)$")
 _ROW = re.compile(
     r"^(?P<kind>ref|ckpt-fused|ckpt|opt(?P<batch>\d+)(?:-ckpt(?P<ckpt>\d+))?)"
-    r"(?P<all>-all)?(?P<compiled>-compiled)?$"
+    r"(?P<all>-all)?(?P<compiled>-compiled)?(?P<cdec>-cdec)?$"
 )
 
 
@@ -167,7 +168,7 @@ def parse_rows(spec: str, ref_batch: int) -> list[Group]:
             if not r:
                 raise ValueError(
                     f"--rows: row {token!r} in {part!r} is not ref, ckpt, ckpt-fused, optN or optN-ckptK, "
-                    "with optional -all and -compiled"
+                    "with optional -all, -compiled and -cdec"
                 )
             kind = r["kind"]
             if kind == "ref":
@@ -188,7 +189,9 @@ def parse_rows(spec: str, ref_batch: int) -> list[Group]:
                 cfg = hb.RunConfig(
                     name, batch, cache="memory", fused_adamw=True, gradient_checkpointing=layers
                 )
-            cfg = replace(cfg, compile_llm=bool(r["compiled"]), lora=dict(lora))
+            cfg = replace(
+                cfg, compile_llm=bool(r["compiled"]), compile_decoder=bool(r["cdec"]), lora=dict(lora)
+            )
             group.rows.append(("all" if r["all"] else "supervised", cfg))
         groups.append(group)
     if not groups:
@@ -312,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         # (lm_logits, compiled, checkpointing) -> smallest opt batch that OOMed
-        failed_at: dict[tuple[str, bool, bool | int], int] = {}
+        failed_at: dict[tuple[str, bool, bool, bool | int], int] = {}
         for lm_logits, cfg in group.rows:
-            key = (lm_logits, cfg.compile_llm, cfg.gradient_checkpointing)
+            key = (lm_logits, cfg.compile_llm, cfg.compile_decoder, cfg.gradient_checkpointing)
             if cfg.cache != "off" and key in failed_at and cfg.batch_size >= failed_at[key]:
                 not_run(group, lm_logits, cfg, f"batch {failed_at[key]} ran out of memory")
                 continue
@@ -337,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                     kernel_profile=args.kernel_profile,
                 )
             except Exception as e:
-                if not cfg.compile_llm:
+                if not (cfg.compile_llm or cfg.compile_decoder):
                     raise
                 # torch.compile failed (no compiler, a dynamo / inductor error): the row says so, others run
                 traceback.print_exc()
@@ -382,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
         hb.free_memory(device)
     print()
     print(format_rows(rows, card, peak))
-    profiled = [(f"{r['model']}/{r['config']}/b{r['batch']}" + ("/compiled" if r["compile_llm"] else ""),
-                 r["kernels"]) for r in rows if r.get("kernels")]  # fmt: skip
+    profiled = [(f"{r['model']}/{r['config']}/b{r['batch']}" + ("/compiled" if r["compile_llm"] else "")
+                 + ("/cdec" if r.get("compile_decoder") else ""), r["kernels"])
+                for r in rows if r.get("kernels")]  # fmt: skip
     if profiled:
         from bench.harness.kernel_profile import format_kernel_table
 
@@ -408,7 +412,7 @@ def tag(group: Group, lm_logits: str, cfg) -> str:
     lora = f"[{','.join(f'{k}={v}' for k, v in group.lora.items())}]" if group.lora else ""
     if cfg is None:
         return f"{group.model}{lora}"
-    compiled = "/compiled" if cfg.compile_llm else ""
+    compiled = ("/compiled" if cfg.compile_llm else "") + ("/cdec" if cfg.compile_decoder else "")
     return f"{group.model}{lora}/{cfg.name}/b{cfg.batch_size}/{lm_logits}{compiled}"
 
 
@@ -425,6 +429,7 @@ def base_row(card: str, group: Group, lm_logits: str, cfg) -> dict:
         gradient_checkpointing=cfg.gradient_checkpointing,
         fused_adamw=cfg.fused_adamw,
         compile_llm=cfg.compile_llm,
+        compile_decoder=cfg.compile_decoder,
         error="",
     )
 
@@ -441,7 +446,13 @@ def format_rows(rows: list[dict], card: str, peak: float) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        compiled = "yes" if r["compile_llm"] else ""
+        compiled = " + ".join(
+            [
+                n
+                for n, on in (("LLM layers", r["compile_llm"]), ("mask decoder", r.get("compile_decoder")))
+                if on
+            ]
+        )
         if compiled and not r["error"]:
             graphs = r["compiled_graphs"]
             compiled += f", {graphs} graph" + ("s" if graphs != 1 else "")
@@ -465,8 +476,8 @@ def format_rows(rows: list[dict], card: str, peak: float) -> str:
         "positions (N x V x 4 bytes; what a fused linear cross-entropy would not materialise) / at every "
         "position of the padded batch (B x L x V x 4).",
         "1st step s: wall time of the first warm-up step (it fills the feature cache, if any, and with "
-        "'compiled' compiles the layers). compiled: the decoder layers compiled (RunConfig.compile_llm), "
-        "with the graphs dynamo compiled over the row.",
+        "'compiled' compiles). compiled: the LLM decoder layers (RunConfig.compile_llm) and / or the SAM2 "
+        "mask decoder (RunConfig.compile_decoder) compiled, with the graphs dynamo compiled over the row.",
     ]
     return "\n".join(lines)
 

@@ -43,7 +43,7 @@ from projects.sa2va.datasets.image_processing import InternVLImageProcessor
 from projects.sa2va.datasets.processor import Sa2VAProcessor
 from projects.sa2va.datasets.refseg import RefSegDataset
 from projects.sa2va.models.builder import build_component
-from projects.sa2va.models.compile import compiled_decoder_layers, dynamo_graphs
+from projects.sa2va.models.compile import compiled_decoder_layers, compiled_mask_decoder, dynamo_graphs
 from projects.sa2va.models.feature_cache import build_feature_cache
 from projects.sa2va.models.internvl import Qwen2InternVL
 from projects.sa2va.models.losses import MaskLoss
@@ -251,6 +251,9 @@ class RunConfig:
         compile_llm: regional ``torch.compile`` of the LLM: each decoder layer's forward is compiled
             (:func:`projects.sa2va.models.compile.compiled_decoder_layers`, the code of
             ``Sa2VAModel(compile_llm=...)``; the layers share one compiled graph per input shape).
+        compile_decoder: the SAM2 mask decoder compiled the same way
+            (:func:`projects.sa2va.models.compile.compiled_mask_decoder`, the code of
+            ``Sa2VAModel(compile_decoder=...)``).
         gradient_checkpointing: recompute LLM activations in backward: ``True``, every decoder layer
             (transformers' ``gradient_checkpointing_enable``; the ``ckpt`` rows); an ``int`` ``N``, the first
             ``N`` decoder layers (the adapter's per-layer policy, :mod:`projects.sa2va.models.checkpointing`;
@@ -266,6 +269,7 @@ class RunConfig:
     cache: str = "off"
     fused_adamw: bool = False
     compile_llm: bool = False
+    compile_decoder: bool = False
     gradient_checkpointing: bool | int = False
     lora: Mapping[str, Any] = field(default_factory=dict)
 
@@ -719,6 +723,12 @@ def run_one(
             res.compiled_layers = stack.enter_context(compiled_decoder_layers(model, dynamic=dynamic))
             logger.info(f"{shape.name}/{cfg.name}: {res.compiled_layers} decoder layers compiled "
                         f"(dynamic={dynamic}; padded lengths {sorted(lengths)})")  # fmt: skip
+        if cfg.compile_decoder:
+            objects = {sum(m.shape[0] for m in b["data"].masks) for b in batches}
+            dynamic = False if len(objects) == 1 else None
+            stack.enter_context(compiled_mask_decoder(model, dynamic=dynamic))
+            logger.info(f"{shape.name}/{cfg.name}: mask decoder compiled (dynamic={dynamic}; objects per "
+                        f"step {sorted(objects)})")  # fmt: skip
         trainer = Trainer(model, cfg, device)
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -762,7 +772,7 @@ def run_one(
         res.flops, res.tokens = sample_flops(model, shape, batches[0], cached=model.feature_cache is not None)
         if model.feature_cache is not None:
             logger.info(f"{shape.name}/{cfg.name}: feature cache {model.feature_cache.stats()}")
-        res.compiled_graphs = dynamo_graphs() - graphs_before if cfg.compile_llm else 0
+        res.compiled_graphs = dynamo_graphs() - graphs_before if cfg.compile_llm or cfg.compile_decoder else 0
     except (torch.OutOfMemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise

@@ -3,6 +3,7 @@ fraction and logit sizes, on the CPU with the tiny model."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import sys
@@ -211,3 +212,35 @@ def test_a_failed_compilation_is_a_row_and_the_others_run(tool, tmp_path, monkey
         "compile failed: RuntimeError: InvalidCxxCompiler: No working C++ compiler found"
     )
     assert not got[1]["compile_llm"] and not got[1]["error"] and got[1]["samples_per_s"] > 0
+
+
+def test_cdec_rows_compile_the_mask_decoder_and_say_so(tool, tmp_path, monkeypatch) -> None:
+    from projects.sa2va.models.compile import is_compiled, mask_decoder, restore_eager
+
+    (group,) = tool.parse_rows("tiny:opt2-cdec,opt2-compiled-cdec,opt2-compiled", ref_batch=2)
+    assert [(c.compile_llm, c.compile_decoder) for _, c in group.rows] == [
+        (False, True), (True, True), (True, False),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="-cdec"):
+        tool.parse_rows("tiny:opt2-cdec-compiled", ref_batch=2)  # the suffixes' order is fixed
+    seen = []
+
+    @contextlib.contextmanager
+    def aot_eager_decoder(model, *, dynamic):  # the harness's context, with a backend that is fast on a CPU
+        decoder = mask_decoder(model)
+        seen.append((dynamic, is_compiled(decoder)))
+        decoder.compile(backend="aot_eager", dynamic=dynamic)
+        try:
+            yield 1
+        finally:
+            restore_eager([decoder])
+            torch._dynamo.reset()
+
+    monkeypatch.setattr(hb, "compiled_mask_decoder", aot_eager_decoder)
+    out = tmp_path / "rows.jsonl"
+    args = ["--device", "cpu", "--steps", "1", "--warmup", "0", "--profile-steps", "1", "--num-images", "2"]
+    code = tool.main([*args, "--workers", "0", "--rows", "tiny:opt2-cdec", "--out", str(out)])
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert code == 0 and not row["error"] and row["compile_decoder"] and not row["compile_llm"]
+    assert seen == [(False, False)]  # every step of the row decodes the same number of objects
+    assert row["compiled_graphs"] == 1 and row["samples_per_s"] > 0

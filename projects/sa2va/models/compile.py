@@ -1,4 +1,5 @@
-"""Regional ``torch.compile`` of the LLM: each decoder layer is compiled in place, the rest stays eager.
+"""Regional ``torch.compile``: each LLM decoder layer (``compile_llm``) and the SAM2 mask decoder
+(``compile_decoder``) compiled in place, the rest eager.
 
 The decoder layers of an LLM (``base_llm().model.layers``: Qwen2, InternLM2, the Qwen-VL text decoders)
 run the same code on inputs of the same shapes, so dynamo compiles one graph (forward and, through
@@ -25,7 +26,14 @@ as in the speed harness). ``torch._dynamo.config.recompile_limit`` (torch's
 default: 8) caps the graphs of this code; beyond it the layers run eager (dynamo's behaviour; the
 :class:`CompiledGraphLog` warns).
 
-Tested on the CPU (``tests/models/test_compile_option.py``): Qwen2 (InternVL) through the launcher with
+The SAM2 mask decoder (``compile_decoder``; ``sam2_model.sam_mask_decoder``, the trainable part of the mask
+path) runs once per step on ``N`` objects (``[N, C, h, w]`` image embeddings repeated per object): its
+many memory-bound element-wise ops (layer norms, GELUs, residual adds over ``N x 4096`` image tokens, the
+transposed-convolution upscaling) are what compilation fuses. ``N`` changes with the batch, so with
+``dynamic=None`` a second object count compiles one graph symbolic in ``N``. The per-image projections
+before it (``conv_s0`` / ``conv_s1``), the prompt encoder, the best-mask selection and the losses stay eager.
+
+Tested on the CPU (``tests/models/test_compile_option.py``, ``tests/models/test_compile_decoder.py``): Qwen2 (InternVL) through the launcher with
 inductor; Qwen2.5-VL, Qwen3-VL, the InternLM2 decoder layers with LoRA, gradient checkpointing and DDP (two
 gloo ranks through ``tools/dist.sh``) with ``aot_eager``. Not tested: DeepSpeed (ZeRO-3 gathers parameters
 in module hooks, which would run inside the compiled region).
@@ -34,7 +42,7 @@ in module hooks, which would run inside the compiled region).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -49,7 +57,7 @@ BACKENDS = ("inductor", "aot_eager", "eager")
 
 @dataclass(frozen=True)
 class LLMCompileSettings:
-    """How the decoder layers are compiled (``Sa2VAModel(compile_llm=...)``).
+    """How a region is compiled (``Sa2VAModel(compile_llm=...)``, ``Sa2VAModel(compile_decoder=...)``).
 
     Attributes:
         dynamic: ``torch.compile``'s ``dynamic``: ``None`` (automatic dynamic shapes: a static graph
@@ -69,18 +77,16 @@ class LLMCompileSettings:
 
     def __post_init__(self) -> None:
         if self.dynamic not in (None, True, False):
-            raise ValueError(f"compile_llm: dynamic must be None, True or False, got {self.dynamic!r}")
+            raise ValueError(f"dynamic must be None, True or False, got {self.dynamic!r}")
         if self.backend not in BACKENDS:
-            raise ValueError(f"compile_llm: backend must be one of {BACKENDS}, got {self.backend!r}")
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         modes = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
         if self.mode not in modes:
-            raise ValueError(f"compile_llm: mode must be one of {modes}, got {self.mode!r}")
+            raise ValueError(f"mode must be one of {modes}, got {self.mode!r}")
         if self.recompile_limit is not None and (
             not isinstance(self.recompile_limit, int) or self.recompile_limit < 1
         ):
-            raise ValueError(
-                f"compile_llm: recompile_limit must be a positive int or None, got {self.recompile_limit!r}"
-            )
+            raise ValueError(f"recompile_limit must be a positive int or None, got {self.recompile_limit!r}")
 
     def compile_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :meth:`torch.nn.Module.compile`."""
@@ -88,13 +94,17 @@ class LLMCompileSettings:
 
 
 def compile_settings(
-    option: bool | Mapping[str, Any] | LLMCompileSettings | None,
+    option: bool | Mapping[str, Any] | LLMCompileSettings | None, name: str = "compile_llm"
 ) -> LLMCompileSettings | None:
-    """The settings of a ``compile_llm`` option: ``False`` / ``None`` -> ``None`` (eager), ``True`` -> the
-    defaults, a mapping -> those fields (unknown keys are refused).
+    """The settings of a ``compile_llm`` / ``compile_decoder`` option: ``False`` / ``None`` -> ``None``
+    (eager), ``True`` -> the defaults, a mapping -> those fields (unknown keys are refused).
+
+    Args:
+        option: the option's value.
+        name: the option's name, for the error messages.
 
     Raises:
-        ValueError: an unknown key or a bad value.
+        ValueError: an unknown key or a bad value (the message starts with ``name``).
         TypeError: an option of another type.
     """
     if option is None or option is False:
@@ -107,10 +117,13 @@ def compile_settings(
         known = [f.name for f in fields(LLMCompileSettings)]
         unknown = sorted(set(option) - set(known))
         if unknown:
-            raise ValueError(f"compile_llm: unknown keys {unknown} (known: {known})")
-        return LLMCompileSettings(**dict(option))
+            raise ValueError(f"{name}: unknown keys {unknown} (known: {known})")
+        try:
+            return LLMCompileSettings(**dict(option))
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
     raise TypeError(
-        f"compile_llm must be a bool, a dict of {[f.name for f in fields(LLMCompileSettings)]} or "
+        f"{name} must be a bool, a dict of {[f.name for f in fields(LLMCompileSettings)]} or "
         f"LLMCompileSettings, got {type(option).__name__}: {option!r}"
     )
 
@@ -127,13 +140,28 @@ def decoder_layers(llm: nn.Module) -> nn.ModuleList:
     return layers
 
 
+def mask_decoder(model: nn.Module) -> nn.Module:
+    """The SAM2 mask decoder of a ``Sa2VAModel`` (``grounding_encoder.sam2_model.sam_mask_decoder``).
+
+    Raises:
+        TypeError: the model's grounding encoder has none there.
+    """
+    sam = getattr(getattr(model, "grounding_encoder", None), "sam2_model", None)
+    decoder = getattr(sam, "sam_mask_decoder", None)
+    if not isinstance(decoder, nn.Module):
+        raise TypeError(
+            f"compile_decoder: {type(model).__name__} has no grounding_encoder.sam2_model.sam_mask_decoder"
+        )
+    return decoder
+
+
 def is_compiled(module: nn.Module) -> bool:
     """Whether :meth:`torch.nn.Module.compile` is in effect on ``module``."""
     return getattr(module, "_compiled_call_impl", None) is not None
 
 
-def compile_layers(layers: nn.ModuleList, settings: LLMCompileSettings) -> int:
-    """:meth:`torch.nn.Module.compile` on each layer (in place; keys and parameters unchanged).
+def compile_layers(layers: Iterable[nn.Module], settings: LLMCompileSettings) -> int:
+    """:meth:`torch.nn.Module.compile` on each module of ``layers`` (in place; keys and parameters unchanged).
 
     Returns:
         the number of layers compiled.
@@ -141,12 +169,14 @@ def compile_layers(layers: nn.ModuleList, settings: LLMCompileSettings) -> int:
     if settings.recompile_limit is not None:
         torch._dynamo.config.recompile_limit = settings.recompile_limit
     kwargs = settings.compile_kwargs()
+    n = 0
     for layer in layers:
         layer.compile(**kwargs)
-    return len(layers)
+        n += 1
+    return n
 
 
-def restore_eager(layers: nn.ModuleList) -> None:
+def restore_eager(layers: Iterable[nn.Module]) -> None:
     """Undo :func:`compile_layers`: each layer's ``__call__`` is the eager one again. The graphs stay in
     dynamo's cache (a later :func:`compile_layers` reuses them) until ``torch._dynamo.reset()``."""
     for layer in layers:
@@ -171,11 +201,28 @@ def compiled_decoder_layers(model: nn.Module, *, dynamic: bool | None) -> Iterat
     layers = decoder_layers(model.mllm.base_llm())
     if any(is_compiled(layer) for layer in layers):
         raise RuntimeError("compiled_decoder_layers: the decoder layers are compiled already (compile_llm)")
-    n = compile_layers(layers, LLMCompileSettings(dynamic=dynamic))
+    with _compiled(layers, dynamic) as n:
+        yield n
+
+
+@contextlib.contextmanager
+def compiled_mask_decoder(model: nn.Module, *, dynamic: bool | None) -> Iterator[int]:
+    """:func:`compiled_decoder_layers` for the SAM2 mask decoder (:func:`mask_decoder`): compiled while the
+    context is open (yields 1); a ``RuntimeError`` when it is compiled already (``compile_decoder``)."""
+    decoder = mask_decoder(model)
+    if is_compiled(decoder):
+        raise RuntimeError("compiled_mask_decoder: the mask decoder is compiled already (compile_decoder)")
+    with _compiled([decoder], dynamic) as n:
+        yield n
+
+
+@contextlib.contextmanager
+def _compiled(modules: list[nn.Module] | nn.ModuleList, dynamic: bool | None) -> Iterator[int]:
+    n = compile_layers(modules, LLMCompileSettings(dynamic=dynamic))
     try:
         yield n
     finally:
-        restore_eager(layers)
+        restore_eager(modules)
         torch._dynamo.reset()
 
 
@@ -192,7 +239,8 @@ class CompiledGraphLog:
     shape that caused it, and warns once when it reaches ``torch._dynamo.config.recompile_limit`` (beyond
     it new shapes run eager). Cheap: one counter read per call, no device sync."""
 
-    def __init__(self) -> None:
+    def __init__(self, option: str = "compile_llm") -> None:
+        self.option = option  # the log lines' prefix
         self.start = dynamo_graphs()
         self.seen = 0
         self.warned = False
@@ -210,13 +258,13 @@ class CompiledGraphLog:
         self.seen = n
         logger = MMLogger.get_current_instance()
         logger.info(
-            f"compile_llm: {n} graph(s) compiled so far (the latest for LLM input [B, L] = {list(shape)})"
+            f"{self.option}: {n} graph(s) compiled so far (the latest for LLM input [B, L] = {list(shape)})"
         )
         limit = int(torch._dynamo.config.recompile_limit)
         if n >= limit and not self.warned:
             self.warned = True
             logger.warning(
-                f"compile_llm: {n} graphs reached torch._dynamo.config.recompile_limit={limit}: decoder "
-                "layers of new input shapes run eager; use compile_llm=dict(dynamic=None or True), or "
+                f"{self.option}: {n} graphs reached torch._dynamo.config.recompile_limit={limit}: compiled "
+                f"regions run eager on new input shapes; use {self.option}=dict(dynamic=None or True), or "
                 "raise recompile_limit"
             )

@@ -20,7 +20,14 @@ from torch import nn
 from ..special_tokens import SEG_TOKEN
 from ..structures import Sa2VABatch
 from .builder import build_component
-from .compile import CompiledGraphLog, compile_layers, compile_settings, decoder_layers, restore_eager
+from .compile import (
+    CompiledGraphLog,
+    compile_layers,
+    compile_settings,
+    decoder_layers,
+    mask_decoder,
+    restore_eager,
+)
 from .fast_init import no_weight_init
 from .feature_cache import FrozenEncoders, FrozenFeatureCache, build_feature_cache
 from .losses import MaskLoss
@@ -229,6 +236,9 @@ class Sa2VAModel(BaseModel):
             the graphs). Each time dynamo has compiled another graph it is logged. Works with the
             adapter's ``gradient_checkpointing``, all layers or some (:mod:`.checkpointing`): the
             checkpointed compiled layers are recomputed in backward.
+        compile_decoder: the same for the SAM2 mask decoder (``grounding_encoder.sam2_model.sam_mask_decoder``,
+            one compiled region run on the ``N`` objects of a step; :mod:`.compile`), opt-in, with the
+            same values and the same training-mode-only rule; independent of ``compile_llm``.
         data_preprocessor: defaults to :class:`Sa2VADataPreprocessor`.
     """
 
@@ -249,6 +259,7 @@ class Sa2VAModel(BaseModel):
         init_device: str | torch.device | None = None,
         feature_cache: FrozenFeatureCache | dict | None = None,
         compile_llm: bool | dict[str, Any] = False,
+        compile_decoder: bool | dict[str, Any] = False,
         data_preprocessor: dict | nn.Module | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor or Sa2VADataPreprocessor())
@@ -319,14 +330,22 @@ class Sa2VAModel(BaseModel):
             self.data_preprocessor.num_image_token = self.mllm.num_image_token
             self.data_preprocessor.vision_rows_per_output = self.mllm.vision_rows_per_output
             self.data_preprocessor.keep_pixels_on_host = self.feature_cache is not None
-        self.llm_compile = compile_settings(compile_llm)
+        self.llm_compile = compile_settings(compile_llm, "compile_llm")
+        self.decoder_compile = compile_settings(compile_decoder, "compile_decoder")
         self._compiled_graphs: CompiledGraphLog | None = None
+        if self.llm_compile is not None or self.decoder_compile is not None:
+            self._compiled_graphs = CompiledGraphLog("compile_llm" if self.llm_compile else "compile_decoder")
+            self.train(self.training)  # compiles in training mode (the default), not in eval mode
+        logger = MMLogger.get_current_instance()
         if self.llm_compile is not None:
-            self._compiled_graphs = CompiledGraphLog()
             n = len(decoder_layers(self.mllm.base_llm()))
-            self.train(self.training)  # compiles the layers in training mode (the default), not in eval mode
-            MMLogger.get_current_instance().info(
+            logger.info(
                 f"compile_llm: {n} decoder layers compiled in place ({self.llm_compile}; training mode only)"
+            )
+        if self.decoder_compile is not None:
+            logger.info(
+                f"compile_decoder: the SAM2 mask decoder compiled in place ({self.decoder_compile}; training "
+                "mode only)"
             )
         self.log_trainable()
 
@@ -346,16 +365,20 @@ class Sa2VAModel(BaseModel):
             )
 
     def train(self, mode: bool = True) -> Sa2VAModel:
-        """``nn.Module.train``; with ``compile_llm`` also compiles (``mode=True``) or restores the eager
-        (``mode=False``) decoder layers."""
+        """``nn.Module.train``; with ``compile_llm`` / ``compile_decoder`` also compiles (``mode=True``) or
+        restores the eager (``mode=False``) decoder layers / mask decoder."""
         super().train(mode)
-        settings = getattr(self, "llm_compile", None)  # None while __init__ runs
-        if settings is not None:
-            layers = decoder_layers(self.mllm.base_llm())
+        regions = (
+            (getattr(self, "llm_compile", None), lambda: decoder_layers(self.mllm.base_llm())),
+            (getattr(self, "decoder_compile", None), lambda: [mask_decoder(self)]),
+        )  # the settings are None while __init__ runs
+        for settings, modules in regions:
+            if settings is None:
+                continue
             if mode:
-                compile_layers(layers, settings)
+                compile_layers(modules(), settings)
             else:
-                restore_eager(layers)
+                restore_eager(modules())
         return self
 
     # --- trainability -----------------------------------------------------------------------------
@@ -556,8 +579,6 @@ class Sa2VAModel(BaseModel):
             image_slots_checked=batch.seg_counts is not None,  # set after the host-side checks
             image_grid_thw=batch.image_grid_thw,
         )
-        if self._compiled_graphs is not None and self.training:
-            self._compiled_graphs.update(tuple(batch.input_ids.shape))
         pos, counts = self.seg_positions(batch.input_ids, batch.seg_counts)
         seg_embeds = self.text_hidden_fcs(hidden.flatten(0, 1).index_select(0, pos))
         obj_to_img = torch.div(pos, hidden.shape[1], rounding_mode="floor")
@@ -569,6 +590,8 @@ class Sa2VAModel(BaseModel):
             mask_logits = hidden.new_zeros(
                 (0, self.grounding_encoder.low_res_size, self.grounding_encoder.low_res_size)
             )
+        if self._compiled_graphs is not None and self.training:  # after both compiled regions ran
+            self._compiled_graphs.update(tuple(batch.input_ids.shape))
         return {
             "logits": self.mllm.head_logits(lm_hidden) if logits else None,
             "lm_hidden": lm_hidden,
