@@ -108,7 +108,7 @@ def test_weights_change_invalidates(model_and_data):
 
 
 def test_image_content_and_preprocessing_change_the_keys(model_and_data):
-    model, cfg, samples = model_and_data
+    model, cfg, _ = model_and_data
     # The SAM2 resize method is part of the key; bilinear values are not integers, so float32 pixels.
     base = build_tiny_dataset(cfg, pixel_format="float32")[0]
     bilinear = build_tiny_dataset(

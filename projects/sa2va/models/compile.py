@@ -33,10 +33,11 @@ transposed-convolution upscaling) are what compilation fuses. ``N`` changes with
 ``dynamic=None`` a second object count compiles one graph symbolic in ``N``. The per-image projections
 before it (``conv_s0`` / ``conv_s1``), the prompt encoder, the best-mask selection and the losses stay eager.
 
-Tested on the CPU (``tests/models/test_compile_option.py``, ``tests/models/test_compile_decoder.py``): Qwen2 (InternVL) through the launcher with
+Tested on the CPU (``tests/models/test_compile_option.py``): Qwen2 (InternVL) through the launcher with
 inductor; Qwen2.5-VL, Qwen3-VL, the InternLM2 decoder layers with LoRA, gradient checkpointing and DDP (two
-gloo ranks through ``tools/dist.sh``) with ``aot_eager``. Not tested: DeepSpeed (ZeRO-3 gathers parameters
-in module hooks, which would run inside the compiled region).
+gloo ranks through ``tools/dist.sh``) with ``aot_eager``; the mask decoder on the tiny model over three
+object counts with ``aot_eager`` and inductor (``tests/models/test_compile_decoder.py``). Not tested:
+DeepSpeed (ZeRO-3 gathers parameters in module hooks, which would run inside the compiled region).
 """
 
 from __future__ import annotations

@@ -236,9 +236,10 @@ class Sa2VAModel(BaseModel):
             the graphs). Each time dynamo has compiled another graph it is logged. Works with the
             adapter's ``gradient_checkpointing``, all layers or some (:mod:`.checkpointing`): the
             checkpointed compiled layers are recomputed in backward.
-        compile_decoder: the same for the SAM2 mask decoder (``grounding_encoder.sam2_model.sam_mask_decoder``,
-            one compiled region run on the ``N`` objects of a step; :mod:`.compile`), opt-in, with the
-            same values and the same training-mode-only rule; independent of ``compile_llm``.
+        compile_decoder: the same for the SAM2 mask decoder
+            (``grounding_encoder.sam2_model.sam_mask_decoder``, one compiled region run on the ``N``
+            objects of a step; :mod:`.compile`), opt-in, with the same values and the same
+            training-mode-only rule; independent of ``compile_llm``.
         data_preprocessor: defaults to :class:`Sa2VADataPreprocessor`.
     """
 
