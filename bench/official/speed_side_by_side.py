@@ -428,12 +428,23 @@ def ours_worker(args: argparse.Namespace, name: str, work: Path, side: str) -> N
 
 
 # --- orchestration ----------------------------------------------------------------------------------------
-def run_child(argv: list[str], pythonpath: list[str], log: Path, timeout: float) -> int:
+def child_env(pythonpath: list[str]) -> dict[str, str]:
+    """The environment of a side's process: ``pythonpath`` first, then the inherited ``PYTHONPATH`` without
+    this checkout. The official source's ``projects`` is a namespace package, and a regular package of that
+    name anywhere on the path (the toolkit's ``projects/__init__.py``) wins over it whatever the order, so
+    a ``PYTHONPATH`` that names the checkout (``PYTHONPATH=/tmp/site:$PWD``) would give the official side the
+    toolkit's code; the toolkit sides name the checkout in ``pythonpath`` themselves."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        pythonpath + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
+    inherited = [
+        p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT
+    ]  # fmt: skip
+    env["PYTHONPATH"] = os.pathsep.join(pythonpath + inherited)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def run_child(argv: list[str], pythonpath: list[str], log: Path, timeout: float) -> int:
+    env = child_env(pythonpath)
     with open(log, "w") as fh:
         try:
             return subprocess.run(

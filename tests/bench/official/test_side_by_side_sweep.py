@@ -72,3 +72,29 @@ def test_summary_names_the_largest_batch_and_why_the_sweep_stopped(sbs) -> None:
     rows = sbs.sweep("ref", 2, 64, fake_measure(27, []), 8, lambda r: None)
     lines = sbs.summarise("4b", rows, "GPU", 64)
     assert "largest batch measured: ref 24 (out of memory at batch 32)" in lines
+
+
+def test_the_official_side_gets_its_namespace_package_not_the_toolkits(sbs, tmp_path, monkeypatch) -> None:
+    """The official ``projects`` has no ``__init__.py``; the toolkit's regular package would win over it from
+    anywhere on the path, so the checkout inherited through ``PYTHONPATH`` (as ``PYTHONPATH=/tmp/site:$PWD``
+    on the GPU box gave it, session 9) must not reach the official side."""
+    import subprocess
+
+    src = tmp_path / "src"
+    (src / "projects/sa2va/models").mkdir(parents=True)  # a namespace package, as the official source
+    (src / "projects/sa2va/models/sa2va.py").write_text("")
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.setenv("PYTHONPATH", f"{site}:{ROOT}:{ROOT}/")
+    env = sbs.child_env([str(src)])
+    assert env["PYTHONPATH"].split(":") == [str(src), str(site)]
+    probe = [sys.executable, "-c", "import projects.sa2va.models.sa2va as m; print(m.__file__)"]
+
+    def resolved(e: dict) -> Path:
+        out = subprocess.run(probe, env=e, cwd=tmp_path, capture_output=True, text=True, check=True)
+        return Path(out.stdout.strip()).resolve()
+
+    assert resolved(env).is_relative_to(src.resolve())
+    unfiltered = dict(env, PYTHONPATH=f"{src}:{site}:{ROOT}")
+    assert resolved(unfiltered).is_relative_to(ROOT)  # what broke the official side's import before
+    assert sbs.child_env([str(ROOT)])["PYTHONPATH"].split(":") == [str(ROOT), str(site)]  # toolkit sides
