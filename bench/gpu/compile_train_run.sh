@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 19: model.compile_llm through the real launcher, on ONE GPU, random weights. For each model of $MODELS
 # (1b: projects/sa2va/configs/sa2va_1b_random.py, 4b: sa2va_4b_random.py; tiny: sa2va_tiny_demo.py) runs
-# tools/train.py for $ITERS iterations eager, then with $COMPILE_OPTS (model.compile_llm=True: each decoder
-# layer torch.compile'd, automatic dynamic shapes; the padded length varies from batch to batch), each in its
+# tools/train.py for $ITERS iterations eager, then with $COMPILE_OPTS (model.compile_llm=True
+# model.compile_decoder=True: each LLM decoder layer and the SAM2 mask decoder torch.compile'd, automatic dynamic
+# shapes; the padded length and the object count vary from batch to batch), each in its
 # own process, with what the harness's feature-cache rows used: the frozen-feature cache in memory, batch
 # $BATCH_1B / $BATCH_4B, one optimiser step per iteration (accumulative_counts=1), fused AdamW (FUSED=1).
 # Also set for the measurement: every iteration logged unsmoothed (logger.interval=1, window_size=1), full
@@ -22,7 +23,8 @@
 #   SMOKE=1 PY=.venv/bin/python bash bench/gpu/compile_train_run.sh
 # Knobs: MODELS (1b,4b; SMOKE: tiny), ITERS (40; SMOKE: 8), WARMUP (10; SMOKE: 2), WINDOW (time only the
 # last WINDOW iterations; default all after the warm-up), BATCH_1B (32), BATCH_4B (16), BATCH_TINY (2),
-# RUNS ("eager compiled"), COMPILE_OPTS (model.compile_llm=True), FUSED (1; SMOKE: 0), COLD_CACHE (1: each run
+# RUNS ("eager compiled"), COMPILE_OPTS ("model.compile_llm=True model.compile_decoder=True"),
+# FUSED (1; SMOKE: 0), COLD_CACHE (1: each run
 # gets empty inductor and Triton caches under $WD, so the compile iterations' times are those of a cold start;
 # 0: torch's default cache directories, where an earlier run's graphs are reused), OUT (compile_train_out),
 # WD (/tmp/sa2va_compile_train: work dirs), PY (python3), BUDGET_S (360; SMOKE: none): a run that would start
@@ -35,7 +37,7 @@ PY=${PY:-python3}
 SMOKE=${SMOKE:-0}
 RUNS=${RUNS:-eager compiled}
 WD=${WD:-/tmp/sa2va_compile_train}
-COMPILE_OPTS=${COMPILE_OPTS:-model.compile_llm=True}
+COMPILE_OPTS=${COMPILE_OPTS:-model.compile_llm=True model.compile_decoder=True}
 COLD_CACHE=${COLD_CACHE:-1}
 if [ "$SMOKE" = 1 ]; then
     MODELS=${MODELS:-tiny}; ITERS=${ITERS:-8}; WARMUP=${WARMUP:-2}; FUSED=${FUSED:-0}
@@ -54,7 +56,7 @@ if command -v nvidia-smi > /dev/null; then
 fi
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
     | tee -a "$OUT/gpu.txt"
-if [ "$SMOKE" = 1 ] && [ "$COMPILE_OPTS" = model.compile_llm=True ]; then
+if [ "$SMOKE" = 1 ] && [ "$COMPILE_OPTS" = "model.compile_llm=True model.compile_decoder=True" ]; then
     why=$("$PY" -c "
 from torch._inductor import cpp_builder
 try:
@@ -62,7 +64,7 @@ try:
 except Exception as e:
     print(e)" 2>&1 | tail -1)
     if [ -n "$why" ]; then
-        COMPILE_OPTS=model.compile_llm.backend=aot_eager
+        COMPILE_OPTS="model.compile_llm.backend=aot_eager model.compile_decoder.backend=aot_eager"
         echo "[compile-train] inductor cannot compile here ($why): the compiled smoke run uses $COMPILE_OPTS" \
             | tee -a "$OUT/gpu.txt"
     fi
