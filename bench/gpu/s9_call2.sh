@@ -8,7 +8,7 @@
 #      attention in its LLM (OFFICIAL_ATTN=sdpa), then through a DeepSpeed ZeRO-2 engine, its launcher's
 #      optimiser path (OFFICIAL_STEP=ds; bench/official/speed_side_by_side.sh --sides official), at most
 #      $S_OFF seconds each;
-#   3. issue 19: model.compile_llm through tools/train.py against eager at Sa2VA-4B shapes
+#   3. issue 19: model.compile_llm and model.compile_decoder through tools/train.py against eager at Sa2VA-4B shapes
 #      (bench/gpu/compile_train_run.sh MODELS=4b), with what is left of $DEADLINE_S (at least $S_C_MIN).
 # Each part is cut to what is left of DEADLINE_S seconds (default 560) from the start. $OUT gets call2.tar.gz
 # (every part's outputs) and the tables on stdout.
@@ -53,7 +53,7 @@ t=$(left)
 if [ "$t" -ge "$S_C_MIN" ]; then
     OUT=$W/compile MODELS=4b ITERS=30 WARMUP=8 BUDGET_S=$((t - 100)) timeout "$t" \
         bash bench/gpu/compile_train_run.sh > "$W/compile/run.txt" 2>&1
-    echo "part 3 (compile_llm through tools/train.py) rc=$? after $(( $(date +%s) - T0 )) s" | tee -a "$W/gpu.txt"
+    echo "part 3 (compile_llm + compile_decoder through tools/train.py) rc=$? after $(( $(date +%s) - T0 )) s" | tee -a "$W/gpu.txt"
     cat "$W/compile/compile_train.md" 2>/dev/null || tail -30 "$W/compile/run.txt"
 else
     echo "part 3 skipped: $t s left (< S_C_MIN=$S_C_MIN)" | tee -a "$W/gpu.txt"
