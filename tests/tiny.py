@@ -50,3 +50,26 @@ def build_tiny_dataset(cfg, ann: str = "annotations_train.json", **overrides):
     )
     kwargs.update(overrides)
     return RefSegDataset(**kwargs)
+
+
+def adamw_steps(model, dataset, batches: list[list[int]], lr: float = 1e-3) -> tuple[list, list[float]]:
+    """One AdamW step (training mode) per batch of dataset indices, as the runner's loop does it.
+
+    Returns:
+        the preprocessed batches (``Sa2VABatch``: for their padded lengths, object counts, ...) and the
+        total loss of each step.
+    """
+    from projects.sa2va.datasets.collate import sa2va_collate
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    done, losses = [], []
+    model.train()
+    for idx in batches:
+        batch = model.data_preprocessor(sa2va_collate([dataset[i] for i in idx]))["data"]
+        loss = sum(model(batch, mode="loss").values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        done.append(batch)
+        losses.append(float(loss.detach()))
+    return done, losses

@@ -4,8 +4,7 @@ Three AdamW steps over batches of 10, 5 and 10 objects (dataset records [0, 1], 
 the default shape policy (``dynamic=None``) compiles a static graph for 10 objects, then one symbolic in the
 object count that serves 5 and 10 again. ``aot_eager`` runs the captured graphs op by op, so the losses are
 the eager ones bit for bit; inductor's generated code is checked with ``dynamic=True`` (one symbolic graph:
-each inductor compilation of the decoder costs about 40 s on two CPU cores). Measured on this CPU with
-inductor and the default policy: the three losses equal the eager ones bit for bit (fp32), 2 graphs.
+each inductor compilation of the decoder costs about 40 s on two CPU cores).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from projects.sa2va.datasets.collate import sa2va_collate
 from projects.sa2va.models.compile import (
     compile_settings,
     decoder_layers,
@@ -22,7 +20,7 @@ from projects.sa2va.models.compile import (
     mask_decoder,
 )
 from tests.inductor import needs_inductor
-from tests.tiny import build_tiny_dataset, build_tiny_model
+from tests.tiny import adamw_steps, build_tiny_dataset, build_tiny_model
 
 BATCHES = [[0, 1], [2], [3, 4]]
 RTOL = 2e-6  # as tests/models/test_compile_option.py: a few fp32 ulp of reordered reductions
@@ -36,19 +34,9 @@ def fresh_dynamo():
 
 
 def _steps(model, dataset) -> tuple[list[int], list[float]]:
-    """One AdamW step per batch of :data:`BATCHES`; the objects of each batch and its total loss."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    objects, losses = [], []
-    model.train()
-    for idx in BATCHES:
-        batch = model.data_preprocessor(sa2va_collate([dataset[i] for i in idx]))["data"]
-        loss = sum(model(batch, mode="loss").values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        objects.append(sum(m.shape[0] for m in batch.masks))
-        losses.append(float(loss.detach()))
-    return objects, losses
+    """:func:`tests.tiny.adamw_steps` over :data:`BATCHES`; the objects of each batch and its total loss."""
+    done, losses = adamw_steps(model, dataset, BATCHES)
+    return [sum(m.shape[0] for m in b.masks) for b in done], losses
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from projects.sa2va.datasets.collate import sa2va_collate
 from projects.sa2va.models.compile import (
     LLMCompileSettings,
     compile_settings,
@@ -40,7 +39,7 @@ from projects.sa2va.models.compile import (
     is_compiled,
 )
 from tests.inductor import needs_inductor
-from tests.tiny import DATA_ROOT, ROOT, build_tiny_dataset, build_tiny_model
+from tests.tiny import DATA_ROOT, ROOT, adamw_steps, build_tiny_dataset, build_tiny_model
 
 CONFIG = "projects/sa2va/configs/sa2va_tiny_demo.py"
 RECORDS = 12
@@ -188,19 +187,9 @@ def fresh_dynamo():
 
 
 def _steps(model, dataset, batches: list[list[int]]) -> tuple[list[int], list[float]]:
-    """AdamW steps, one per batch of dataset indices; returns the padded lengths and the total losses."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    lengths, losses = [], []
-    model.train()
-    for idx in batches:
-        batch = model.data_preprocessor(sa2va_collate([dataset[i] for i in idx]))["data"]
-        loss = sum(model(batch, mode="loss").values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        lengths.append(int(batch.input_ids.shape[1]))
-        losses.append(float(loss.detach()))
-    return lengths, losses
+    """:func:`tests.tiny.adamw_steps`; returns the padded lengths and the total losses."""
+    done, losses = adamw_steps(model, dataset, batches)
+    return [int(b.input_ids.shape[1]) for b in done], losses
 
 
 # Three padded batches of three different lengths (192, 205, 206 tokens with the tiny tokenizer).
