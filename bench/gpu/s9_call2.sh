@@ -6,8 +6,8 @@
 #      at most $S_Q seconds;
 #   2. issue 20: the official step at Sa2VA-4B shapes, batch 16 (the earlier table's batch), with SDPA
 #      attention in its LLM (OFFICIAL_ATTN=sdpa), then through a DeepSpeed ZeRO-2 engine, its launcher's
-#      optimiser path (OFFICIAL_STEP=ds; bench/official/speed_side_by_side.sh --sides official), at most
-#      $S_OFF seconds each;
+#      optimiser path (OFFICIAL_STEP=ds; bench/official/speed_side_by_side.sh --sides official), then the
+#      official step's largest batch at Sa2VA-1B shapes (sweep 32, 64, 128), at most $S_OFF seconds each;
 #   3. issue 19: model.compile_llm and model.compile_decoder through tools/train.py against eager at Sa2VA-4B shapes
 #      (bench/gpu/compile_train_run.sh MODELS=4b), with what is left of $DEADLINE_S (at least $S_C_MIN).
 # Each part is cut to what is left of DEADLINE_S seconds (default 560) from the start. $OUT gets call2.tar.gz
@@ -36,15 +36,20 @@ OUT=$W/q PARTS=bench STEPS=10 KERNEL_PROFILE=1 BENCH_BUDGET_S=$((t - 50)) ROWS="
 echo "part 1 (qwen3vl4b rows) rc=$? after $(( $(date +%s) - T0 )) s" | tee -a "$W/gpu.txt"
 sed -n '/^Issue 19 rows/,$p' "$W/q/speed_bench.log" 2>/dev/null || tail -30 "$W/q/run.txt"
 
-for kind in sdpa ds; do
+for kind in sdpa ds official1b; do
     t=$(cap "$S_OFF")
     if [ "$t" -lt 40 ]; then echo "part 2 ($kind) skipped: $t s left" | tee -a "$W/gpu.txt"; continue; fi
-    if [ "$kind" = sdpa ]; then knobs=(OFFICIAL_ATTN=sdpa OFFICIAL_STEP=amp); else knobs=(OFFICIAL_ATTN=auto OFFICIAL_STEP=ds); fi
+    # sdpa / ds: the official step at 4B batch 16 with SDPA / through ZeRO-2; official1b: its largest 1B batch
+    case $kind in
+        sdpa) knobs=(OFFICIAL_ATTN=sdpa OFFICIAL_STEP=amp MODELS=4b FIRST_BATCH=16 MAX_BATCH=16 REFINE=0) ;;
+        ds) knobs=(OFFICIAL_ATTN=auto OFFICIAL_STEP=ds MODELS=4b FIRST_BATCH=16 MAX_BATCH=16 REFINE=0) ;;
+        official1b) knobs=(OFFICIAL_ATTN=auto OFFICIAL_STEP=amp MODELS=1b FIRST_BATCH=32 MAX_BATCH=128) ;;
+    esac
     reuse=()
     if [ "$kind" = ds ] && [ -f /tmp/sa2va_side_by_side/4b/official_inputs.pt ]; then reuse=(--reuse-inputs); fi
-    env "${knobs[@]}" OUT=$W/$kind INSTALL_KIT=0 STEPS=8 WARMUP=3 MODELS=4b FIRST_BATCH=16 MAX_BATCH=16 REFINE=0 \
-        BUDGET=$((t - 5)) timeout "$t" bash bench/official/speed_side_by_side.sh --sides official "${reuse[@]}" \
-        > "$W/$kind/run.txt" 2>&1
+    mkdir -p "$W/$kind"
+    env "${knobs[@]}" OUT=$W/$kind INSTALL_KIT=0 STEPS=8 WARMUP=3 BUDGET=$((t - 5)) timeout "$t" \
+        bash bench/official/speed_side_by_side.sh --sides official "${reuse[@]}" > "$W/$kind/run.txt" 2>&1
     echo "part 2 ($kind) rc=$? after $(( $(date +%s) - T0 )) s" | tee -a "$W/gpu.txt"
     tail -12 "$W/$kind/side_by_side.txt" 2>/dev/null || tail -30 "$W/$kind/run.txt"
 done
