@@ -1,4 +1,5 @@
-"""The table of ``bench/gpu/compile_train_run.sh``: eager vs ``model.compile_llm=True`` in ``tools/train.py``.
+"""The table of ``bench/gpu/compile_train_run.sh``: eager vs compiled (``model.compile_llm`` /
+``model.compile_decoder``) in ``tools/train.py``.
 
 Reads, per run, the scalars file mmengine's ``LocalVisBackend`` writes under the work dir
 (``<work_dir>/<timestamp>/vis_data/scalars.json``, one JSON object per logged training iteration) and, when
@@ -11,8 +12,9 @@ only) ``torch.cuda.max_memory_allocated`` in MiB (integer division by 2**20) sin
 iteration (mmengine's ``get_max_cuda_memory`` resets the peak after each read, so the run's peak is the
 records' maximum).
 
-Compile iterations are read from the text log: ``Sa2VAModel(compile_llm=...)`` logs ``compile_llm: N graph(s)
-compiled so far`` during the forward of the iteration that compiled a new graph, before mmengine's
+Compile iterations are read from the text log: ``Sa2VAModel(compile_llm=...)`` / ``(compile_decoder=...)``
+logs ``compile_llm: N graph(s) compiled so far`` (``compile_decoder: ...`` when only the mask decoder is
+compiled) at the end of the forward of the iteration that compiled a new graph, before mmengine's
 ``Iter(train) [i/N]`` line of that iteration, so each such line belongs to the next ``Iter(train)`` line.
 
 The timed window: the iterations after the first ``warmup`` ones, less the compile iterations, the last
@@ -57,7 +59,7 @@ class Row:
 
     Attributes:
         model: the model label (``1b``, ``4b``, ``tiny``).
-        compiled: ``'yes'`` / ``'no'`` (``model.compile_llm``).
+        compiled: ``'yes'`` / ``'no'`` (the run's compile options, ``COMPILE_OPTS`` of the run script).
         batch: samples per iteration (``train_dataloader.batch_size``).
         iters: training iterations logged.
         window: the timed iterations (1-based).
@@ -66,10 +68,10 @@ class Row:
         samples_per_s: ``batch / s_per_iter``.
         peak_mib: the largest ``memory`` of the run (MiB of ``max_memory_allocated``); ``None`` off CUDA.
         first_loss, last_loss: ``loss`` of the first and the last iteration.
-        first_iter_s: wall time of iteration 1 (with ``compile_llm``: includes compiling the first graph).
+        first_iter_s: wall time of iteration 1 (compiled: includes compiling the first graphs).
         compile_iters: iterations during which a new graph was compiled (from the text log).
         compile_iters_s: their summed wall time, seconds.
-        graphs: graphs compiled in the run (the last ``compile_llm: N graph(s)`` line); ``None`` when none.
+        graphs: graphs compiled in the run (the last ``N graph(s) compiled so far`` line); ``None`` when none.
         note: skipped / failed / slow iterations / recompile limit.
     """
 
@@ -117,7 +119,8 @@ def compile_iterations(log_text: str) -> tuple[list[int], int | None, bool]:
     """The iterations that compiled a graph, the graphs compiled in all, and whether the recompile-limit
     warning was logged, from the text log of a run.
 
-    A ``compile_llm: N graph(s) compiled so far`` line belongs to the first ``Iter(train) [i/N]`` line after
+    A ``compile_llm`` / ``compile_decoder: N graph(s) compiled so far`` line belongs to the first
+    ``Iter(train) [i/N]`` line after
     it (an iteration's log line comes after its forward).
 
     Raises:
@@ -138,7 +141,7 @@ def compile_iterations(log_text: str) -> tuple[list[int], int | None, bool]:
             iters.append(int(m.group(1)))
             pending = False
     if pending:
-        raise ValueError(f"a 'compile_llm: {graphs} graph(s)' line has no 'Iter(train)' line after it")
+        raise ValueError(f"a '{graphs} graph(s) compiled so far' line has no 'Iter(train)' line after it")
     return iters, graphs, _LIMIT in log_text
 
 

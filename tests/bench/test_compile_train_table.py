@@ -167,8 +167,12 @@ def test_compile_line_belongs_to_the_next_iteration_line() -> None:
     assert compile_iterations("Iter(train) [1/2]\n") == ([], None, False)
     warned = log + "compile_llm: 8 graphs reached torch._dynamo.config.recompile_limit=8: ...\n"
     assert compile_iterations(warned)[2] is True
-    with pytest.raises(ValueError, match=r"'compile_llm: 2 graph\(s\)' line has no 'Iter\(train\)' line"):
+    with pytest.raises(ValueError, match=r"'2 graph\(s\) compiled so far' line has no 'Iter\(train\)' line"):
         compile_iterations(log + "compile_llm: 2 graph(s) compiled so far\n")
+    # only the mask decoder compiled: its lines carry the compile_decoder prefix
+    decoder_only = "compile_decoder: 1 graph(s) compiled so far\nIter(train) [ 1/8]\nIter(train) [ 2/8]\n"
+    decoder_only += "compile_decoder: 2 graph(s) compiled so far\nIter(train) [ 3/8]\n"
+    assert compile_iterations(decoder_only) == ([1, 3], 2, False)
 
 
 def test_bad_inputs_are_refused_naming_the_file(tmp_path) -> None:
