@@ -385,9 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         hb.free_memory(device)
     print()
     print(format_rows(rows, card, peak))
-    profiled = [(f"{r['model']}/{r['config']}/b{r['batch']}" + ("/compiled" if r["compile_llm"] else "")
-                 + ("/cdec" if r.get("compile_decoder") else ""), r["kernels"])
-                for r in rows if r.get("kernels")]  # fmt: skip
+    profiled = [
+        (f"{r['model']}/{r['config']}/b{r['batch']}{compiled_suffix(r['compile_llm'], r['compile_decoder'])}",
+         r["kernels"])
+        for r in rows if r.get("kernels")
+    ]  # fmt: skip
     if profiled:
         from bench.harness.kernel_profile import format_kernel_table
 
@@ -412,8 +414,13 @@ def tag(group: Group, lm_logits: str, cfg) -> str:
     lora = f"[{','.join(f'{k}={v}' for k, v in group.lora.items())}]" if group.lora else ""
     if cfg is None:
         return f"{group.model}{lora}"
-    compiled = ("/compiled" if cfg.compile_llm else "") + ("/cdec" if cfg.compile_decoder else "")
+    compiled = compiled_suffix(cfg.compile_llm, cfg.compile_decoder)
     return f"{group.model}{lora}/{cfg.name}/b{cfg.batch_size}/{lm_logits}{compiled}"
+
+
+def compiled_suffix(compile_llm: bool, compile_decoder: bool) -> str:
+    """``/compiled`` (LLM decoder layers) and / or ``/cdec`` (mask decoder) for a row's label."""
+    return ("/compiled" if compile_llm else "") + ("/cdec" if compile_decoder else "")
 
 
 def base_row(card: str, group: Group, lm_logits: str, cfg) -> dict:
