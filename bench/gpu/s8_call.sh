@@ -8,7 +8,8 @@
 #      --kernel-profile: device kernels of one step by kind), at most $S19 seconds;
 #   2. issue 20: the largest batch of the official step and of the toolkit's like-for-like `ckpt` side at
 #      Sa2VA-4B shapes (sweep 32, 64), then the official step at Sa2VA-1B shapes (32, 64, 128)
-#      (bench/official/speed_side_by_side.sh --first-batch), at most $S20_4B and $S20_1B seconds (0: not run).
+#      (bench/official/speed_side_by_side.sh --first-batch), at most $S20_4B and $S20_1B seconds (0: not run;
+#    session 10 ran only the rows on an H200: S20_4B=0 S20_1B=0).
 # Writes $OUT/s19 (speed_bench.log, speed_rows.jsonl), $OUT/s20_4b and $OUT/s20_1b (side_by_side.{txt,json},
 # side_logs.tar.gz) and $OUT/gpu.txt.
 set -uo pipefail
@@ -27,9 +28,11 @@ OUT=$OUT/s19 PARTS=bench STEPS=10 KERNEL_PROFILE=1 BENCH_BUDGET_S=$((S19 - 60)) 
     ROWS="$ROWS19" timeout "$S19" bash bench/gpu/speed_run.sh
 echo "s19 rc=$?"
 rm -f "$OUT/s19/gpu.txt"
-OUT=$OUT/s20_4b INSTALL_KIT=0 STEPS=8 WARMUP=3 MODELS=4b FIRST_BATCH=32 MAX_BATCH=64 BUDGET=$((S20_4B - 10)) \
-    bash bench/official/speed_side_by_side.sh --sides official,ckpt
-echo "s20 4b rc=$?"
+if [ "$S20_4B" -gt 0 ]; then
+    OUT=$OUT/s20_4b INSTALL_KIT=0 STEPS=8 WARMUP=3 MODELS=4b FIRST_BATCH=32 MAX_BATCH=64 BUDGET=$((S20_4B - 10)) \
+        bash bench/official/speed_side_by_side.sh --sides official,ckpt
+    echo "s20 4b rc=$?"
+fi
 if [ "$S20_1B" -gt 0 ]; then
     OUT=$OUT/s20_1b INSTALL_KIT=0 STEPS=8 WARMUP=3 MODELS=1b FIRST_BATCH=32 MAX_BATCH=128 BUDGET=$((S20_1B - 10)) \
         bash bench/official/speed_side_by_side.sh --sides official
