@@ -1,8 +1,9 @@
 # Fine-tune an official Sa2VA checkpoint with a Qwen2 LLM (Hugging Face folder: Sa2VA-1B/4B,
 # Sa2VA-InternVL3-2B/8B/14B) on your annotations.json data; Sa2VA-8B/26B: sa2va_8b_finetune.py.
 #   bash tools/dist.sh train projects/sa2va/configs/sa2va_finetune.py 8
-# Edit: `path` (the downloaded HF folder), `data_root`, epochs/batch/lr below. The recipe: LoRA r=128 on the
-# LLM, frozen ViT and SAM2 encoder, trained mlp1 + SAM2 mask decoder + text_hidden_fcs, AdamW 4e-5, bf16.
+# Edit: `path` (the downloaded HF folder), `data_root`, `train_ann_file`, `val_ann_file`, epochs/batch/lr.
+# The recipe: LoRA r=128 on the LLM, frozen ViT and SAM2 encoder, trained mlp1 + SAM2 mask decoder +
+# text_hidden_fcs, AdamW 4e-5, bf16.
 from mmengine.config import read_base
 
 with read_base():
@@ -10,15 +11,24 @@ with read_base():
     from ._base_.default_runtime import *
     from ._base_.model_sa2va_qwen2 import *
     from ._base_.schedule_reference import *
+    from ._base_.val_refseg import *
 
 path = "models/Sa2VA-1B"
 data_root = "data/chase_db1"
+train_ann_file = data_root + "/annotations_train.json"
+val_ann_file = data_root + "/annotations_test.json"  # None: train without validation
 pretrained_pth = None  # optional: a trainable-weights .pth to start from
 
 model.pretrained_pth = pretrained_pth
 train_dataloader.dataset.update(
-    ann_file=data_root + "/annotations_train.json",
+    ann_file=train_ann_file,
     image_root=data_root + "/images",
     repeats=10,
     **dataset_inputs,  # the model's processor; `path` reaches it when the config is loaded
 )
+if val_ann_file is None:
+    val_dataloader = val_cfg = val_evaluator = None
+else:  # every `val_interval` iterations; the best checkpoint is kept as best_val_dice_best_iter_N.pth
+    val_dataloader.dataset.update(ann_file=val_ann_file, image_root=data_root + "/images", **dataset_inputs)
+    train_cfg.update(val_interval=val_interval)
+    default_hooks.checkpoint.update(save_best=save_best, rule="greater")

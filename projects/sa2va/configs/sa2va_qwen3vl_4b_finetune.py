@@ -9,13 +9,22 @@ with read_base():
     from ._base_.default_runtime import *
     from ._base_.model_sa2va_qwen3vl import *
     from ._base_.schedule_reference import *
+    from ._base_.val_refseg import *
 
 path = "models/Sa2VA-Qwen3-VL-4B"
 data_root = "data/chase_db1"
+train_ann_file = data_root + "/annotations_train.json"
+val_ann_file = data_root + "/annotations_test.json"  # None: train without validation
 
 train_dataloader.dataset.update(
-    ann_file=data_root + "/annotations_train.json",
+    ann_file=train_ann_file,
     image_root=data_root + "/images",
     repeats=10,
     **dataset_inputs,  # the model's processor; `path` reaches it when the config is loaded
 )
+if val_ann_file is None:
+    val_dataloader = val_cfg = val_evaluator = None
+else:  # every `val_interval` iterations; the best checkpoint is kept as best_val_dice_best_iter_N.pth
+    val_dataloader.dataset.update(ann_file=val_ann_file, image_root=data_root + "/images", **dataset_inputs)
+    train_cfg.update(val_interval=val_interval)
+    default_hooks.checkpoint.update(save_best=save_best, rule="greater")

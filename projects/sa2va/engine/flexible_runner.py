@@ -37,11 +37,12 @@ from collections.abc import Iterator
 import torch
 from mmengine.dist import is_main_process
 from mmengine.registry import RUNNERS
-from mmengine.runner import FlexibleRunner
+from mmengine.runner import BaseLoop, FlexibleRunner
 
 from ..checkpoint.safe_load import trainable_file_name
 from .builder import construct_model
 from .runner import log_header, quiet_console, register_default_hooks
+from .schedule import fit_schedule_to_loop
 from .state import atomic_write_bytes
 
 
@@ -114,6 +115,14 @@ class Sa2VAFlexibleRunner(FlexibleRunner):
     def register_hooks(self, default_hooks: dict | None = None, custom_hooks: list | None = None) -> None:
         super().register_hooks(default_hooks, custom_hooks)
         register_default_hooks(self)
+
+    def build_train_loop(self, loop: BaseLoop | dict) -> BaseLoop:
+        """mmengine's, then the parameter schedulers fitted to the run (:func:`fit_schedule_to_loop`)."""
+        fresh = not isinstance(loop, BaseLoop)
+        loop = super().build_train_loop(loop)
+        if fresh:
+            self.param_schedulers = fit_schedule_to_loop(self.param_schedulers, loop, self.logger)
+        return loop
 
     def _trainable_state(self) -> dict[str, torch.Tensor] | None:
         """The model's state dict (trainable tensors), gathered under ZeRO-3; on rank 0, else None."""

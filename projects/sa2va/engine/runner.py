@@ -36,12 +36,13 @@ import torch.distributed as dist
 from mmengine.dist import all_gather_object, broadcast_object_list, is_main_process
 from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.runner import BaseLoop, Runner
 
 from ..checkpoint.safe_load import load_checkpoint_file, trainable_state_from_checkpoint
 from .builder import construct_model
 from .hooks import GlobalBatchLoggerHook, LossRecorderHook, SafeMessageHubHook
 from .optim import NonFiniteLossError
+from .schedule import fit_schedule_to_loop
 from .state import (
     CKPT_NAME,
     NONFINITE_FROM_KEY,
@@ -151,6 +152,14 @@ class Sa2VARunner(Runner):
     def register_hooks(self, default_hooks: dict | None = None, custom_hooks: list | None = None) -> None:
         super().register_hooks(default_hooks, custom_hooks)
         register_default_hooks(self)
+
+    def build_train_loop(self, loop: BaseLoop | dict) -> BaseLoop:
+        """mmengine's, then the parameter schedulers fitted to the run (:func:`fit_schedule_to_loop`)."""
+        fresh = not isinstance(loop, BaseLoop)
+        loop = super().build_train_loop(loop)
+        if fresh:
+            self.param_schedulers = fit_schedule_to_loop(self.param_schedulers, loop, self.logger)
+        return loop
 
     # ----------------------------------------------------------------------------------------- loading
     def load_checkpoint(

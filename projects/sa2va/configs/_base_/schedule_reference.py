@@ -21,23 +21,11 @@ optim_wrapper = dict(
     accumulative_counts=accumulative_counts,
     max_consecutive_nonfinite=5,  # stop (after saving a checkpoint) on 5 NaN/inf losses in a row
 )
+# `of_run=True`: begin/end are fractions of the run (engine/schedule.py), resolved to iterations when the
+# training loop is built, so the warm-up and the cosine follow `train_cfg.max_epochs` wherever it is set.
 param_scheduler = [
-    dict(
-        type=LinearLR,
-        start_factor=1e-5,
-        by_epoch=True,
-        begin=0,
-        end=warmup_ratio * max_epochs,
-        convert_to_iter_based=True,
-    ),
-    dict(
-        type=CosineAnnealingLR,
-        eta_min=0.0,
-        by_epoch=True,
-        begin=warmup_ratio * max_epochs,
-        end=max_epochs,
-        convert_to_iter_based=True,
-    ),
+    dict(type=LinearLR, start_factor=1e-5, of_run=True, begin=0.0, end=warmup_ratio),
+    dict(type=CosineAnnealingLR, eta_min=0.0, of_run=True, begin=warmup_ratio, end=1.0),
 ]
 # Iteration-based with max_epochs as the knob: resumes mid-epoch exactly (see engine/loops.py).
 train_cfg = dict(type=Sa2VATrainLoop, max_epochs=max_epochs)
