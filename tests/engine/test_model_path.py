@@ -30,7 +30,7 @@ HF_LEAVES = [
     "sa2va_qwen3vl_4b_finetune.py",
     "sa2va_qwen2_5vl_3b_finetune.py",
 ]
-#: The fields every HF leaf has (the others of MODEL_FOLDER_FIELDS belong to dataloaders it has not).
+#: The fields every HF leaf has (the test dataloader's is the one of MODEL_FOLDER_FIELDS it has not).
 HF_FIELDS = {
     "tokenizer.path",
     "processor.path",
@@ -39,6 +39,7 @@ HF_FIELDS = {
     "model.mllm.tokenizer.path",
     "model.load_weights.path",
     "train_dataloader.dataset.processor.path",
+    "val_dataloader.dataset.processor.path",
 }
 
 

@@ -1,7 +1,9 @@
 # Fine-tune an official Sa2VA checkpoint with a Qwen2 LLM (Hugging Face folder: Sa2VA-1B/4B,
 # Sa2VA-InternVL3-2B/8B/14B) on your annotations.json data; Sa2VA-8B/26B: sa2va_8b_finetune.py.
 #   bash tools/dist.sh train projects/sa2va/configs/sa2va_finetune.py 8
-# Edit: `path` (the downloaded HF folder), `data_root`, `train_ann_file`, `val_ann_file`, epochs/batch/lr.
+# Edit: `path` (the downloaded HF folder), `data_root`, `train_ann_file`, `val_ann_file` (None: no validation),
+# and with `--cfg-options` or lines at the end: `train_cfg.max_epochs` (the warm-up and cosine follow it),
+# `train_dataloader.batch_size`, `optim_wrapper.accumulative_counts`, `optim_wrapper.optimizer.lr`.
 # The recipe: LoRA r=128 on the LLM, frozen ViT and SAM2 encoder, trained mlp1 + SAM2 mask decoder +
 # text_hidden_fcs, AdamW 4e-5, bf16.
 from mmengine.config import read_base

@@ -1,6 +1,9 @@
 # Fine-tune Sa2VA-Qwen2_5-VL-3B (or -7B: change `path`) on your annotations.json data.
 #   bash tools/dist.sh train projects/sa2va/configs/sa2va_qwen2_5vl_3b_finetune.py 8
 # The official Qwen-VL recipe (see sa2va_qwen3vl_4b_finetune.py).
+# Edit: `path` (the downloaded HF folder), `data_root`, `train_ann_file`, `val_ann_file` (None: no validation),
+# and with `--cfg-options` or lines at the end: `train_cfg.max_epochs` (the warm-up and cosine follow it),
+# `train_dataloader.batch_size`, `optim_wrapper.accumulative_counts`, `optim_wrapper.optimizer.lr`.
 from mmengine.config import read_base
 
 with read_base():

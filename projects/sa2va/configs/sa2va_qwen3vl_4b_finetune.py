@@ -2,6 +2,9 @@
 #   bash tools/dist.sh train projects/sa2va/configs/sa2va_qwen3vl_4b_finetune.py 8
 # The official Qwen-VL recipe: LoRA r=128 on the text decoder with embed_tokens / lm_head copies, frozen
 # vision tower and SAM2 encoder, trained SAM2 mask decoder + text_hidden_fcs, AdamW 4e-5, bf16.
+# Edit: `path` (the downloaded HF folder), `data_root`, `train_ann_file`, `val_ann_file` (None: no validation),
+# and with `--cfg-options` or lines at the end: `train_cfg.max_epochs` (the warm-up and cosine follow it),
+# `train_dataloader.batch_size`, `optim_wrapper.accumulative_counts`, `optim_wrapper.optimizer.lr`.
 from mmengine.config import read_base
 
 with read_base():
