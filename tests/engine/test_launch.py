@@ -110,7 +110,9 @@ def test_copied_config_reads_package_bases_and_keeps_its_own(tmp_path):
 
     # A leaf importing a sibling leaf (the test configs' pattern) finds the sibling in the package too.
     header = "from mmengine.config import read_base\n\nwith read_base():\n"
-    (tmp_path / "on_demo.py").write_text(header + "    from .sa2va_tiny_demo import *\n\nlr = 0.5\n")
+    (tmp_path / "on_demo.py").write_text(
+        header + "    from .sa2va_tiny_demo import *\n\nlr = 0.5\noptim_wrapper.optimizer.lr = lr\n"
+    )
     assert read_config(tmp_path / "on_demo.py").lr == 0.5
 
     # An own `_base_/` folder next to the copy is used, not the package's.
