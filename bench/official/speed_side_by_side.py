@@ -315,6 +315,7 @@ def official_worker(args: argparse.Namespace, work: Path) -> None:
             if step_kind == "ds":
                 import deepspeed
 
+                one_process_group_env(os.environ)  # what torchrun / the deepspeed launcher would set
                 ds_cfg = {
                     "train_micro_batch_size_per_gpu": bsz,
                     "gradient_accumulation_steps": 1,
@@ -425,6 +426,21 @@ def ours_worker(args: argparse.Namespace, name: str, work: Path, side: str) -> N
 
     rows = sweep(side, args.first_batch, args.max_batch, measure, args.refine, save)
     (work / f"{side}_result.json").write_text(json.dumps(rows))
+
+
+def one_process_group_env(env: dict[str, str] | os._Environ) -> None:
+    """Fill in the variables a launcher sets (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
+    ``MASTER_PORT``) for a group of this one process, keeping any already set: ``deepspeed.initialize``
+    asserts ``LOCAL_RANK`` and initialises the process group from them (the official recipe runs under
+    ``torchrun`` through its ``tools/dist.sh``)."""
+    import socket
+
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        env.setdefault(key, value)
+    if "MASTER_PORT" not in env:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            env["MASTER_PORT"] = str(sock.getsockname()[1])
 
 
 # --- orchestration ----------------------------------------------------------------------------------------

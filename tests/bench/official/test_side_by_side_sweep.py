@@ -4,6 +4,8 @@ bisection over multiples of ``refine`` through the toolkit's batch search, rows 
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -98,3 +100,40 @@ def test_the_official_side_gets_its_namespace_package_not_the_toolkits(sbs, tmp_
     unfiltered = dict(env, PYTHONPATH=f"{src}:{site}:{ROOT}")
     assert resolved(unfiltered).is_relative_to(ROOT)  # what broke the official side's import before
     assert sbs.child_env([str(ROOT)])["PYTHONPATH"].split(":") == [str(ROOT), str(site)]  # toolkit sides
+
+
+def test_the_deepspeed_step_gets_a_one_process_group(sbs, tmp_path) -> None:
+    """Session 10's H100 call: ``OFFICIAL_STEP=ds`` stopped at DeepSpeed's ``LOCAL_RANK`` assertion (the
+    side runs without a launcher). The filled-in variables let DeepSpeed initialise a one-process group."""
+    env = {"MASTER_PORT": "29999"}
+    sbs.one_process_group_env(env)
+    assert env == {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29999",
+    }
+    fresh: dict[str, str] = {"LOCAL_RANK": "3"}
+    sbs.one_process_group_env(fresh)
+    assert fresh["LOCAL_RANK"] == "3" and 0 < int(fresh["MASTER_PORT"]) < 65536
+
+    pytest.importorskip("deepspeed")
+    script = tmp_path / "init.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(Path(sbs.__file__).parent)!r})\n"
+        "import speed_side_by_side as sbs\n"
+        "import deepspeed, torch.distributed as dist\n"
+        "sbs.one_process_group_env(os.environ)\n"
+        "deepspeed.init_distributed(dist_backend='gloo')\n"
+        "print('group', dist.get_rank(), dist.get_world_size())\n"
+    )
+    clean = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")
+    }
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=clean, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "group 0 1" in proc.stdout
