@@ -19,12 +19,7 @@ ROWS_H200=${ROWS_H200:-4b:opt16,opt16-compiled-cdec,opt32-compiled-cdec}
 T0=$(date +%s)
 W=/tmp/call11
 mkdir -p "$OUT" "$W"
-left() { echo $(( DEADLINE_S - ($(date +%s) - T0) )); }
-cap() { local a=$1 b; b=$(left); if [ "$a" -lt "$b" ]; then echo "$a"; else echo "$b"; fi; }
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site:$PWD
-fi
+. bench/gpu/call_common.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$W/gpu.txt" || true
 
 if grep -q H200 "$W/gpu.txt"; then

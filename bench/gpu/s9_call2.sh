@@ -22,12 +22,7 @@ ROWS_Q=${ROWS_Q:-qwen3vl4b:ref,opt8,opt8-compiled}
 T0=$(date +%s)
 W=/tmp/call2
 mkdir -p "$OUT" "$W/q" "$W/sdpa" "$W/ds" "$W/compile"
-left() { echo $(( DEADLINE_S - ($(date +%s) - T0) )); }
-cap() { local a=$1 b; b=$(left); if [ "$a" -lt "$b" ]; then echo "$a"; else echo "$b"; fi; }
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site:$PWD
-fi
+. bench/gpu/call_common.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$W/gpu.txt" || true
 
 t=$(cap "$S_Q")

@@ -4,7 +4,8 @@ Every leaf that loads an official HF folder (``sa2va_finetune.py``, ``sa2va_8b_f
 Qwen-VL leaves) names its training and validation annotation files once (``train_ann_file``,
 ``val_ann_file``), gives the validation set the model's processor, validates every ``val_interval``
 iterations and keeps the best checkpoint by ``val/dice_best``; ``val_ann_file = None`` trains without
-validation. The end-to-end run trains a copy of ``sa2va_finetune.py`` on a tiny official Qwen2 folder.
+validation (the config loader switches it off for a ``None`` annotation file, also from the command line).
+The end-to-end run trains a copy of ``sa2va_finetune.py`` on a tiny official Qwen2 folder.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
+from projects.sa2va.cli import parse_cfg_options
 from projects.sa2va.engine.builder import load_config
 from projects.sa2va.engine.config_file import PACKAGE_CONFIGS
 from projects.sa2va.engine.hooks import read_loss_records
@@ -138,3 +140,13 @@ def test_copied_finetune_leaf_validates_and_keeps_the_best_checkpoint(tmp_path):
     assert "SegMetric" not in next((tmp_path / "work_plain").glob("*/*.log")).read_text()
     assert (tmp_path / "work_plain" / "iter_2.pth").is_file()
     assert not list((tmp_path / "work_plain").glob("best_*.pth"))
+
+
+@pytest.mark.parametrize("leaf", ["sa2va_finetune.py", "sa2va_tiny_demo.py"])
+def test_a_none_val_ann_file_on_the_command_line_switches_validation_off(leaf):
+    cfg = load_config(PACKAGE_CONFIGS / leaf, parse_cfg_options(["val_dataloader.dataset.ann_file=None"]))
+    assert cfg.val_dataloader is None and cfg.val_cfg is None and cfg.val_evaluator is None
+    assert "val_interval" not in cfg.train_cfg
+    assert "save_best" not in cfg.default_hooks.checkpoint and "rule" not in cfg.default_hooks.checkpoint
+    # A config without validation stays as it is.
+    assert load_config(cfg).to_dict() == cfg.to_dict()

@@ -25,9 +25,8 @@ train_dataloader.dataset.update(
     repeats=10,
     **dataset_inputs,  # the model's processor; `path` reaches it when the config is loaded
 )
-if val_ann_file is None:
-    val_dataloader = val_cfg = val_evaluator = None
-else:  # every `val_interval` iterations; the best checkpoint is kept as best_val_dice_best_iter_N.pth
-    val_dataloader.dataset.update(ann_file=val_ann_file, image_root=data_root + "/images", **dataset_inputs)
-    train_cfg.update(val_interval=val_interval)
-    default_hooks.checkpoint.update(save_best=save_best, rule="greater")
+# Validation every `val_interval` iterations, the best checkpoint kept as best_val_dice_best_iter_N.pth
+# (val_ann_file None: the config loader switches validation off).
+val_dataloader.dataset.update(ann_file=val_ann_file, image_root=data_root + "/images", **dataset_inputs)
+train_cfg.update(val_interval=val_interval)
+default_hooks.checkpoint.update(save_best=save_best, rule="greater")

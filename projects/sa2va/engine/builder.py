@@ -41,7 +41,7 @@ from ..checkpoint.safe_load import (
 from ..checkpoint.trainable_pth import load_trainable_checkpoint, load_trainable_state
 from ..models.builder import build_component
 from ..models.sa2va import Sa2VAModel
-from .config_file import apply_model_path, read_config
+from .config_file import apply_model_path, read_config, validation_off_without_ann_file
 
 __all__ = ["build_model", "construct_model", "load_config", "resolve_seed"]
 
@@ -61,6 +61,8 @@ def load_config(config: str | Path | Config, cfg_options: dict[str, Any] | None 
     ``path`` (the model's Hugging Face folder, if the config has one) is written into every place that
     reads the folder (:func:`~projects.sa2va.engine.config_file.apply_model_path`), so
     ``cfg_options={'path': folder}`` re-points the tokenizer, processors, MLLM and weight loader at once.
+    A ``val_dataloader.dataset.ann_file`` of ``None`` switches validation off
+    (:func:`~projects.sa2va.engine.config_file.validation_off_without_ann_file`).
 
     Raises:
         FileNotFoundError: ``config`` is a path that does not exist.
@@ -79,6 +81,7 @@ def load_config(config: str | Path | Config, cfg_options: dict[str, Any] | None 
     if "model" not in cfg:
         raise KeyError(f"{where}: no `model` in the config")
     apply_model_path(cfg)
+    validation_off_without_ann_file(cfg)
     return cfg
 
 

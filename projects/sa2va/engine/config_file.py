@@ -40,6 +40,7 @@ __all__ = [
     "check_leaf_knobs",
     "package_base_imports",
     "read_config",
+    "validation_off_without_ann_file",
 ]
 
 #: The package's own configs folder: ``_base_/``, ``deepspeed/`` and the leaf configs.
@@ -105,6 +106,35 @@ def apply_model_path(cfg: Config) -> list[str]:
             f"{', '.join(MODEL_FOLDER_FIELDS)})"
         )
     return written
+
+
+def validation_off_without_ann_file(cfg: Config) -> bool:
+    """Train without validation when ``val_dataloader.dataset.ann_file`` is ``None``.
+
+    A leaf's ``val_ann_file = None`` (or ``--cfg-options val_dataloader.dataset.ann_file=None``) then sets
+    ``val_dataloader``, ``val_cfg`` and ``val_evaluator`` to ``None`` (mmengine wants all three or none),
+    drops ``train_cfg.val_interval`` and the checkpoint hook's ``save_best`` / ``rule`` (there is no
+    validation metric to keep a best checkpoint by), and logs it.
+
+    Returns:
+        whether validation was switched off.
+    """
+    val = cfg.get("val_dataloader")
+    if not isinstance(val, dict) or not isinstance(val.get("dataset"), dict):
+        return False
+    if "ann_file" not in val["dataset"] or val["dataset"]["ann_file"] is not None:
+        return False
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    if isinstance(cfg.get("train_cfg"), dict):
+        cfg.train_cfg.pop("val_interval", None)
+    checkpoint = cfg.get("default_hooks", {}).get("checkpoint")
+    if isinstance(checkpoint, dict):
+        checkpoint.pop("save_best", None)
+        checkpoint.pop("rule", None)
+    MMLogger.get_current_instance().info(
+        "val_dataloader.dataset.ann_file is None: training without validation (no best checkpoint)"
+    )
+    return True
 
 
 def _read_base_imports(path: Path) -> list[tuple[int, str]]:

@@ -7,6 +7,7 @@ xtuner's ``DeepSpeedStrategy`` instead of the config's runner. What it keeps of
 * the default hooks (global-batch line, per-iteration loss records, safe message-hub state);
 * info logs from rank 0 only, and the quiet terminal (environment and config in the log file only);
 * the model built by :func:`~projects.sa2va.engine.builder.construct_model`;
+* the parameter schedulers fitted to the run (:class:`~projects.sa2va.engine.schedule.ScheduleFitMixin`);
 * next to each DeepSpeed checkpoint directory ``iter_N.pth/`` (DeepSpeed's own format, which it needs to
   resume and which holds pickled objects), ``iter_N_trainable.pth``: the trainable tensors in this
   toolkit's format (``{"state_dict", "meta"}``, loadable with ``torch.load(weights_only=True)``, written
@@ -37,12 +38,12 @@ from collections.abc import Iterator
 import torch
 from mmengine.dist import is_main_process
 from mmengine.registry import RUNNERS
-from mmengine.runner import BaseLoop, FlexibleRunner
+from mmengine.runner import FlexibleRunner
 
 from ..checkpoint.safe_load import trainable_file_name
 from .builder import construct_model
 from .runner import log_header, quiet_console, register_default_hooks
-from .schedule import fit_schedule_to_loop
+from .schedule import ScheduleFitMixin
 from .state import atomic_write_bytes
 
 
@@ -92,7 +93,7 @@ def _init_zero3_backward_counters(model: torch.nn.Module) -> None:
 
 
 @RUNNERS.register_module()
-class Sa2VAFlexibleRunner(FlexibleRunner):
+class Sa2VAFlexibleRunner(ScheduleFitMixin, FlexibleRunner):
     """``FlexibleRunner`` for ``--deepspeed``: Sa2VA's hooks, rank-0 logs, a weights-only file."""
 
     def __init__(self, *args, **kwargs) -> None:
@@ -115,14 +116,6 @@ class Sa2VAFlexibleRunner(FlexibleRunner):
     def register_hooks(self, default_hooks: dict | None = None, custom_hooks: list | None = None) -> None:
         super().register_hooks(default_hooks, custom_hooks)
         register_default_hooks(self)
-
-    def build_train_loop(self, loop: BaseLoop | dict) -> BaseLoop:
-        """mmengine's, then the parameter schedulers fitted to the run (:func:`fit_schedule_to_loop`)."""
-        fresh = not isinstance(loop, BaseLoop)
-        loop = super().build_train_loop(loop)
-        if fresh:
-            self.param_schedulers = fit_schedule_to_loop(self.param_schedulers, loop, self.logger)
-        return loop
 
     def _trainable_state(self) -> dict[str, torch.Tensor] | None:
         """The model's state dict (trainable tensors), gathered under ZeRO-3; on rank 0, else None."""

@@ -19,6 +19,8 @@
   :class:`~projects.sa2va.engine.hooks.LossRecorderHook` are registered unless the config has them.
 * The model is built by :func:`~projects.sa2va.engine.builder.construct_model`, the construction step of
   the one model builder (test, predict, export and the demo rebuild it the same way).
+* The parameter schedulers are fitted to the run when the training loop is built (run fractions
+  resolved, a schedule that ends before the run refused; :mod:`projects.sa2va.engine.schedule`).
 * A quiet terminal: the environment report, the full config and the hook order that mmengine logs at
   start go to the log file only (:func:`quiet_console`); the terminal gets one header line naming it.
 """
@@ -36,13 +38,13 @@ import torch.distributed as dist
 from mmengine.dist import all_gather_object, broadcast_object_list, is_main_process
 from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
-from mmengine.runner import BaseLoop, Runner
+from mmengine.runner import Runner
 
 from ..checkpoint.safe_load import load_checkpoint_file, trainable_state_from_checkpoint
 from .builder import construct_model
 from .hooks import GlobalBatchLoggerHook, LossRecorderHook, SafeMessageHubHook
 from .optim import NonFiniteLossError
-from .schedule import fit_schedule_to_loop
+from .schedule import ScheduleFitMixin
 from .state import (
     CKPT_NAME,
     NONFINITE_FROM_KEY,
@@ -129,7 +131,7 @@ def _fsync_file(path: str) -> None:
 
 
 @RUNNERS.register_module()
-class Sa2VARunner(Runner):
+class Sa2VARunner(ScheduleFitMixin, Runner):
     """``Runner`` for Sa2VA: gloo on CPU, strict trainable-only loading, atomic saves, exact resume."""
 
     def setup_env(self, env_cfg: dict) -> None:
@@ -152,14 +154,6 @@ class Sa2VARunner(Runner):
     def register_hooks(self, default_hooks: dict | None = None, custom_hooks: list | None = None) -> None:
         super().register_hooks(default_hooks, custom_hooks)
         register_default_hooks(self)
-
-    def build_train_loop(self, loop: BaseLoop | dict) -> BaseLoop:
-        """mmengine's, then the parameter schedulers fitted to the run (:func:`fit_schedule_to_loop`)."""
-        fresh = not isinstance(loop, BaseLoop)
-        loop = super().build_train_loop(loop)
-        if fresh:
-            self.param_schedulers = fit_schedule_to_loop(self.param_schedulers, loop, self.logger)
-        return loop
 
     # ----------------------------------------------------------------------------------------- loading
     def load_checkpoint(

@@ -27,10 +27,12 @@ from typing import Any
 
 from mmengine.optim.scheduler.lr_scheduler import LRSchedulerMixin
 from mmengine.registry import PARAM_SCHEDULERS
+from mmengine.runner import BaseLoop
 
 __all__ = [
     "RUN_FRACTION_KEY",
     "ScheduleError",
+    "ScheduleFitMixin",
     "check_schedule_covers_run",
     "fit_schedule_to_loop",
     "resolve_run_fractions",
@@ -169,3 +171,16 @@ def fit_schedule_to_loop(schedulers: Any, loop: Any, logger: logging.Logger | No
     schedulers = resolve_run_fractions(schedulers, max_iters, logger)
     check_schedule_covers_run(schedulers, max_iters, iters_per_epoch, logger)
     return schedulers
+
+
+class ScheduleFitMixin:
+    """For a runner class (before mmengine's ``Runner`` / ``FlexibleRunner`` in its bases): the parameter
+    schedulers are fitted to the run (:func:`fit_schedule_to_loop`) as soon as the training loop is built,
+    while they are still configs (both runners build the loop before the schedulers)."""
+
+    def build_train_loop(self, loop: BaseLoop | dict) -> BaseLoop:
+        fresh = not isinstance(loop, BaseLoop)
+        loop = super().build_train_loop(loop)
+        if fresh:
+            self.param_schedulers = fit_schedule_to_loop(self.param_schedulers, loop, self.logger)
+        return loop
