@@ -50,7 +50,13 @@ def add_predictor_args(parser: argparse.ArgumentParser) -> None:
         help="SAM2 input with the exact ImageNet constants (as training) instead of the official "
         "predictor's bf16-rounded ones",
     )
-    parser.add_argument("--seed", type=int, default=0, help="torch seed before building the model")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="torch seed before building the model (default: the one training built with, the "
+        "checkpoint's recorded seed, else the config's randomness.seed; it decides the parts no file holds)",
+    )
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
 
 

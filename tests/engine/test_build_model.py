@@ -8,6 +8,7 @@ with ``tools/convert_to_hf.py`` and reloaded with ``Sa2VAPredictor.from_hf`` and
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 from pathlib import Path
@@ -21,6 +22,7 @@ from transformers import AutoTokenizer
 
 from projects.sa2va.checkpoint.hf_sa2va import HFSa2VALoader, hf_weight_files
 from projects.sa2va.checkpoint.key_tables import HF_KEY_TABLE
+from projects.sa2va.cli import add_predictor_args, add_threshold_args, predictor_kwargs
 from projects.sa2va.datasets.collate import sa2va_collate
 from projects.sa2va.engine.builder import build_model, resolve_seed
 from projects.sa2va.inference.predictor import Sa2VAPredictor
@@ -140,6 +142,27 @@ def test_seed_is_the_one_the_run_recorded(trained):
     assert resolve_seed(cfg, None)[0] == 0
     cfg.randomness = dict(seed=None)
     assert resolve_seed(cfg, None)[0] == 0
+
+
+def test_predict_and_demo_app_build_with_the_recorded_seed_by_default(trained, tmp_path):
+    """``tools/predict.py`` / ``tools/demo_app.py`` without ``--seed`` rebuild the random parts as the run
+    built them (the checkpoint's seed), as ``tools/test.py`` does; a ``--seed`` of 0 used to override it."""
+    parser = argparse.ArgumentParser()
+    add_threshold_args(parser, threshold_help="", file_help="")
+    add_predictor_args(parser)
+    kwargs = predictor_kwargs(parser.parse_args([]))
+    assert kwargs["seed"] is None
+    ckpt = torch.load(trained.ckpt, weights_only=False)
+    ckpt["meta"]["seed"] = 3
+    seeded = tmp_path / "seed3.pth"
+    torch.save(ckpt, seeded)
+    predictor = Sa2VAPredictor.from_config(DEMO, seeded, **kwargs)
+    want = build_model(DEMO, seeded)  # the recorded seed, 3
+    frozen = "grounding_encoder.sam2_model.image_encoder.trunk.patch_embed.proj.weight"
+    got = dict(predictor.model.named_parameters())[frozen]
+    assert torch.equal(got, dict(want.named_parameters())[frozen])
+    zero = build_model(DEMO, seeded, seed=0)
+    assert not torch.equal(got, dict(zero.named_parameters())[frozen])
 
 
 def test_builder_errors_name_the_file(tmp_path):
