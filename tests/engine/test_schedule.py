@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 
 import pytest
+import torch
 from mmengine.config import Config
-from mmengine.optim import CosineAnnealingLR, LinearLR, MultiStepMomentum
+from mmengine.optim import CosineAnnealingLR, LinearLR, MultiStepMomentum, OptimWrapper
+from mmengine.registry import PARAM_SCHEDULERS
 
 from projects.sa2va.engine.config_file import PACKAGE_CONFIGS
 from projects.sa2va.engine.schedule import (
@@ -44,14 +46,41 @@ def test_fractions_give_the_epoch_form_at_whole_epochs(epochs, iters_per_epoch):
     assert resolved[1]["end"] == epochs * iters_per_epoch
 
 
-def test_an_empty_span_is_left_out_and_logged(caplog):
+def test_a_span_under_two_iterations_is_left_out_and_logged(caplog):
     with caplog.at_level(logging.INFO):
         resolved = resolve_run_fractions(_reference(), 10, logging.getLogger("t"))
     assert [(c["type"], c["begin"], c["end"]) for c in resolved] == [(CosineAnnealingLR, 0, 10)]
     assert (
-        "LinearLR over 0-0.05 of the run: no whole iteration of the 10 this run trains; left out"
-        in caplog.text
+        "LinearLR over 0-0.05 of the run: 0 of the 10 iterations this run trains, fewer than 2" in caplog.text
     )
+    # One iteration is left out too (mmengine's LinearLR would never raise the learning rate again).
+    resolved = resolve_run_fractions(_reference(), 39)
+    assert [(c["type"], c["begin"], c["end"]) for c in resolved] == [(CosineAnnealingLR, 1, 39)]
+    assert [c["end"] for c in resolve_run_fractions(_reference(), 40)] == [2, 40]
+
+
+@pytest.mark.parametrize("max_iters", [1, 2, 10, 20, 25, 39, 40, 41, 100, 331])
+def test_the_reference_schedule_rises_to_the_learning_rate_and_decays_for_any_length(max_iters):
+    """Built by mmengine and stepped as the runner steps it: the learning rate reaches the optimiser's
+    (within one warm-up step) and ends near 0. A warm-up resolved to one iteration once held it at
+    ``start_factor`` x lr for the whole run (20-39 iterations)."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optim = OptimWrapper(torch.optim.SGD([param], lr=4e-5))
+    schedulers = [
+        PARAM_SCHEDULERS.build(c, default_args=dict(optimizer=optim))
+        for c in resolve_run_fractions(_reference(), max_iters)
+    ]
+    lrs = []
+    for _ in range(max_iters):
+        lrs.append(optim.param_groups[0]["lr"])
+        for s in schedulers:
+            s.step()
+    warm = [c for c in resolve_run_fractions(_reference(), max_iters) if c["type"] is LinearLR]
+    peak = warm[0]["end"] if warm else 0
+    assert max(lrs) == pytest.approx(4e-5, rel=1e-6)
+    assert lrs.index(max(lrs)) <= peak
+    if max_iters >= 10:
+        assert lrs[-1] < 0.03 * 4e-5
 
 
 def test_fractions_outside_the_run_are_refused():

@@ -12,8 +12,9 @@ known, and the schedulers are still configs):
 * :func:`resolve_run_fractions`: a scheduler config with ``of_run=True`` gives ``begin`` / ``end`` as
   fractions of the run (0 to 1; ``end`` defaults to 1). They become iterations, ``int(f * max_iters)``
   (mmengine's epoch-to-iteration rounding, so an integer number of epochs gives the iterations the
-  epoch-based form gives). A scheduler whose span is then empty (a warm-up of 5 % of a 10-iteration run)
-  is left out, and the log says so. ``_base_/schedule_reference.py`` is written this way.
+  epoch-based form gives). A scheduler that then spans fewer than 2 iterations (a warm-up of 5 % of a
+  39-iteration run) is left out, and the log says so (:data:`MIN_SPAN`).
+  ``_base_/schedule_reference.py`` is written this way.
 * :func:`check_schedule_covers_run`: the learning-rate schedulers must reach the end of the run. One that
   ends earlier is an error naming both ends; one that ends later is a warning (the cosine is cut short).
 """
@@ -30,6 +31,7 @@ from mmengine.registry import PARAM_SCHEDULERS
 from mmengine.runner import BaseLoop
 
 __all__ = [
+    "MIN_SPAN",
     "RUN_FRACTION_KEY",
     "ScheduleError",
     "ScheduleFitMixin",
@@ -40,6 +42,11 @@ __all__ = [
 
 #: The scheduler-config key that marks ``begin`` / ``end`` as fractions of the run.
 RUN_FRACTION_KEY = "of_run"
+#: The fewest iterations a resolved scheduler spans. mmengine's ``LinearLR`` over one iteration has
+#: ``total_iters = end - begin - 1 = 0``: it sets ``start_factor x lr`` and never raises it again, and the
+#: cosine after it then starts from that value (a 5 % warm-up of a 20-39 iteration run would hold the
+#: learning rate at 1e-5 of its value for the whole run).
+MIN_SPAN = 2
 
 
 class ScheduleError(ValueError):
@@ -87,11 +94,12 @@ def resolve_run_fractions(schedulers: Any, max_iters: int, logger: logging.Logge
                 f"fractions of the run, 0 <= begin <= end <= 1; got begin={begin}, end={end}"
             )
         cfg.update(by_epoch=False, begin=int(begin * max_iters), end=int(end * max_iters))
-        if cfg["end"] <= cfg["begin"]:
+        if cfg["end"] - cfg["begin"] < MIN_SPAN:
             if logger is not None:
                 logger.info(
-                    f"param_scheduler {_type_name(cfg)} over {begin:g}-{end:g} of the run: no whole "
-                    f"iteration of the {max_iters} this run trains; left out"
+                    f"param_scheduler {_type_name(cfg)} over {begin:g}-{end:g} of the run: "
+                    f"{cfg['end'] - cfg['begin']} of the {max_iters} iterations this run trains, fewer than "
+                    f"{MIN_SPAN}; left out"
                 )
             continue
         out.append(cfg)
