@@ -2,8 +2,9 @@
 
 ``lr = 1e-4`` alone in a copy of a leaf would train at the base's learning rate (mmengine evaluates the
 base first and copies its ``lr`` into ``optim_wrapper.optimizer.lr`` then); ``data_root = ...`` alone
-would train on the base's folder. :func:`~projects.sa2va.engine.config_file.check_leaf_knobs` (run by
-``read_config``, so by every tool) names the file, the line and both values.
+would train on the base's folder. :func:`~projects.sa2va.engine.config_checks.check_leaf_knobs` (run by
+``load_config``, so by every tool) names the file, the line and both values. ``--cfg-options lr=...`` (a
+top-level variable, set after the file was read) is refused by ``check_cfg_options``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from projects.sa2va.cli import parse_cfg_options
 from projects.sa2va.engine.builder import load_config
-from projects.sa2va.engine.config_file import KNOB_FIELDS, PACKAGE_CONFIGS, ConfigFileError, read_config
+from projects.sa2va.engine.config_checks import KNOB_FIELDS
+from projects.sa2va.engine.config_file import PACKAGE_CONFIGS, ConfigFileError
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = "from mmengine.config import read_base\n\nwith read_base():\n    from .sa2va_tiny_demo import *\n\n"
@@ -40,7 +43,7 @@ def _leaf(tmp_path: Path, body: str) -> Path:
 def test_a_knob_set_alone_is_refused(tmp_path, body, line, message):
     leaf = _leaf(tmp_path, body)
     with pytest.raises(ConfigFileError) as err:
-        read_config(leaf)
+        load_config(leaf)
     text = str(err.value)
     assert text.startswith(f"{leaf}:{line}: ") and message in text
     name = body.strip().split(" = ")[0]
@@ -48,7 +51,7 @@ def test_a_knob_set_alone_is_refused(tmp_path, body, line, message):
 
 
 def test_a_knob_set_with_its_field_reads(tmp_path):
-    cfg = read_config(
+    cfg = load_config(
         _leaf(
             tmp_path,
             "lr = 1e-4\noptim_wrapper.optimizer.lr = lr\nmax_epochs = 3\ntrain_cfg.max_epochs = max_epochs\n",
@@ -57,7 +60,7 @@ def test_a_knob_set_with_its_field_reads(tmp_path):
     assert cfg.optim_wrapper.optimizer.lr == 1e-4 and cfg.train_cfg.max_epochs == 3
     # Setting only the field is fine; so are command-line options (applied after the file is read).
     assert (
-        read_config(_leaf(tmp_path, "optim_wrapper.optimizer.lr = 1e-4\n")).optim_wrapper.optimizer.lr == 1e-4
+        load_config(_leaf(tmp_path, "optim_wrapper.optimizer.lr = 1e-4\n")).optim_wrapper.optimizer.lr == 1e-4
     )
     cfg = load_config(PACKAGE_CONFIGS / "sa2va_tiny_demo.py", {"optim_wrapper.optimizer.lr": 1e-4})
     assert cfg.optim_wrapper.optimizer.lr == 1e-4 and cfg.lr == 1e-3
@@ -65,7 +68,7 @@ def test_a_knob_set_with_its_field_reads(tmp_path):
 
 def test_data_root_alone_is_refused_and_with_the_paths_reads(tmp_path):
     with pytest.raises(ConfigFileError) as err:
-        read_config(_leaf(tmp_path, 'data_root = "data/my_vessels"\n'))
+        load_config(_leaf(tmp_path, 'data_root = "data/my_vessels"\n'))
     text = str(err.value)
     assert "mine.py:6: sets `data_root = 'data/my_vessels'`, but the training set reads" in text
     assert "'data/chase_db1/annotations_train.json' and 'data/chase_db1/images'" in text
@@ -73,14 +76,38 @@ def test_data_root_alone_is_refused_and_with_the_paths_reads(tmp_path):
         'data_root = "data/my_vessels"\ntrain_dataloader.dataset.update(ann_file=data_root + "/train.json")\n'
     )
     assert (
-        read_config(_leaf(tmp_path, body)).train_dataloader.dataset.ann_file == "data/my_vessels/train.json"
+        load_config(_leaf(tmp_path, body)).train_dataloader.dataset.ann_file == "data/my_vessels/train.json"
     )
 
 
 def test_every_shipped_config_passes(tmp_path):
     for leaf in sorted(PACKAGE_CONFIGS.glob("*.py")):
         if leaf.name != "__init__.py":
-            read_config(leaf)
+            load_config(leaf)
             (tmp_path / leaf.stem).mkdir()
             shutil.copy(leaf, tmp_path / leaf.stem / leaf.name)  # and as a copy outside the package
-            read_config(tmp_path / leaf.stem / leaf.name)
+            load_config(tmp_path / leaf.stem / leaf.name)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("lr=1e-05", "`lr` is a variable of .*sa2va_finetune.py, .*set `optim_wrapper.optimizer.lr` instead"),
+        ("max_epochs=3", "set `train_cfg.max_epochs` instead"),
+        ("data_root=data/x", r"set `train_dataloader.dataset.ann_file / image_root"),
+        ("train_ann_file=data/x/train.json", "set `train_dataloader.dataset.ann_file` instead"),
+        ("val_ann_file=None", "set `val_dataloader.dataset.ann_file` instead"),
+        ("pretrained_pth=w.pth", "set `model.pretrained_pth` instead"),
+        ("max_epoch=3", "has no top-level `max_epoch` and no run reads it"),
+    ],
+)
+def test_cfg_options_that_would_change_nothing_are_refused(option, message):
+    with pytest.raises(ConfigFileError, match=message):
+        load_config(PACKAGE_CONFIGS / "sa2va_finetune.py", parse_cfg_options([option]))
+
+
+def test_cfg_options_of_fields_and_runner_keys_apply():
+    opts = ["path=/m", "work_dir=/tmp/w", "train_cfg.max_epochs=3", "optim_wrapper.optimizer.lr=1e-05"]
+    cfg = load_config(PACKAGE_CONFIGS / "sa2va_finetune.py", parse_cfg_options(opts))
+    assert (cfg.model.mllm.path, cfg.work_dir, cfg.train_cfg.max_epochs) == ("/m", "/tmp/w", 3)
+    assert cfg.optim_wrapper.optimizer.lr == 1e-5

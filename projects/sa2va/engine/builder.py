@@ -41,7 +41,8 @@ from ..checkpoint.safe_load import (
 from ..checkpoint.trainable_pth import load_trainable_checkpoint, load_trainable_state
 from ..models.builder import build_component
 from ..models.sa2va import Sa2VAModel
-from .config_file import apply_model_path, read_config, validation_off_without_ann_file
+from .config_checks import check_cfg_options, check_leaf_knobs, validation_off_without_ann_file
+from .config_file import apply_model_path, read_config
 
 __all__ = ["build_model", "construct_model", "load_config", "resolve_seed"]
 
@@ -61,6 +62,8 @@ def load_config(config: str | Path | Config, cfg_options: dict[str, Any] | None 
     ``path`` (the model's Hugging Face folder, if the config has one) is written into every place that
     reads the folder (:func:`~projects.sa2va.engine.config_file.apply_model_path`), so
     ``cfg_options={'path': folder}`` re-points the tokenizer, processors, MLLM and weight loader at once.
+    An override of a top-level variable of the file (``lr``, ``max_epochs``, ``data_root``, ...), which
+    would change nothing, is refused (:func:`~projects.sa2va.engine.config_file.check_cfg_options`).
     A ``val_dataloader.dataset.ann_file`` of ``None`` switches validation off
     (:func:`~projects.sa2va.engine.config_file.validation_off_without_ann_file`).
 
@@ -76,7 +79,9 @@ def load_config(config: str | Path | Config, cfg_options: dict[str, Any] | None 
     else:
         cfg = read_config(config)
         where = str(config)
+        check_leaf_knobs(cfg, config)
     if cfg_options:
+        check_cfg_options(cfg, cfg_options, where)
         cfg.merge_from_dict(cfg_options)
     if "model" not in cfg:
         raise KeyError(f"{where}: no `model` in the config")

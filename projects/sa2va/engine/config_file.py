@@ -32,15 +32,12 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 
 __all__ = [
-    "KNOB_FIELDS",
     "MODEL_FOLDER_FIELDS",
     "PACKAGE_CONFIGS",
     "ConfigFileError",
     "apply_model_path",
-    "check_leaf_knobs",
     "package_base_imports",
     "read_config",
-    "validation_off_without_ann_file",
 ]
 
 #: The package's own configs folder: ``_base_/``, ``deepspeed/`` and the leaf configs.
@@ -106,35 +103,6 @@ def apply_model_path(cfg: Config) -> list[str]:
             f"{', '.join(MODEL_FOLDER_FIELDS)})"
         )
     return written
-
-
-def validation_off_without_ann_file(cfg: Config) -> bool:
-    """Train without validation when ``val_dataloader.dataset.ann_file`` is ``None``.
-
-    A leaf's ``val_ann_file = None`` (or ``--cfg-options val_dataloader.dataset.ann_file=None``) then sets
-    ``val_dataloader``, ``val_cfg`` and ``val_evaluator`` to ``None`` (mmengine wants all three or none),
-    drops ``train_cfg.val_interval`` and the checkpoint hook's ``save_best`` / ``rule`` (there is no
-    validation metric to keep a best checkpoint by), and logs it.
-
-    Returns:
-        whether validation was switched off.
-    """
-    val = cfg.get("val_dataloader")
-    if not isinstance(val, dict) or not isinstance(val.get("dataset"), dict):
-        return False
-    if "ann_file" not in val["dataset"] or val["dataset"]["ann_file"] is not None:
-        return False
-    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
-    if isinstance(cfg.get("train_cfg"), dict):
-        cfg.train_cfg.pop("val_interval", None)
-    checkpoint = cfg.get("default_hooks", {}).get("checkpoint")
-    if isinstance(checkpoint, dict):
-        checkpoint.pop("save_best", None)
-        checkpoint.pop("rule", None)
-    MMLogger.get_current_instance().info(
-        "val_dataloader.dataset.ann_file is None: training without validation (no best checkpoint)"
-    )
-    return True
 
 
 def _read_base_imports(path: Path) -> list[tuple[int, str]]:
@@ -208,7 +176,6 @@ def read_config(path: str | Path) -> Config:
             cfg = Config.fromfile(str(path))
         except Exception as e:
             raise ConfigFileError(f"{path}: cannot load the config: {type(e).__name__}: {e}") from e
-        check_leaf_knobs(cfg, path)
         return cfg
     MMLogger.get_current_instance().info(
         f"{path}: {', '.join(names)} not next to the config: read from {PACKAGE_CONFIGS}"
@@ -235,82 +202,4 @@ def read_config(path: str | Path) -> Config:
     # mmengine 0.10.6 keeps the file name in `_filename` (read by Runner for the experiment name and the
     # dumped config's file name): the user's file, not the temporary copy.
     object.__setattr__(cfg, "_filename", str(path))
-    check_leaf_knobs(cfg, path)
     return cfg
-
-
-#: Top-level values of the ``_base_`` files and the field each one is copied into there. A base computes
-#: the field when it is read, so a leaf that sets only the top-level name changes nothing.
-KNOB_FIELDS: dict[str, str] = {
-    "lr": "optim_wrapper.optimizer.lr",
-    "weight_decay": "optim_wrapper.optimizer.weight_decay",
-    "max_norm": "optim_wrapper.clip_grad.max_norm",
-    "accumulative_counts": "optim_wrapper.accumulative_counts",
-    "max_epochs": "train_cfg.max_epochs",
-    "batch_size": "train_dataloader.batch_size",
-    "num_workers": "train_dataloader.num_workers",
-    "val_interval": "train_cfg.val_interval",
-}
-
-
-def _leaf_assignments(path: Path) -> dict[str, int]:
-    """Names the file assigns at module level (outside ``read_base``), with the line of the last one."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    out: dict[str, int] = {}
-    for stmt in tree.body:
-        targets = stmt.targets if isinstance(stmt, ast.Assign) else [getattr(stmt, "target", None)]
-        for t in targets:
-            if isinstance(t, ast.Name):
-                out[t.id] = stmt.lineno
-    return out
-
-
-def _field(cfg: Config, dotted: str) -> tuple[bool, object]:
-    node: object = cfg
-    for name in dotted.split("."):
-        if not isinstance(node, (dict, Config)) or name not in node:
-            return False, None
-        node = node[name]
-    return True, node
-
-
-def check_leaf_knobs(cfg: Config, path: str | Path) -> None:
-    """Refuse a config file that sets a base's top-level value without the field the base copied it into.
-
-    ``lr = 1e-4`` in a leaf leaves ``optim_wrapper.optimizer.lr`` at the base's value (mmengine evaluates
-    the base first), and ``data_root = "data/mine"`` leaves the dataset's paths at the base's folder: the
-    run would train with the old value and nothing would say so. Checked for the names of
-    :data:`KNOB_FIELDS` and for ``data_root`` (one of the training set's ``ann_file`` / ``image_root`` must
-    start with it), only where the file itself assigns the name; ``--cfg-options`` are applied later and
-    not checked.
-
-    Raises:
-        ConfigFileError: naming the file, the line, the value set and the field that kept the old one.
-    """
-    path = Path(path)
-    assigned = _leaf_assignments(path)
-    for name, dotted in KNOB_FIELDS.items():
-        if name not in assigned or name not in cfg:
-            continue
-        present, value = _field(cfg, dotted)
-        if present and value != cfg[name]:
-            raise ConfigFileError(
-                f"{path}:{assigned[name]}: sets `{name} = {cfg[name]!r}`, but `{dotted}` is {value!r}: "
-                f"the base file computed that field from its own `{name}` when it was read. Set "
-                f"`{dotted} = {name}` after it (or set only `{dotted}`)."
-            )
-    if "data_root" in assigned and isinstance(cfg.get("data_root"), str):
-        root = cfg["data_root"]
-        paths = [
-            v
-            for f in ("ann_file", "image_root")
-            for ok, v in [_field(cfg, f"train_dataloader.dataset.{f}")]
-            if ok and isinstance(v, str)
-        ]
-        if paths and not any(p.startswith(root) for p in paths):
-            raise ConfigFileError(
-                f"{path}:{assigned['data_root']}: sets `data_root = {root!r}`, but the training set reads "
-                f"{' and '.join(repr(p) for p in paths)} (`train_dataloader.dataset.ann_file` / "
-                f"`image_root`, computed by the base from its own `data_root`). Set them from `data_root` "
-                f"after it."
-            )
