@@ -9,7 +9,9 @@
   (``os.replace``); the ``last_checkpoint`` pointer too. ``--resume auto`` falls back to the newest
   intact ``iter_N.pth`` when the pointer is missing, cut or stale or names a damaged file (warning);
   partial files of a killed save are removed at start.
-* Exact resume: each rank's random state is saved with the checkpoint and restored by
+* Exact resume: a resume whose run length or batches per epoch no longer fit the checkpoint's is refused
+  (:func:`~projects.sa2va.engine.schedule.check_resumed_run`); each rank's random state is saved with the
+  checkpoint and restored by
   :class:`~projects.sa2va.engine.loops.Sa2VATrainLoop` at the matching point.
 * :class:`~projects.sa2va.engine.optim.NonFiniteLossError` (too many NaN/inf losses in a row) saves a
   checkpoint (the weights of the last update with a finite loss, marked ``nonfinite_stop`` in its meta,
@@ -44,7 +46,7 @@ from ..checkpoint.safe_load import load_checkpoint_file, trainable_state_from_ch
 from .builder import construct_model
 from .hooks import GlobalBatchLoggerHook, LossRecorderHook, SafeMessageHubHook
 from .optim import NonFiniteLossError
-from .schedule import ScheduleFitMixin
+from .schedule import ScheduleFitMixin, check_resumed_run
 from .state import (
     CKPT_NAME,
     NONFINITE_FROM_KEY,
@@ -210,6 +212,7 @@ class Sa2VARunner(ScheduleFitMixin, Runner):
     ) -> None:
         self._loaded_meta = {}
         super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
+        check_resumed_run(self, filename, self._loaded_meta, self.logger)
         states = self._loaded_meta.get("rng_states")
         self._resumed_rng = None
         if states is None:
@@ -245,6 +248,9 @@ class Sa2VARunner(ScheduleFitMixin, Runner):
             return
         meta = dict(meta or {})
         meta.update(rng_states=rng_states, world_size=self.world_size)
+        ipe = getattr(self._train_loop, "iters_per_epoch", None)
+        if ipe is not None:  # checked on resume (`check_resumed_run`)
+            meta.update(iters_per_epoch=int(ipe))
         local = file_client_args is None and backend_args is None and "://" not in str(out_dir)
         if not local:
             self.logger.warning(f"checkpoint to {out_dir} is not a local path: saved non-atomically")

@@ -35,6 +35,7 @@ __all__ = [
     "RUN_FRACTION_KEY",
     "ScheduleError",
     "ScheduleFitMixin",
+    "check_resumed_run",
     "check_schedule_covers_run",
     "fit_schedule_to_loop",
     "resolve_run_fractions",
@@ -192,3 +193,62 @@ class ScheduleFitMixin:
         if fresh:
             self.param_schedulers = fit_schedule_to_loop(self.param_schedulers, loop, self.logger)
         return loop
+
+
+def check_resumed_run(runner: Any, filename: str, meta: dict, logger: logging.Logger | None = None) -> None:
+    """After a resume: refuse a run whose length or batches no longer fit the checkpoint's.
+
+    * The optimiser and the parameter schedulers continue from the checkpoint, so a run made longer on
+      resume (``train_cfg.max_epochs`` raised) would keep the old schedule: its learning rate would stay
+      at the final value for the added iterations. Refused when the restored learning-rate schedulers end
+      before the run does (not with a :class:`~projects.sa2va.engine.time_budget.TimeBudgetHook`, which
+      re-plans the ends itself); a schedule that ends after the run (a shortened run) is a warning.
+    * The resumed position in the data order is ``iteration = epoch x batches per epoch + offset``: with
+      another number of batches per epoch on the same number of ranks (batch size or dataset changed) it
+      points elsewhere. Refused; with another number of ranks, a warning.
+
+    Args:
+        runner: the runner, its training loop and parameter schedulers built and restored.
+        filename: the checkpoint (named in the messages).
+        meta: the checkpoint's ``meta`` (``iters_per_epoch`` and ``world_size`` when it recorded them).
+
+    Raises:
+        ScheduleError: naming the checkpoint, both lengths and what to do instead.
+    """
+    loop = runner.train_loop
+    max_iters = int(loop.max_iters)
+    ipe = getattr(loop, "iters_per_epoch", None)
+    saved_ipe, saved_world = meta.get("iters_per_epoch"), meta.get("world_size")
+    if ipe is not None and saved_ipe is not None and int(saved_ipe) != int(ipe):
+        text = (
+            f"{filename} was trained with {saved_ipe} batches per epoch, this run has {ipe}: the resumed "
+            f"position in the data order (iteration {runner.iter}) would point elsewhere"
+        )
+        if saved_world is not None and int(saved_world) == runner.world_size:
+            raise ScheduleError(
+                f"{text}. The batch size or the dataset changed: resume with the ones it was trained "
+                f"with, or start a new run from its weights (`load_from`, without --resume)."
+            )
+        if logger is not None:
+            logger.warning(f"{text} (saved by {saved_world} ranks, resumed by {runner.world_size})")
+    if any(type(h).__name__ == "TimeBudgetHook" for h in runner.hooks):
+        return
+    scheds = runner.param_schedulers or []
+    scheds = [s for g in scheds.values() for s in g] if isinstance(scheds, dict) else list(scheds)
+    ends = [int(s.end) for s in scheds if isinstance(s, LRSchedulerMixin) and not s.by_epoch]
+    if not ends:
+        return
+    last = max(ends)
+    if last < max_iters:
+        raise ScheduleError(
+            f"{filename}: its learning-rate schedule ends at iteration {last}, this run trains to "
+            f"{max_iters}. A resumed run continues the checkpoint's optimiser and schedule, so the learning "
+            f"rate would stay at its final value for the last {max_iters - last} iterations. Resume with "
+            f"the run length it was trained for, or start a new run from its weights (`load_from`, without "
+            f"--resume) with a schedule over the new length."
+        )
+    if last > max_iters and logger is not None:
+        logger.warning(
+            f"{filename}: its learning-rate schedule ends at iteration {last}, after this run's {max_iters}: "
+            f"the learning rate will not reach the schedule's final value"
+        )
