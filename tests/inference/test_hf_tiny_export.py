@@ -73,6 +73,19 @@ def test_export_records_the_tiny_grounding_encoder(tiny_export) -> None:
     assert encoder["overrides"]["image_encoder"]["trunk"]["embed_dim"] == 16
 
 
+def test_export_keeps_the_training_tiling(tiny_export) -> None:
+    """config.json carries the tiling the tiny model trained with (its processor: one tile), not the
+    official defaults (1 / 12 / thumbnail), so ``predict --hf`` preprocesses as training did."""
+    ckpt, hf = tiny_export
+    cfg = json.loads((hf / "config.json").read_text())
+    trained = Sa2VAPredictor.from_config(TINY_MODEL_CFG, ckpt).processor.image_processor
+    want = (trained.min_tiles, trained.max_tiles, trained.use_thumbnail)
+    assert (cfg["min_dynamic_patch"], cfg["max_dynamic_patch"], cfg["use_thumbnail"]) == want
+    assert want[1] == 1
+    exported = Sa2VAPredictor.from_hf(hf).processor.image_processor
+    assert (exported.min_tiles, exported.max_tiles, exported.use_thumbnail) == want
+
+
 @pytest.mark.slow
 def test_predict_hf_equals_predict_config(tiny_export, tmp_path: Path) -> None:
     ckpt, hf = tiny_export

@@ -655,6 +655,7 @@ def export_hf_folder(
     max_shard_size: int | str = "5GB",
     dtype: torch.dtype | None = None,
     key_table: KeyTable | None = None,
+    tiling: dict[str, Any] | None = None,
 ) -> ExportReport:
     """Write ``model`` (LoRA merged) as an official Sa2VA HF folder.
 
@@ -667,6 +668,9 @@ def export_hf_folder(
             is copied (a warning says so).
         max_shard_size: bytes per shard (``'5GB'``, ``'500MB'``, int).
         dtype: dtype of the written tensors (default: the dtype the model was built in).
+        tiling: InternVL ``config.json`` tiling fields (``min_dynamic_patch``, ``max_dynamic_patch``,
+            ``use_thumbnail``) the model trained with; they replace the source's (or the official
+            defaults 1 / 12 / True) so that the folder preprocesses images as training did.
 
     Returns:
         :class:`ExportReport`.
@@ -716,6 +720,8 @@ def export_hf_folder(
     if source_dir is not None:
         source_cfg = read_json_file(source_dir / "config.json", what="the source folder's config.json")
     cfg = official_config(model, source_cfg, dtype)
+    if tiling and model.mllm.checkpoint_layout != "qwen_vl":
+        cfg.update(tiling)
     cfg.pop(TOOLKIT_SECTION, None)  # a source folder's section described the source's encoder
     section = grounding_encoder_section(model)
     if section is not None:

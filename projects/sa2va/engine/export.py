@@ -13,9 +13,10 @@ import torch
 from mmengine.config import Config
 
 from ..checkpoint.hf_sa2va import ExportReport, export_adapter, export_hf_folder
-from .builder import build_model
+from ..models.builder import build_component
+from .builder import build_model, load_config
 
-__all__ = ["convert_to_hf"]
+__all__ = ["convert_to_hf", "training_tiling"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -36,13 +37,38 @@ def convert_to_hf(
     seed the run recorded in ``checkpoint`` (else the config's ``randomness.seed``), exactly as the
     training runner seeds before it builds, so frozen parts that no file holds (random-initialised
     encoders) equal the trained model's; its ``load_weights`` reads the source HF folder; the
-    trainable checkpoint is loaded strictly; then the model is exported.
+    trainable checkpoint is loaded strictly; then the model is exported, with the InternVL tiling the run
+    trained with (:func:`training_tiling`) in its ``config.json``.
     """
-    model = build_model(config, checkpoint, cfg_options=cfg_options)
+    cfg = load_config(config, cfg_options)
+    model = build_model(cfg, checkpoint)
     if adapter_only:
         return export_adapter(model, save_path)
     if dtype is not None and dtype not in _DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
     return export_hf_folder(
-        model, save_path, max_shard_size=max_shard_size, dtype=_DTYPES[dtype] if dtype else None
+        model,
+        save_path,
+        max_shard_size=max_shard_size,
+        dtype=_DTYPES[dtype] if dtype else None,
+        tiling=training_tiling(cfg),
     )
+
+
+def training_tiling(cfg: Config) -> dict[str, Any] | None:
+    """The InternVL tiling the run trained with, as ``config.json`` fields (``min_dynamic_patch``,
+    ``max_dynamic_patch``, ``use_thumbnail``): read from the training set's processor (else the config's
+    ``processor``), built as training built it. ``None`` for a Qwen-VL processor (pixel budgets, no tiles)
+    or a config without a processor."""
+    processor = ((cfg.get("train_dataloader") or {}).get("dataset") or {}).get("processor")
+    processor = processor if processor is not None else cfg.get("processor")
+    if processor is None:
+        return None
+    image_processor = build_component(processor).image_processor
+    if not hasattr(image_processor, "max_tiles"):
+        return None
+    return {
+        "min_dynamic_patch": int(image_processor.min_tiles),
+        "max_dynamic_patch": int(image_processor.max_tiles),
+        "use_thumbnail": bool(image_processor.use_thumbnail),
+    }
