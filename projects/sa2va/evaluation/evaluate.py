@@ -41,6 +41,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 from ..datasets.collate import sa2va_collate
+from ..datasets.image_io import read_image_array
 from ..models.builder import build_component
 from ..run_records import (
     RunRecords,
@@ -336,11 +337,6 @@ def _json_clean(value: Any) -> Any:
     return value
 
 
-def _load_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
 def _split_key(key: str) -> tuple[str, int, str]:
     image_id, index, text = key.split("|", 2)
     return image_id, int(index), text
@@ -403,7 +399,7 @@ def write_outputs(
     for i in dict.fromkeys(grid_idx + order[:max_overlays]):
         image_id, j, text = _split_key(ev.keys[i])
         if image_id not in images:
-            images[image_id] = _load_rgb(Path(image_root) / image_id)
+            images[image_id] = read_image_array(Path(image_root) / image_id)  # as training read it
         pred, gt = ev.masks(i, t)
         if images[image_id].shape[:2] != gt.shape:
             raise ValueError(
