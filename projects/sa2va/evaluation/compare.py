@@ -13,7 +13,7 @@ from typing import Any
 
 from .plots import _save, load_scalars, plt
 
-__all__ = ["TABLE_METRICS", "format_table", "load_reports", "plot_runs"]
+__all__ = ["SETTING_FIELDS", "TABLE_METRICS", "differences", "format_table", "load_reports", "plot_runs"]
 
 TABLE_METRICS = ("dice", "iou", "cl_dice")
 
@@ -36,7 +36,9 @@ def _fmt(value: Any) -> str:
 def format_table(
     reports: Mapping[str, Mapping[str, Any]], extra: Mapping[str, Mapping[str, Any]] | None = None
 ) -> str:
-    """Plain-text table: one row per run, Dice / IoU / clDice at 0.5 and at the chosen threshold.
+    """Plain-text table: one row per run, Dice / IoU / clDice at 0.5 and at the chosen threshold, then a
+    ``note:`` line for each setting the runs differ in (:func:`differences`: another annotation file or
+    query count means other work was scored).
 
     Args:
         reports: ``{run name: report.json contents}``.
@@ -58,7 +60,24 @@ def format_table(
         "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return "\n".join(lines + differences(reports))
+
+
+#: ``report.json`` fields that say what a run was scored on and how; runs that differ in one of them are
+#: not scored on the same work (``ann_file``, ``n_queries``) or not the same way (the others).
+SETTING_FIELDS = ("ann_file", "n_queries", "threshold_chosen_on", "tiling", "flip_tta")
+
+
+def differences(reports: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One ``note:`` line per :data:`SETTING_FIELDS` field whose value differs between the runs (a field a
+    report lacks counts as ``None``), naming each run's value; none when they agree."""
+    notes = []
+    for field in SETTING_FIELDS:
+        values = {name: rep.get(field) for name, rep in reports.items()}
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
+            listed = ", ".join(f"{name}={value!r}" for name, value in values.items())
+            notes.append(f"note: the runs differ in {field}: {listed}")
+    return notes
 
 
 def plot_runs(scalars: Mapping[str, str | Path], out_png: str | Path) -> Path:
