@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_user_text(args.prompt, "--prompt")
-        paths = list_images(args.images)
+        paths = list_images(args.images, report=lambda m: print(f"predict.py: {m}", file=sys.stderr))
         check_images_readable(paths)  # decodes every image: a truncated one stops the run here
     except (OSError, ValueError) as e:
         print(f"predict.py: {e}", file=sys.stderr)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,8 +66,16 @@ MASK_COLORS: tuple[tuple[int, int, int], ...] = (
 )
 
 
-def list_images(paths: Sequence[str | Path]) -> list[Path]:
+def _names(paths: list[Path], limit: int = 3) -> str:
+    shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in paths[:limit])
+    return shown + (f", ... ({len(paths)} in all)" if len(paths) > limit else "")
+
+
+def list_images(paths: Sequence[str | Path], report: Callable[[str], None] | None = None) -> list[Path]:
     """Expand image files and folders (their files with an image extension, sorted, not recursive).
+
+    ``report`` (e.g. a print to stderr) is told, per folder, what in it is not read: subfolders and files
+    without an image extension, so that nothing is left out silently.
 
     Raises:
         FileNotFoundError: a path does not exist.
@@ -87,6 +95,18 @@ def list_images(paths: Sequence[str | Path]) -> list[Path]:
                     ".jpg, .png, .tif, .bmp, .ppm)"
                 )
             out.extend(found)
+            entries = sorted(path.iterdir())
+            subfolders = [p for p in entries if p.is_dir()]
+            others = [p for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS]
+            if report is not None and (subfolders or others):
+                parts = [f"{len(subfolders)} subfolder(s) ({_names(subfolders)})"] if subfolders else []
+                parts += (
+                    [f"{len(others)} file(s) without an image extension ({_names(others)})"] if others else []
+                )
+                report(
+                    f"folder {path}: {' and '.join(parts)} not read (a folder is read one level deep; "
+                    "name subfolders too)"
+                )
         elif path.is_file():
             out.append(path)
         else:
