@@ -1,4 +1,5 @@
-"""``--resume`` into a run that no longer fits the checkpoint is refused before the first iteration.
+"""``--resume`` into a run that no longer fits the checkpoint is refused before the first iteration; a
+fresh run in a work dir that holds an earlier run's checkpoints says so.
 
 The optimiser and the learning-rate schedule continue from the checkpoint, so a run made longer on resume
 would keep the old schedule (the learning rate stuck at its final value for the added iterations), and the
@@ -73,3 +74,12 @@ def test_resume_with_another_length_or_batch_is_refused(tmp_path):
         *SCHEDULE,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+    # A fresh run (no --resume) in the same work dir says that the earlier run's checkpoints stay there.
+    fresh = ("train_cfg.max_epochs=0.5",)
+    proc = run_train(TINY_FAULT_CFG, "--work-dir", str(work), "--cfg-options", *TINY_FAULT_OPTIONS, *fresh)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert (
+        f"{work} already holds 3 checkpoint(s) of an earlier run (iter_2.pth, iter_4.pth, iter_6.pth)" in out
+    )

@@ -55,6 +55,19 @@ def test_find_resumable_checkpoint_tolerates_cut_pointer_and_partial_files(tmp_p
     assert st.find_resumable_checkpoint(tmp_path) == str(tmp_path / "iter_10.pth")
 
 
+def test_a_copied_work_dir_resumes_from_its_own_files(tmp_path):
+    """The pointer of a copied work dir names the original folder's file: never resume from there."""
+    original, copy = tmp_path / "run", tmp_path / "run_copy"
+    for d in (original, copy):
+        d.mkdir()
+        for n in (2, 4):
+            torch.save({"state_dict": {"w": torch.full((2,), float(n))}}, d / f"iter_{n}.pth")
+    (copy / "last_checkpoint").write_text(str(original / "iter_2.pth"))
+    assert st.find_resumable_checkpoint(copy) == str(copy / "iter_2.pth")
+    (copy / "last_checkpoint").write_text(str(original / "iter_6.pth"))  # not in the copy: newest here
+    assert st.find_resumable_checkpoint(copy) == str(copy / "iter_4.pth")
+
+
 def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     saved = st.capture_rng_state()

@@ -201,6 +201,16 @@ class Sa2VARunner(ScheduleFitMixin, Runner):
                 self._load_from = choice[0]
             if choice[0] is None:
                 self._resume = False
+        elif not self._resume and is_main_process():
+            earlier = sorted(p.name for p in Path(self.work_dir).glob("*.pth") if CKPT_NAME.match(p.name))
+            earlier += sorted(p.name for p in Path(self.work_dir).glob("best_*.pth"))
+            if earlier:
+                shown = ", ".join(earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+                self.logger.warning(
+                    f"{self.work_dir} already holds {len(earlier)} checkpoint(s) of an earlier run "
+                    f"({shown}): this run starts fresh and writes beside them (--resume auto would continue "
+                    "that run; another --work-dir keeps the runs apart)"
+                )
         super().load_or_resume()
 
     def resume(

@@ -162,9 +162,10 @@ def find_resumable_checkpoint(work_dir: str | Path, *, before_step: int | None =
     """The checkpoint that ``--resume auto`` should load from ``work_dir``, or None for a fresh start.
 
     The newest checkpoint that is intact and whose weights are finite. The ``last_checkpoint`` pointer
-    wins when it names such a file. Otherwise (no pointer, an empty or cut pointer, one naming a deleted
-    or unusable file) the ``iter_N.pth`` / ``epoch_N.pth`` files are tried from the newest, and each one
-    passed over is named in a warning with the reason:
+    wins when it names such a file in ``work_dir`` (one that names a file elsewhere, as in a copied work
+    dir, is read as the same-named file here). Otherwise (no pointer, an empty or cut pointer, one naming
+    a deleted or unusable file) the ``iter_N.pth`` / ``epoch_N.pth`` files are tried from the newest, and
+    each one passed over is named in a warning with the reason:
 
     * damaged: not a complete zip archive whose members' CRCs check (:func:`checkpoint_is_intact`);
     * saved by the non-finite-loss stop (``meta['nonfinite_stop']``), and every checkpoint of a step
@@ -183,6 +184,15 @@ def find_resumable_checkpoint(work_dir: str | Path, *, before_step: int | None =
     pointer = work_dir / POINTER_NAME
     if pointer.is_file() and before_step is None:
         target = pointer.read_text(encoding="utf-8", errors="replace").strip()
+        if target and Path(target).resolve().parent != work_dir.resolve():
+            # A copied or moved work dir: its pointer names the original folder's file. Never resume from
+            # another run's folder: the same-named file here, else the iter_*/epoch_* files here.
+            local = work_dir / Path(target).name
+            logger.warning(
+                f"{pointer} names {target}, outside {work_dir} (a copied or moved work dir?): "
+                + (f"using {local}" if local.is_file() else "looking for iter_*/epoch_* files here")
+            )
+            target = str(local) if local.is_file() else ""
         if target and Path(target).is_file():
             why, _ = _resume_verdict(Path(target))
             if why is None:
