@@ -10,12 +10,16 @@ The summary gives the objects per record and, when records ask for several objec
 question (``"turns"``), the questions and the ``[SEG]`` tokens per answer; the counts are
 validated (``text`` and ``mask`` of equal length, every object in exactly one turn).
 
+Notes (not problems) name questions with more than one target: the same image and text in several records
+with different masks, or one text asked twice in a record.
+
 Exit status 0 when the file is valid, 1 on any problem.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -25,6 +29,46 @@ from projects.sa2va.datasets.annotations import AnnotationError, read_annotation
 
 def _histogram(counter: Counter) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(counter.items()))
+
+
+def ambiguity_notes(records: list, bad: set[int | None]) -> list[str]:
+    """Notes (not problems) on questions that get more than one target.
+
+    * the same image and text in several records with different masks (e.g. two annotators): training
+      sees both targets for one question, and ``tools/test.py`` needs one record per image;
+    * one text asked twice in one record: identical prompts for different masks.
+
+    Args:
+        records: the file's records (dicts with equal-length ``text`` / ``mask`` lists are read).
+        bad: indices of records with problems, left out.
+    """
+    notes: list[str] = []
+    targets: dict[tuple[str, str], dict[str, list[int]]] = {}
+    for i, r in enumerate(records):
+        if i in bad or not isinstance(r, dict):
+            continue
+        texts, masks = r.get("text"), r.get("mask")
+        if not (isinstance(texts, list) and isinstance(masks, list) and len(texts) == len(masks)):
+            continue
+        for text, n in Counter(t for t in texts if isinstance(t, str)).items():
+            if n > 1:
+                notes.append(
+                    f"note: record {i}: text {text!r} asked {n} times in one record (one prompt, {n} masks)"
+                )
+        for text, mask in zip(texts, masks, strict=True):
+            key = (str(r.get("image")), str(text))
+            targets.setdefault(key, {}).setdefault(json.dumps(mask, sort_keys=True, default=repr), []).append(
+                i
+            )
+    for (image, text), by_mask in targets.items():
+        if len(by_mask) > 1:
+            where = sorted({i for ids in by_mask.values() for i in ids})
+            notes.append(
+                f"note: records {', '.join(map(str, where))}: image {image!r}, text {text!r} with "
+                f"{len(by_mask)} different masks (training sees every one as a target for the same question; "
+                "tools/test.py needs one record per image)"
+            )
+    return notes
 
 
 def count_lines(records: list, bad: set[int | None]) -> list[str]:
@@ -90,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     listed = records if isinstance(records, list) else []
     n_records = len(listed)
     n_objects = sum(len(r["mask"]) for r in listed if isinstance(r, dict) and isinstance(r.get("mask"), list))
+    for line in ambiguity_notes(listed, {p.index for p in problems}):
+        print(line)
     for line in count_lines(listed, {p.index for p in problems}):
         print(line)
     print(f"{args.ann_file}: {n_records} records, {n_objects} objects, {len(problems)} problems")

@@ -146,6 +146,20 @@ def test_check_dataset_tool_reports_outside_paths_and_markers(tmp_path: Path, ro
     assert "2 problems" in out and "outside.png" not in out
 
 
+def test_check_dataset_notes_questions_with_two_targets(tmp_path: Path, root: Path, capsys) -> None:
+    other = {"image": "a.png", "text": ["vessel"], "mask": [[[0, 0, 2, 0, 2, 2, 0, 2]]]}
+    twice = {"image": "b.png", "text": ["vessel", "vessel"], "mask": [[SQUARE], [SQUARE]]}
+    ann = write(tmp_path, [record("a.png"), other, twice])
+    tool = load_tool("check_dataset")
+    assert tool.main([str(ann), "--images", str(root)]) == 0  # notes, not problems
+    out = capsys.readouterr().out
+    assert "note: record 2: text 'vessel' asked 2 times in one record (one prompt, 2 masks)" in out
+    assert "note: records 0, 1: image 'a.png', text 'vessel' with 2 different masks" in out
+    assert "0 problems" in out
+    assert tool.main([str(write(tmp_path, [record("a.png"), record("b.png")])), "--images", str(root)]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
 # --- reserved markers in texts ----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "text",
