@@ -19,67 +19,49 @@ from tests.procs import TINY_FAULT_CFG, TINY_FAULT_OPTIONS
 SCHEDULE = ("param_scheduler.1.end=1.5",)
 
 
+def train(work, *options: str, resume: bool = False) -> tuple[int, str]:
+    """``tools/train.py`` on the tiny fault config in ``work`` (``--resume auto`` when ``resume``)."""
+    flags = ("--resume", "auto") if resume else ()
+    proc = run_train(
+        TINY_FAULT_CFG, "--work-dir", str(work), *flags, "--cfg-options", *TINY_FAULT_OPTIONS, *options
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
 @pytest.mark.slow
 def test_resume_with_another_length_or_batch_is_refused(tmp_path):
     work = tmp_path / "work"
-    proc = run_train(TINY_FAULT_CFG, "--work-dir", str(work), "--cfg-options", *TINY_FAULT_OPTIONS, *SCHEDULE)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    rc, out = train(work, *SCHEDULE)
+    assert rc == 0, out[-3000:]
     meta = load_checkpoint_file(work / "iter_6.pth")["meta"]
     assert (meta["iters_per_epoch"], meta["world_size"]) == (4, 1)
 
     # Longer: the config's own schedule covers 3 epochs, the checkpoint's ends at iteration 6.
-    longer = ("train_cfg.max_epochs=3", "param_scheduler.1.end=3")
-    proc = run_train(
-        TINY_FAULT_CFG,
-        "--work-dir",
-        str(work),
-        "--resume",
-        "auto",
-        "--cfg-options",
-        *TINY_FAULT_OPTIONS,
-        *longer,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out[-3000:]
+    rc, out = train(work, "train_cfg.max_epochs=3", "param_scheduler.1.end=3", resume=True)
+    assert rc != 0, out[-3000:]
     assert "iter_6.pth: its learning-rate schedule ends at iteration 6, this run trains to 12" in out
     assert "start a new run from its weights (`load_from`, without --resume)" in out
     assert "Iter(train) [7/12]" not in out
 
     # Another batch size: 2 batches per epoch instead of 4.
-    bigger = ("train_dataloader.batch_size=4", "train_cfg.max_epochs=6", "param_scheduler.1.end=6")
-    proc = run_train(
-        TINY_FAULT_CFG,
-        "--work-dir",
-        str(work),
-        "--resume",
-        "auto",
-        "--cfg-options",
-        *TINY_FAULT_OPTIONS,
-        *bigger,
+    rc, out = train(
+        work,
+        "train_dataloader.batch_size=4",
+        "train_cfg.max_epochs=6",
+        "param_scheduler.1.end=6",
+        resume=True,
     )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out[-3000:]
+    assert rc != 0, out[-3000:]
     assert "iter_6.pth was trained with 4 batches per epoch, this run has 2" in out
     assert "The batch size or the dataset changed" in out
 
     # The same run resumes (nothing left to train: it ends at once, as before).
-    proc = run_train(
-        TINY_FAULT_CFG,
-        "--work-dir",
-        str(work),
-        "--resume",
-        "auto",
-        "--cfg-options",
-        *TINY_FAULT_OPTIONS,
-        *SCHEDULE,
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    rc, out = train(work, *SCHEDULE, resume=True)
+    assert rc == 0, out[-3000:]
 
     # A fresh run (no --resume) in the same work dir says that the earlier run's checkpoints stay there.
-    fresh = ("train_cfg.max_epochs=0.5",)
-    proc = run_train(TINY_FAULT_CFG, "--work-dir", str(work), "--cfg-options", *TINY_FAULT_OPTIONS, *fresh)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
+    rc, out = train(work, "train_cfg.max_epochs=0.5")
+    assert rc == 0, out[-3000:]
     assert (
         f"{work} already holds 3 checkpoint(s) of an earlier run (iter_2.pth, iter_4.pth, iter_6.pth)" in out
     )
