@@ -17,7 +17,7 @@ import pytest
 from projects.sa2va.cli import parse_cfg_options
 from projects.sa2va.engine.builder import load_config
 from projects.sa2va.engine.config_checks import KNOB_FIELDS
-from projects.sa2va.engine.config_file import PACKAGE_CONFIGS, ConfigFileError
+from projects.sa2va.engine.config_file import PACKAGE_CONFIGS, ConfigFileError, read_config
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = "from mmengine.config import read_base\n\nwith read_base():\n    from .sa2va_tiny_demo import *\n\n"
@@ -111,3 +111,14 @@ def test_cfg_options_of_fields_and_runner_keys_apply():
     cfg = load_config(PACKAGE_CONFIGS / "sa2va_finetune.py", parse_cfg_options(opts))
     assert (cfg.model.mllm.path, cfg.work_dir, cfg.train_cfg.max_epochs) == ("/m", "/tmp/w", 3)
     assert cfg.optim_wrapper.optimizer.lr == 1e-5
+
+
+def test_the_config_a_run_dumps_in_its_work_dir_reads(tmp_path):
+    """mmengine dumps the whole config (every value a top-level assignment, no ``read_base``) into the work
+    dir; test, predict and export read that file: all its values are its own, nothing is refused."""
+    dumped = tmp_path / "sa2va_tiny_demo.py"
+    read_config(PACKAGE_CONFIGS / "sa2va_tiny_demo.py").dump(str(dumped))
+    text = dumped.read_text()
+    assert "read_base" not in text and "accumulative_counts = 16" in text
+    cfg = load_config(dumped)
+    assert cfg.optim_wrapper.accumulative_counts == 1 and cfg.accumulative_counts == 16

@@ -16,7 +16,7 @@ from pathlib import Path
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-from .config_file import ConfigFileError
+from .config_file import ConfigFileError, read_base_imports
 
 __all__ = [
     "KNOB_FIELDS",
@@ -181,13 +181,15 @@ def check_leaf_knobs(cfg: Config, path: str | Path) -> None:
     the base first), and ``data_root = "data/mine"`` leaves the dataset's paths at the base's folder: the
     run would train with the old value and nothing would say so. Checked for the names of
     :data:`KNOB_FIELDS` and for ``data_root`` (one of the training set's ``ann_file`` / ``image_root`` must
-    start with it), only where the file itself assigns the name; ``--cfg-options`` are applied later and
-    not checked.
+    start with it), only where the file itself assigns the name and only in a file with ``read_base``
+    imports (the full config mmengine dumps in a work dir has none: all its values are its own).
 
     Raises:
         ConfigFileError: naming the file, the line, the value set and the field that kept the old one.
     """
     path = Path(path)
+    if not read_base_imports(path):
+        return  # no base: every value is the file's own (e.g. the full config mmengine dumps in a work dir)
     assigned = _leaf_assignments(path)
     for name, dotted in KNOB_FIELDS.items():
         if name not in assigned or name not in cfg:

@@ -37,6 +37,7 @@ __all__ = [
     "ConfigFileError",
     "apply_model_path",
     "package_base_imports",
+    "read_base_imports",
     "read_config",
 ]
 
@@ -105,7 +106,7 @@ def apply_model_path(cfg: Config) -> list[str]:
     return written
 
 
-def _read_base_imports(path: Path) -> list[tuple[int, str]]:
+def read_base_imports(path: Path) -> list[tuple[int, str]]:
     """``(level, module)`` of every ``from <module> import ...`` inside ``with read_base():`` in ``path``."""
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -147,7 +148,7 @@ def package_base_imports(path: str | Path) -> list[str]:
     folder = path.resolve().parent
     if folder == PACKAGE_CONFIGS:
         return []
-    imports = _read_base_imports(path)
+    imports = read_base_imports(path)
     tops = {m.split(".")[0] for level, m in imports if level == 1 and m}
     missing = sorted(name for name in tops if _entry(folder, name) is None)
     if not missing:
@@ -185,7 +186,7 @@ def read_config(path: str | Path) -> Config:
     try:
         # The package folder with the file's own folder laid over it (its entries win), so that linked
         # leaves and bases find their own one-dot imports too.
-        own = {m.split(".")[0] for level, m in _read_base_imports(path) if level == 1 and m}
+        own = {m.split(".")[0] for level, m in read_base_imports(path) if level == 1 and m}
         entries = {p.name for p in PACKAGE_CONFIGS.iterdir() if p.name != "__pycache__"}
         entries |= {e.name for name in own if (e := _entry(folder, name)) is not None}
         for name in sorted(entries - {path.name}):
