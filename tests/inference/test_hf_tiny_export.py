@@ -202,3 +202,20 @@ def test_official_shape_export_config_is_unchanged(tmp_path: Path) -> None:
     assert TOOLKIT_SECTION not in json.loads(text)
     source = json.loads((src / "config.json").read_text())
     assert text == json.dumps(official_config(model, source, model.mllm.build_dtype), indent=2) + "\n"
+
+
+def test_training_tiling_is_read_from_the_config(tmp_path: Path) -> None:
+    """Without building the processor, so the full config a run dumps in its work dir works too."""
+    from projects.sa2va.engine.builder import load_config
+    from projects.sa2va.engine.config_file import PACKAGE_CONFIGS, read_config
+    from projects.sa2va.engine.export import training_tiling
+
+    demo = {"min_dynamic_patch": 1, "max_dynamic_patch": 1, "use_thumbnail": True}
+    assert training_tiling(load_config(TINY_MODEL_CFG)) == demo
+    read_config(PACKAGE_CONFIGS / "sa2va_tiny_demo.py").dump(str(tmp_path / "dumped.py"))
+    assert training_tiling(load_config(tmp_path / "dumped.py")) == demo
+    leaf = PACKAGE_CONFIGS / "sa2va_finetune.py"
+    assert training_tiling(load_config(leaf)) is None  # the source folder's tiling is kept
+    six = load_config(leaf, {"train_dataloader.dataset.processor.max_tiles": 6})
+    assert training_tiling(six) == {"max_dynamic_patch": 6}
+    assert training_tiling(load_config(PACKAGE_CONFIGS / "sa2va_tiny_qwen3vl_demo.py")) is None

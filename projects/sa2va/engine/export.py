@@ -6,6 +6,7 @@ seeded) before :mod:`projects.sa2va.checkpoint.hf_sa2va` writes it out.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 from mmengine.config import Config
 
 from ..checkpoint.hf_sa2va import ExportReport, export_adapter, export_hf_folder
-from ..models.builder import build_component
+from ..datasets.image_processing import InternVLImageProcessor
 from .builder import build_model, load_config
 
 __all__ = ["convert_to_hf", "training_tiling"]
@@ -57,18 +58,35 @@ def convert_to_hf(
 
 def training_tiling(cfg: Config) -> dict[str, Any] | None:
     """The InternVL tiling the run trained with, as ``config.json`` fields (``min_dynamic_patch``,
-    ``max_dynamic_patch``, ``use_thumbnail``): read from the training set's processor (else the config's
-    ``processor``), built as training built it. ``None`` for a Qwen-VL processor (pixel budgets, no tiles)
-    or a config without a processor."""
+    ``max_dynamic_patch``, ``use_thumbnail``), read from the training set's processor config (else the
+    config's ``processor``) without building it.
+
+    An ``image_processor=dict(type=InternVLImageProcessor, ...)`` gives all three (its defaults where
+    unset); ``Sa2VAProcessor.from_pretrained(path, ...)`` gives the ones it overrides (the rest are the
+    source folder's, which the export keeps). ``None``: nothing to write (a Qwen-VL processor, which has
+    pixel budgets instead of tiles, or no processor).
+    """
     processor = ((cfg.get("train_dataloader") or {}).get("dataset") or {}).get("processor")
     processor = processor if processor is not None else cfg.get("processor")
-    if processor is None:
+    if not isinstance(processor, dict):
         return None
-    image_processor = build_component(processor).image_processor
-    if not hasattr(image_processor, "max_tiles"):
-        return None
-    return {
-        "min_dynamic_patch": int(image_processor.min_tiles),
-        "max_dynamic_patch": int(image_processor.max_tiles),
-        "use_thumbnail": bool(image_processor.use_thumbnail),
-    }
+    image_processor = processor.get("image_processor")
+    if isinstance(image_processor, dict):
+        kind = image_processor.get("type")
+        name = kind if isinstance(kind, str) else getattr(kind, "__name__", "")
+        if not name.endswith("InternVLImageProcessor"):
+            return None
+        defaults = inspect.signature(InternVLImageProcessor.__init__).parameters
+        values = {k: image_processor.get(k, defaults[k].default) for k in _TILING}
+    else:
+        values = {k: processor[k] for k in _TILING if processor.get(k) is not None}
+    out = {field: cast(values[k]) for k, (field, cast) in _TILING.items() if k in values}
+    return out or None
+
+
+#: processor argument -> (config.json field, type).
+_TILING = {
+    "min_tiles": ("min_dynamic_patch", int),
+    "max_tiles": ("max_dynamic_patch", int),
+    "use_thumbnail": ("use_thumbnail", bool),
+}
