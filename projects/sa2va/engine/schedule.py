@@ -35,6 +35,7 @@ __all__ = [
     "RUN_FRACTION_KEY",
     "ScheduleError",
     "ScheduleFitMixin",
+    "built_schedulers",
     "check_resumed_run",
     "check_schedule_covers_run",
     "fit_schedule_to_loop",
@@ -105,6 +106,15 @@ def resolve_run_fractions(schedulers: Any, max_iters: int, logger: logging.Logge
             continue
         out.append(cfg)
     return out
+
+
+def built_schedulers(runner: Any) -> list[Any]:
+    """The runner's built parameter schedulers as one list (mmengine keeps a dict of lists for several
+    optimisers)."""
+    scheds = runner.param_schedulers or []
+    if isinstance(scheds, dict):
+        return [s for group in scheds.values() for s in group]
+    return list(scheds)
 
 
 def _is_lr(cfg: dict) -> bool:
@@ -231,11 +241,13 @@ def check_resumed_run(runner: Any, filename: str, meta: dict, logger: logging.Lo
             )
         if logger is not None:
             logger.warning(f"{text} (saved by {saved_world} ranks, resumed by {runner.world_size})")
-    if any(type(h).__name__ == "TimeBudgetHook" for h in runner.hooks):
+    from .time_budget import TimeBudgetHook  # it imports this module
+
+    if any(isinstance(h, TimeBudgetHook) for h in runner.hooks):
         return
-    scheds = runner.param_schedulers or []
-    scheds = [s for g in scheds.values() for s in g] if isinstance(scheds, dict) else list(scheds)
-    ends = [int(s.end) for s in scheds if isinstance(s, LRSchedulerMixin) and not s.by_epoch]
+    ends = [
+        int(s.end) for s in built_schedulers(runner) if isinstance(s, LRSchedulerMixin) and not s.by_epoch
+    ]
     if not ends:
         return
     last = max(ends)

@@ -35,14 +35,9 @@ from typing import Any
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from .schedule import built_schedulers
+
 __all__ = ["TimeBudgetHook"]
-
-
-def _schedulers(runner: Any) -> list[Any]:
-    scheds = runner.param_schedulers or []
-    if isinstance(scheds, dict):
-        return [s for group in scheds.values() for s in group]
-    return list(scheds)
 
 
 @HOOKS.register_module()
@@ -187,7 +182,7 @@ class TimeBudgetHook(Hook):
         old_max = loop.max_iters
         if new_max == old_max:
             return
-        for sched in _schedulers(runner):
+        for sched in built_schedulers(runner):
             if getattr(sched, "by_epoch", False) or sched.end != old_max:
                 continue
             started = sched.begin < runner.iter + 1
