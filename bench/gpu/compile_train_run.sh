@@ -24,13 +24,16 @@
 # Knobs: MODELS (1b,4b; SMOKE: tiny), ITERS (40; SMOKE: 8), WARMUP (10; SMOKE: 2), WINDOW (time only the
 # last WINDOW iterations; default all after the warm-up), BATCH_1B (32), BATCH_4B (16), BATCH_TINY (2),
 # RUNS ("eager compiled"), COMPILE_OPTS ("model.compile_llm=True model.compile_decoder=True"),
-# FUSED (1; SMOKE: 0), COLD_CACHE (1: each run
+# FUSED (1; SMOKE: 0), LOOP_PARTS (1: each run goes through bench/gpu/loop_parts.py, which times the parts of
+# every iteration and samples the main thread's stack in mmengine's data_time window: $OUT/<run>_parts.md and
+# <run>_parts.json; 0: tools/train.py alone), COLD_CACHE (1: each run
 # gets empty inductor and Triton caches under $WD, so the compile iterations' times are those of a cold start;
 # 0: torch's default cache directories, where an earlier run's graphs are reused), OUT (compile_train_out),
 # WD (/tmp/sa2va_compile_train: work dirs), PY (python3), BUDGET_S (360; SMOKE: none): a run that would start
 # later than BUDGET_S seconds after the start is listed as skipped.
 # $OUT gets 3 files and one per run (7 for MODELS=1b,4b): gpu.txt (card, versions, wall time per run), compile_train.md (the
 # table), compile_train_rows.json and one <model>_<run>.log per run (its compile lines and last 30 lines).
+# With LOOP_PARTS=1 also <run>_parts.md and <run>_parts.json per run.
 set -euo pipefail
 OUT=${OUT:-compile_train_out}
 PY=${PY:-python3}
@@ -46,6 +49,7 @@ else
     MODELS=${MODELS:-1b,4b}; ITERS=${ITERS:-40}; WARMUP=${WARMUP:-10}; FUSED=${FUSED:-1}; BUDGET_S=${BUDGET_S:-360}
 fi
 WINDOW=${WINDOW:-}
+LOOP_PARTS=${LOOP_PARTS:-0}
 mkdir -p "$OUT" "$WD"
 T0=$(date +%s)
 C=projects/sa2va/configs
@@ -104,7 +108,11 @@ for model in ${MODELS//,/ }; do
         fi
         t=$(date +%s)
         echo "[compile-train] $name: $PY tools/train.py $cfg --cfg-options ${opts[*]} ${extra[*]}" | tee -a "$OUT/gpu.txt"
-        if "$PY" tools/train.py "$cfg" --work-dir "$WD/$name" --cfg-options "${opts[@]}" "${extra[@]}" \
+        train=(tools/train.py)
+        if [ "$LOOP_PARTS" = 1 ]; then  # the same run, timed part by part (bench/gpu/loop_parts.py)
+            train=(bench/gpu/loop_parts.py --warmup "$WARMUP" --out-json "$OUT/${name}_parts.json" --)
+        fi
+        if "$PY" "${train[@]}" "$cfg" --work-dir "$WD/$name" --cfg-options "${opts[@]}" "${extra[@]}" \
             > "$WD/$name.log" 2>&1; then
             echo "[compile-train] $name: $(( $(date +%s) - t )) s wall" | tee -a "$OUT/gpu.txt"
         else
@@ -112,6 +120,10 @@ for model in ${MODELS//,/ }; do
             echo "[compile-train] FAILED: $name after $(( $(date +%s) - t )) s (log tail: $OUT/$name.log)" \
                 | tee -a "$OUT/gpu.txt"
             status=1
+        fi
+        if [ "$LOOP_PARTS" = 1 ]; then
+            sed -n '/^Host time per tools/,$p' "$WD/$name.log" > "$OUT/${name}_parts.md"
+            cat "$OUT/${name}_parts.md"
         fi
         { grep -E "compile_llm|recompile|Error|out of memory" "$WD/$name.log" | head -20 || true
           echo "..."; tail -30 "$WD/$name.log"; } > "$OUT/$name.log"
