@@ -27,6 +27,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -37,6 +38,7 @@ from projects.sa2va.models.compile import (
     decoder_layers,
     dynamo_graphs,
     is_compiled,
+    mask_decoder,
 )
 from tests.inductor import needs_inductor
 from tests.tiny import DATA_ROOT, ROOT, adamw_steps, build_tiny_dataset, build_tiny_model
@@ -233,6 +235,26 @@ def test_eval_runs_eager_and_train_compiles_again_keys_unchanged() -> None:
     model.train()
     assert all(is_compiled(layer) for layer in layers)
     assert not any(is_compiled(layer) for layer in decoder_layers(eager.mllm.base_llm()))
+
+
+def test_train_again_keeps_the_compiled_wrappers() -> None:
+    """``train()`` on a model in training mode compiles nothing again: ``nn.Module.compile`` would build a
+    new ``torch.compile`` wrapper per module each time (51 ms per iteration for Sa2VA-4B when mmengine's
+    loop called ``model.train()`` every iteration, bench/records/speed_s11)."""
+    model, _ = build_tiny_model(compile_llm=dict(backend="eager"), compile_decoder=dict(backend="eager"))
+    modules = [*decoder_layers(model.mllm.base_llm()), mask_decoder(model)]
+    wrappers = [m._compiled_call_impl for m in modules]
+    calls = []
+    real = torch.compile
+    with mock.patch.object(torch, "compile", lambda *a, **k: calls.append(1) or real(*a, **k)):
+        model.train()
+        model.train(True)
+        assert calls == []
+        assert [m._compiled_call_impl for m in modules] == wrappers
+        model.eval()
+        model.train()  # eager in between: compiled again, once per module
+    assert len(calls) == len(modules)
+    assert all(is_compiled(m) for m in modules)
 
 
 def test_compile_option_values() -> None:

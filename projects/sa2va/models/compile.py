@@ -162,16 +162,24 @@ def is_compiled(module: nn.Module) -> bool:
 
 
 def compile_layers(layers: Iterable[nn.Module], settings: LLMCompileSettings) -> int:
-    """:meth:`torch.nn.Module.compile` on each module of ``layers`` (in place; keys and parameters unchanged).
+    """:meth:`torch.nn.Module.compile` on each module of ``layers`` that is not compiled already (in place;
+    keys and parameters unchanged).
+
+    A compiled module is left as it is: ``Sa2VAModel.train()`` calls this on every ``train()``, and
+    ``nn.Module.compile`` builds a new ``torch.compile`` wrapper each time (about 1.4 ms per module in
+    torch 2.x: 51 ms per iteration for a 36-layer LLM and the mask decoder, where mmengine's loop calls
+    ``model.train()`` every iteration; bench/records/speed_s11).
 
     Returns:
-        the number of layers compiled.
+        the number of layers compiled by this call.
     """
     if settings.recompile_limit is not None:
         torch._dynamo.config.recompile_limit = settings.recompile_limit
     kwargs = settings.compile_kwargs()
     n = 0
     for layer in layers:
+        if is_compiled(layer):
+            continue
         layer.compile(**kwargs)
         n += 1
     return n
