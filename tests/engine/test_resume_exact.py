@@ -16,16 +16,21 @@ from tests.procs import start_tiny_fault_training as train
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_auto_reproduces_losses_exactly(tmp_path):
+@pytest.mark.parametrize(
+    "workers",
+    [(), ("train_dataloader.num_workers=2", "train_dataloader.persistent_workers=True")],
+    ids=["no-workers", "two-workers"],  # one DataLoader iterator per epoch / one per run (EpochChain)
+)
+def test_sigkill_then_resume_auto_reproduces_losses_exactly(tmp_path, workers):
     ref_dir, run_dir = tmp_path / "reference", tmp_path / "killed"
     ref_dir.mkdir(), run_dir.mkdir()
-    ref = train(ref_dir, log="reference.log")
-    killed = train(run_dir, log="killed.log", cfg_options=("custom_hooks.0.at=3",))
+    ref = train(ref_dir, log="reference.log", cfg_options=workers)
+    killed = train(run_dir, log="killed.log", cfg_options=("custom_hooks.0.at=3", *workers))
     rc_killed = killed.wait(timeout=300)
     log = (tmp_path / "killed.log").read_text()
     assert rc_killed == -signal.SIGKILL, f"expected SIGKILL, got {rc_killed}:\n{log[-3000:]}"
     assert (run_dir / "iter_2.pth").is_file() and not (run_dir / "iter_4.pth").exists()
-    resumed = train(run_dir, "--resume", "auto", log="resumed.log")
+    resumed = train(run_dir, "--resume", "auto", log="resumed.log", cfg_options=workers)
     rc_resumed, rc_ref = resumed.wait(timeout=300), ref.wait(timeout=300)
     for name, rc in (("resumed", rc_resumed), ("reference", rc_ref)):
         assert rc == 0, f"{name} run failed:\n{(tmp_path / f'{name}.log').read_text()[-3000:]}"
