@@ -38,11 +38,11 @@ def test_table_means_shares_and_other() -> None:
 def test_real_tiny_run(tmp_path) -> None:
     out = tmp_path / "parts.json"
     cmd = [
-        sys.executable, "bench/gpu/loop_parts.py", "--warmup", "1", "--sample-ms", "1", "--out-json", str(out),
-        "--", "projects/sa2va/configs/sa2va_tiny_demo.py", "--work-dir", str(tmp_path / "work"),
-        "--cfg-options", "train_cfg.max_epochs=None", "train_cfg.max_iters=6", "train_dataloader.num_workers=2",
-        "train_dataloader.persistent_workers=True", "default_hooks.checkpoint=None", "val_cfg=None",
-        "val_dataloader=None", "val_evaluator=None",
+        sys.executable, "bench/gpu/loop_parts.py", "--warmup", "1", "--sample-ms", "1",
+        "--out-json", str(out), "--", "projects/sa2va/configs/sa2va_tiny_demo.py",
+        "--work-dir", str(tmp_path / "work"), "--cfg-options", "train_cfg.max_epochs=None",
+        "train_cfg.max_iters=6", "train_dataloader.num_workers=2", "train_dataloader.persistent_workers=True",
+        "default_hooks.checkpoint=None", "val_cfg=None", "val_dataloader=None", "val_evaluator=None",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
