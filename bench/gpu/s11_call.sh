@@ -22,29 +22,8 @@ mkdir -p "$OUT" "$W"
 . bench/gpu/call_common.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$W/gpu.txt" || true
 
-if grep -q H200 "$W/gpu.txt"; then
-    t=$(cap "$S_H200")
-    mkdir -p "$W/h200"
-    OUT=$W/h200 PARTS=bench STEPS=10 KERNEL_PROFILE=1 BENCH_BUDGET_S=$((t - 40)) ROWS="$ROWS_H200" \
-        timeout "$t" bash bench/gpu/speed_run.sh > "$W/h200/run.txt" 2>&1
-    echo "part 1 (H200 rows) rc=$? after $(( $(date +%s) - T0 )) s" | tee -a "$W/gpu.txt"
-    sed -n '/^Issue 19 rows/,$p' "$W/h200/speed_bench.log" 2>/dev/null || tail -30 "$W/h200/run.txt"
-else
-    echo "part 1 skipped: not an H200" | tee -a "$W/gpu.txt"
-fi
-
-for step in amp ds; do
-    t=$(cap "$S_DS")
-    if [ "$t" -lt 40 ]; then echo "part 2 ($step) skipped: $t s left" | tee -a "$W/gpu.txt"; continue; fi
-    reuse=()
-    if [ "$step" = ds ]; then reuse=(--reuse-inputs); fi
-    mkdir -p "$W/4b_$step"
-    env OFFICIAL_STEP=$step OFFICIAL_ATTN=auto MODELS=4b FIRST_BATCH=16 MAX_BATCH=16 REFINE=0 OUT=$W/4b_$step \
-        INSTALL_KIT=0 STEPS=8 WARMUP=3 BUDGET=$((t - 5)) timeout "$t" \
-        bash bench/official/speed_side_by_side.sh --sides official "${reuse[@]}" > "$W/4b_$step/run.txt" 2>&1
-    echo "part 2 ($step) rc=$? after $(( $(date +%s) - T0 )) s" | tee -a "$W/gpu.txt"
-    tail -6 "$W/4b_$step/side_by_side.txt" 2>/dev/null || tail -30 "$W/4b_$step/run.txt"
-done
+h200_rows "$W/h200" "$S_H200" "$ROWS_H200"
+official_4b_steps "amp:$S_DS" "ds:$S_DS"
 
 t=$(left)
 if [ "$t" -ge 120 ]; then
