@@ -56,6 +56,31 @@ def test_two_ranks_train_distinct_shards_and_log_once(tmp_path):
 
 
 @pytest.mark.slow
+def test_two_ranks_with_loader_workers_train_the_batches_of_one_iterator_per_epoch(tmp_path):
+    """With loader workers each rank iterates one DataLoader over all epochs (``EpochChain``); its batches
+    over 2.5 epochs (8 images, 2 per rank per iteration: 2 iterations per epoch) are those of the run
+    without workers, which makes one iterator per epoch."""
+    ids = {}
+    for workers in (0, 2):
+        work = tmp_path / f"w{workers}"
+        rc, out = train_two_ranks(
+            work,
+            "train_dataloader.dataset.ann_file=data/chase_db1/annotations_test.json",
+            "train_cfg.max_epochs=2.5",
+            "custom_hooks.3.all_ranks=True",
+            f"train_dataloader.num_workers={workers}",
+            f"train_dataloader.persistent_workers={workers > 0}",
+        )
+        assert rc == 0, out[-4000:]
+        for rank in (0, 1):
+            lines = (work / f"train_losses.rank{rank}.jsonl").read_text().splitlines()
+            ids[workers, rank] = [json.loads(line)["image_ids"] for line in lines]
+    for rank in (0, 1):
+        assert len(ids[0, rank]) == 5 and ids[2, rank] == ids[0, rank], ids
+    assert ids[0, 0][:2] != ids[0, 0][2:4]  # the epochs differ: the comparison sees the order
+
+
+@pytest.mark.slow
 def test_two_nodes_on_localhost(tmp_path):
     port = str(free_port())
     args = ("train", CFG, "1", "--work-dir", str(tmp_path), "--cfg-options", "train_cfg.max_epochs=0.1")
