@@ -9,12 +9,14 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from mmengine.config import Config
 from mmengine.dataset import DefaultSampler
 from mmengine.hooks import Hook
 from torch.utils.data import BatchSampler
 
 from projects.sa2va.datasets.refseg import RefSegDataset
+from projects.sa2va.datasets.samplers import LengthGroupedSampler
 from projects.sa2va.engine.loops import EpochChain
 from projects.sa2va.engine.runner import Sa2VARunner
 from tests.tiny import ROOT
@@ -25,8 +27,15 @@ SAMPLE_S = 0.3  # a worker's time per sample: one batch of 2 takes 0.6 s
 STEP_S = 0.7  # each training iteration at least this long: the workers keep ahead within an epoch
 
 
-def test_chain_gives_each_epochs_batches_from_a_start_and_skip() -> None:
-    sampler = DefaultSampler(list(range(7)), shuffle=True, seed=3)
+@pytest.mark.parametrize("grouped", [False, True], ids=["DefaultSampler", "LengthGroupedSampler"])
+def test_chain_gives_each_epochs_batches_from_a_start_and_skip(grouped) -> None:
+    if grouped:
+        lengths = [5, 90, 12, 40, 7, 66, 3]
+        sampler = LengthGroupedSampler(
+            list(range(7)), batch_size=3, mega_batch_mult=2, seed=3, lengths=lengths
+        )
+    else:
+        sampler = DefaultSampler(list(range(7)), shuffle=True, seed=3)
     batches = BatchSampler(sampler, batch_size=3, drop_last=False)
 
     def epoch_batches(e: int) -> list[list[int]]:
