@@ -1,7 +1,7 @@
 """With loader workers, ``Sa2VATrainLoop`` iterates one DataLoader over all epochs (``EpochChain``): the
 batches are those of one iterator per epoch, and the first batch of an epoch is prepared while the previous
-epoch ends (bench/records/speed_s11: 1.4-1.9 s of waiting per epoch for Sa2VA-1B at batch 32 on an H100
-box with one iterator per epoch)."""
+epoch ends (bench/records/speed_s11: 1.5-1.9 s of waiting per epoch on average for Sa2VA-1B at batch 32
+on an H100 box with one iterator per epoch)."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ workers busy; minutes on a long run) and sleeps 2 s at each epoch end. This loop
 * with loader workers, iterates one DataLoader over all epochs (:class:`EpochChain`: each epoch's batches
   as its sampler gives them, epoch after epoch), so the workers prepare the next epoch's first batches
   while the current epoch ends. With one iterator per epoch the first batch of every epoch waited for one
-  worker to build it whole: 1.4-1.9 s per epoch for Sa2VA-1B at batch 32 on an H100 box, half the time
-  of a 6-iteration epoch (bench/records/speed_s11);
+  worker to build it whole: 1.5-1.9 s per epoch on average for Sa2VA-1B at batch 32 on an H100 box, half
+  the time of a 6-iteration epoch (bench/records/speed_s11);
 * restores the per-rank random state saved with the checkpoint (``Sa2VARunner``) at the point where
   the uninterrupted run was when it saved, so dropout / point sampling draw the same numbers;
 * turns an out-of-memory error into one that names the batch size and the device memory.
