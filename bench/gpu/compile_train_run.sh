@@ -12,9 +12,8 @@
 # $WARMUP, less those that compiled a graph (read from the log), samples/s, peak memory (MiB of
 # max_memory_allocated), first and last loss, the first iteration's time and the compile iterations' times.
 #
-# Wall time for MODELS=1b,4b on an H100: not yet measured; estimated at 6-7 minutes (model builds and compiling
-# included) from a 20-iteration tools/train.py run of the 1B config (61 s, bench/records/qwen3vl_4b) and the
-# harness's step and first-step times (bench/records/speed_s6, speed_s7).
+# Wall time on one H100 80GB (model builds and cold compiles included; bench/records/speed_s11): MODELS=1b
+# ITERS=60 260 s (compiled 153 s, eager 99 s); MODELS=4b ITERS=50, both runs, about 225 s of a 238 s call part.
 # On the lent GPU box (kit with the transformers 4.57 stack, see ../shared/gpu/README.md; carry .whl):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
 #     && export PYTHONPATH=/tmp/site:$PWD && OUT=$OUT bash bench/gpu/compile_train_run.sh
