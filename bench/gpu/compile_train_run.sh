@@ -13,7 +13,8 @@
 # max_memory_allocated), first and last loss, the first iteration's time and the compile iterations' times.
 #
 # Wall time on one H100 80GB (model builds and cold compiles included; bench/records/speed_s11): MODELS=1b
-# ITERS=60 260 s (compiled 153 s, eager 99 s); MODELS=4b ITERS=50, both runs, about 225 s of a 238 s call part.
+# ITERS=60 260 s (compiled 153 s, eager 99 s); MODELS=4b ITERS=50 under 238 s (s11_call3.sh's part that ran
+# it ended 238 s into the call, the kit install included).
 # On the lent GPU box (kit with the transformers 4.57 stack, see ../shared/gpu/README.md; carry .whl):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
 #     && export PYTHONPATH=/tmp/site:$PWD && OUT=$OUT bash bench/gpu/compile_train_run.sh
