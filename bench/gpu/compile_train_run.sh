@@ -24,7 +24,8 @@
 # Knobs: MODELS (1b,4b; SMOKE: tiny), ITERS (40; SMOKE: 8), WARMUP (10; SMOKE: 2), WINDOW (time only the
 # last WINDOW iterations; default all after the warm-up), BATCH_1B (32), BATCH_4B (16), BATCH_TINY (2),
 # RUNS ("eager compiled"), COMPILE_OPTS ("model.compile_llm=True model.compile_decoder=True"),
-# FUSED (1; SMOKE: 0), LOOP_PARTS (1: each run goes through bench/gpu/loop_parts.py, which times the parts of
+# FUSED (1; SMOKE: 0), EXTRA_OPTS (more --cfg-options for every run, e.g. "train_dataloader.num_workers=8"),
+# LOOP_PARTS (1: each run goes through bench/gpu/loop_parts.py, which times the parts of
 # every iteration and samples the main thread's stack in mmengine's data_time window: $OUT/<run>_parts.md and
 # <run>_parts.json; 0: tools/train.py alone), COLD_CACHE (1: each run
 # gets empty inductor and Triton caches under $WD, so the compile iterations' times are those of a cold start;
@@ -50,6 +51,7 @@ else
 fi
 WINDOW=${WINDOW:-}
 LOOP_PARTS=${LOOP_PARTS:-0}
+EXTRA_OPTS=${EXTRA_OPTS:-}
 mkdir -p "$OUT" "$WD"
 T0=$(date +%s)
 C=projects/sa2va/configs
@@ -89,6 +91,7 @@ for model in ${MODELS//,/ }; do
           default_hooks.logger.interval=1 log_processor.window_size=1 default_hooks.checkpoint=None
           val_cfg=None val_dataloader=None val_evaluator=None)
     if [ "$FUSED" = 1 ]; then opts+=(optim_wrapper.optimizer.fused=True); fi
+    if [ -n "$EXTRA_OPTS" ]; then read -r -a more <<< "$EXTRA_OPTS"; opts+=("${more[@]}"); fi
     for run in $RUNS; do
         case $run in
             eager) extra=(); compiled=no ;;
