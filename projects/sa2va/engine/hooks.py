@@ -6,12 +6,15 @@
   ``<work_dir>/train_losses.jsonl`` (rank 0; optionally every rank, with the sample ids it trained on),
   the file that resume / scaling comparisons read. A resumed run appends; a reader keeps the last
   record of each iteration.
+* :class:`DataWaitHook`: warns once when the loop spends a large share of its time waiting for batches
+  (the loader's workers are slower than the model), naming the times and the setting to raise.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -149,6 +152,79 @@ class LossRecorderHook(Hook):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+@HOOKS.register_module()
+class DataWaitHook(Hook):
+    """Warn once per run (rank 0) when the loop waits for its batches more than ``share`` of the time.
+
+    The share is the loop's wait for each batch (``Sa2VATrainLoop.batch_wait``, the time in ``next()``; with
+    another loop mmengine's ``data_time``, which also holds the after-iteration hooks that run after the
+    iteration timer, such as a checkpoint save) over mmengine's ``time`` of the whole iteration, summed over
+    ``window`` consecutive iterations after the run's first ``skip`` (worker start-up, compilation). A
+    waiting loop leaves the device idle: through ``tools/train.py`` the
+    compiled Sa2VA-1B step at batch 32 waited for its 4 workers at 12 of 59 iterations on an H100 box
+    (bench/records/speed_s11).
+
+    Args:
+        share: the waiting share above which it warns.
+        window: iterations per measurement.
+        skip: iterations left out at the start of the run (or of a resumed run).
+        cpu: also on CPU runs (default: only when CUDA is in use; the CPU demo loads its batches in the
+            main process on purpose).
+    """
+
+    priority = "LOW"  # after IterTimerHook (NORMAL), whose `time` of this iteration it reads
+
+    def __init__(self, share: float = 0.2, window: int = 20, skip: int = 10, cpu: bool = False) -> None:
+        if not 0 < share < 1 or window < 1 or skip < 0:
+            raise ValueError(
+                f"DataWaitHook needs 0 < share < 1, window >= 1, skip >= 0; got share={share}, "
+                f"window={window}, skip={skip}"
+            )
+        self.share, self.window, self.skip, self.cpu = share, window, skip, cpu
+        self._waits: list[tuple[float, float]] = []
+        self._start = 0
+        self.warned = False
+
+    def before_train(self, runner: Any) -> None:
+        self._waits, self._start, self.warned = [], runner.iter, False
+
+    def after_train_iter(
+        self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None
+    ) -> None:
+        if self.warned or runner.rank != 0 or not (self.cpu or _cuda_in_use()):
+            return
+        if runner.iter - self._start < self.skip:
+            return
+        scalars = runner.message_hub.log_scalars
+        if "train/data_time" not in scalars or "train/time" not in scalars:
+            return
+        wait = getattr(runner.train_loop, "batch_wait", None)
+        if wait is None:
+            wait = scalars["train/data_time"].current()
+        self._waits.append((float(wait), float(scalars["train/time"].current())))
+        if len(self._waits) < self.window:
+            return
+        waited = sum(d for d, _ in self._waits)
+        took = sum(t for _, t in self._waits)
+        self._waits.clear()
+        if took <= 0 or waited / took <= self.share:
+            return
+        self.warned = True
+        first, last = runner.iter + 2 - self.window, runner.iter + 1
+        workers = runner.train_dataloader.num_workers
+        who = (
+            f"the {workers} loader worker(s) prepare batches more slowly than the model trains on them"
+            if workers
+            else "the training process prepares every batch itself (train_dataloader.num_workers=0)"
+        )
+        runner.logger.warning(
+            f"the loop waited for its batches {waited / took:.0%} of iterations {first}-{last} "
+            f"({waited / self.window:.3f} s of {took / self.window:.3f} s per iteration): {who}. Raise "
+            f"train_dataloader.num_workers (this host has {os.cpu_count()} CPUs; each rank has its own "
+            "workers), or time the data pipeline with bench/benchmark_data.py"
+        )
 
 
 def read_loss_records(path: str | Path) -> dict[int, dict[str, Any]]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -188,6 +189,7 @@ class Sa2VATrainLoop(IterBasedTrainLoop):
             self._skipper = _SkipOnceSampler(bs.sampler)
             bs.sampler = self._skipper
         self._run_start_iter = 0
+        self.batch_wait = 0.0  # seconds the last iteration waited in next() for its batch
         # With workers: one iterator over all epochs (the run's `dataloader` stays as built, for the hooks).
         self._chain: EpochChain | None = None
         self._chain_loader: DataLoader | None = None
@@ -263,7 +265,9 @@ class Sa2VATrainLoop(IterBasedTrainLoop):
                 if self._chain is None:  # the chain runs into the next epoch by itself
                     self._set_epoch(self._epoch)
                     iterator = self._epoch_iterator(0)
+            t = time.perf_counter()
             data_batch = next(iterator)
+            self.batch_wait = time.perf_counter() - t  # read by DataWaitHook
             self.run_iter(data_batch)
             self._decide_current_val_interval()
             if (

@@ -17,8 +17,9 @@
   checkpoint (the weights of the last update with a finite loss, marked ``nonfinite_stop`` in its meta,
   which ``--resume auto`` passes over) before it propagates; the message says whether those weights are
   finite and names the previous checkpoint from before the non-finite losses to resume from instead.
-* :class:`~projects.sa2va.engine.hooks.GlobalBatchLoggerHook` and
-  :class:`~projects.sa2va.engine.hooks.LossRecorderHook` are registered unless the config has them.
+* :class:`~projects.sa2va.engine.hooks.GlobalBatchLoggerHook`,
+  :class:`~projects.sa2va.engine.hooks.LossRecorderHook` and
+  :class:`~projects.sa2va.engine.hooks.DataWaitHook` are registered unless the config has them.
 * The model is built by :func:`~projects.sa2va.engine.builder.construct_model`, the construction step of
   the one model builder (test, predict, export and the demo rebuild it the same way).
 * The parameter schedulers are fitted to the run when the training loop is built (run fractions
@@ -44,7 +45,7 @@ from mmengine.runner import Runner
 
 from ..checkpoint.safe_load import load_checkpoint_file, trainable_state_from_checkpoint
 from .builder import construct_model
-from .hooks import GlobalBatchLoggerHook, LossRecorderHook, SafeMessageHubHook
+from .hooks import DataWaitHook, GlobalBatchLoggerHook, LossRecorderHook, SafeMessageHubHook
 from .optim import NonFiniteLossError
 from .schedule import ScheduleFitMixin, check_resumed_run
 from .state import (
@@ -61,7 +62,7 @@ from .state import (
     restore_rng_state,
 )
 
-DEFAULT_HOOKS = (GlobalBatchLoggerHook, LossRecorderHook, SafeMessageHubHook)
+DEFAULT_HOOKS = (GlobalBatchLoggerHook, LossRecorderHook, SafeMessageHubHook, DataWaitHook)
 
 
 def init_gloo_without_gpu() -> None:
