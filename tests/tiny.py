@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +16,14 @@ DATA_ROOT = ROOT / "data/chase_db1"
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def annotation_subset(src: Path, names: list[str], dst: Path) -> str:
+    """Write the records of ``src`` (an annotations JSON) whose image is in ``names`` to ``dst``; its path."""
+    records = [r for r in json.loads(Path(src).read_text()) if r["image"] in names]
+    assert len(records) == len(names), (src, names)
+    Path(dst).write_text(json.dumps(records))
+    return str(dst)
 
 
 def build_tiny_model(seed: int = 0, **model_overrides):

@@ -4,7 +4,6 @@ A real tiny run with slow samples logs it; the runner registers the hook by defa
 
 from __future__ import annotations
 
-import json
 import time
 from types import SimpleNamespace
 
@@ -15,7 +14,7 @@ from mmengine.logging import MessageHub
 from projects.sa2va.datasets.refseg import RefSegDataset
 from projects.sa2va.engine.hooks import DataWaitHook
 from projects.sa2va.engine.runner import Sa2VARunner
-from tests.tiny import ROOT
+from tests.tiny import ROOT, annotation_subset
 
 DATA = ROOT / "data/chase_db1"
 DEMO = ROOT / "projects/sa2va/configs/sa2va_tiny_demo.py"
@@ -95,12 +94,11 @@ def test_a_slow_data_run_logs_the_warning(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(RefSegDataset, "__getitem__", slow)
     names = ["Image_01L.jpg", "Image_01R.jpg", "Image_02L.jpg", "Image_02R.jpg"]
-    records = [r for r in json.loads((DATA / "annotations_train.json").read_text()) if r["image"] in names]
-    (tmp_path / "t.json").write_text(json.dumps(records))
+    ann = annotation_subset(DATA / "annotations_train.json", names, tmp_path / "t.json")
     cfg = Config.fromfile(str(DEMO))
     cfg.work_dir = str(tmp_path / "work")
     cfg.train_dataloader.batch_size = 1
-    cfg.train_dataloader.dataset.update(ann_file=str(tmp_path / "t.json"), objects_per_image=1)
+    cfg.train_dataloader.dataset.update(ann_file=ann, objects_per_image=1)
     cfg.train_cfg.pop("max_epochs")
     cfg.train_cfg.update(max_iters=4)
     cfg.default_hooks.checkpoint.update(interval=100)

@@ -5,7 +5,6 @@ on an H100 box with one iterator per epoch)."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from projects.sa2va.datasets.refseg import RefSegDataset
 from projects.sa2va.datasets.samplers import LengthGroupedSampler
 from projects.sa2va.engine.loops import EpochChain
 from projects.sa2va.engine.runner import Sa2VARunner
-from tests.tiny import ROOT
+from tests.tiny import ROOT, annotation_subset
 
 DATA = ROOT / "data/chase_db1"
 DEMO = ROOT / "projects/sa2va/configs/sa2va_tiny_demo.py"
@@ -76,13 +75,11 @@ class WaitRecorder(Hook):
 
 def _train(tmp_path: Path, workers: int) -> WaitRecorder:
     names = ["Image_01L.jpg", "Image_01R.jpg", "Image_02L.jpg", "Image_02R.jpg"]
-    records = [r for r in json.loads((DATA / "annotations_train.json").read_text()) if r["image"] in names]
-    ann = tmp_path / "train.json"
-    ann.write_text(json.dumps(records))
+    ann = annotation_subset(DATA / "annotations_train.json", names, tmp_path / "train.json")
     cfg = Config.fromfile(str(DEMO))
     cfg.work_dir = str(tmp_path / f"work{workers}")
     cfg.train_dataloader.update(batch_size=2, num_workers=workers, persistent_workers=workers > 0)
-    cfg.train_dataloader.dataset.update(ann_file=str(ann), objects_per_image=1)
+    cfg.train_dataloader.dataset.update(ann_file=ann, objects_per_image=1)
     cfg.train_cfg.pop("max_epochs")
     cfg.train_cfg.update(max_iters=6)  # 2 iterations per epoch: 3 epochs
     cfg.default_hooks.checkpoint.update(interval=100)

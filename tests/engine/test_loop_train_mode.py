@@ -4,24 +4,14 @@ bench/records/speed_s11); every module trains at every iteration all the same.""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from mmengine.config import Config
 from mmengine.hooks import Hook
 
 from projects.sa2va.engine.runner import Sa2VARunner
-from tests.tiny import ROOT
+from tests.tiny import ROOT, annotation_subset
 
 DATA = ROOT / "data/chase_db1"
 DEMO = ROOT / "projects/sa2va/configs/sa2va_tiny_demo.py"
-
-
-def _subset(src: Path, names: list[str], dst: Path) -> str:
-    records = [r for r in json.loads(src.read_text()) if r["image"] in names]
-    assert len(records) == len(names)
-    dst.write_text(json.dumps(records))
-    return str(dst)
 
 
 class ModeRecorder(Hook):
@@ -38,9 +28,11 @@ def test_every_module_trains_at_every_iteration_with_one_train_call_per_phase(tm
     cfg = Config.fromfile(str(DEMO))
     cfg.work_dir = str(tmp_path / "work")
     cfg.train_dataloader.batch_size = 1
-    train = _subset(DATA / "annotations_train.json", ["Image_01L.jpg", "Image_01R.jpg"], tmp_path / "t.json")
+    train = annotation_subset(
+        DATA / "annotations_train.json", ["Image_01L.jpg", "Image_01R.jpg"], tmp_path / "t.json"
+    )
     cfg.train_dataloader.dataset.update(ann_file=train, objects_per_image=1)
-    cfg.val_dataloader.dataset.ann_file = _subset(
+    cfg.val_dataloader.dataset.ann_file = annotation_subset(
         DATA / "annotations_test.json", ["Image_11L.jpg"], tmp_path / "v.json"
     )
     cfg.train_cfg.pop("max_epochs")

@@ -14,6 +14,7 @@ from PIL import Image
 
 from projects.sa2va.engine.time_budget import TimeBudgetHook
 from projects.sa2va.evaluation.plots import load_scalars
+from tests.tiny import annotation_subset
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data/chase_db1"
@@ -27,13 +28,6 @@ def load_tool(name: str):
     return module
 
 
-def subset(src: Path, names: list[str], dst: Path) -> str:
-    records = [r for r in json.loads(src.read_text()) if r["image"] in names]
-    assert len(records) == len(names)
-    dst.write_text(json.dumps(records))
-    return str(dst)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """2 iterations of the tiny demo with validation after each: 2 validations, best checkpoint kept."""
@@ -42,10 +36,12 @@ def trained(tmp_path_factory):
     from projects.sa2va.engine.runner import Sa2VARunner
 
     tmp = tmp_path_factory.mktemp("train")
-    train_ann = subset(
+    train_ann = annotation_subset(
         DATA / "annotations_train.json", ["Image_01L.jpg", "Image_01R.jpg"], tmp / "train.json"
     )
-    val_ann = subset(DATA / "annotations_test.json", ["Image_11L.jpg", "Image_12R.jpg"], tmp / "val.json")
+    val_ann = annotation_subset(
+        DATA / "annotations_test.json", ["Image_11L.jpg", "Image_12R.jpg"], tmp / "val.json"
+    )
     cfg = Config.fromfile(str(DEMO))
     cfg.work_dir = str(tmp / "work")
     cfg.train_dataloader.batch_size = 1

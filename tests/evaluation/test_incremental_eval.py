@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from projects.sa2va.engine import evaluate_checkpoint as evaluate
+from tests.tiny import annotation_subset
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data/chase_db1"
@@ -29,13 +30,6 @@ def load_test_tool():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def subset(src: Path, names: list[str], dst: Path) -> str:
-    records = [r for r in json.loads(src.read_text()) if r["image"] in names]
-    assert len(records) == len(names)
-    dst.write_text(json.dumps(records))
-    return str(dst)
 
 
 class CountingBuild:
@@ -70,8 +64,8 @@ def setup(tmp_path_factory):
     model = build_model(load_config(DEMO), None)
     ckpt = tmp / "iter_1.pth"
     torch.save({"state_dict": model.state_dict()}, ckpt)
-    ann = subset(DATA / "annotations_test.json", TEST_NAMES, tmp / "test.json")
-    val = subset(DATA / "annotations_train.json", VAL_NAMES, tmp / "val.json")
+    ann = annotation_subset(DATA / "annotations_test.json", TEST_NAMES, tmp / "test.json")
+    val = annotation_subset(DATA / "annotations_train.json", VAL_NAMES, tmp / "val.json")
     argv = [str(DEMO), str(ckpt), "--ann-file", ann, "--val-ann-file", val, "--max-overlays", "1"]
     clean = tmp / "clean"
     assert load_test_tool().main([*argv, "--out-dir", str(clean)]) == 0
