@@ -26,6 +26,45 @@ def annotation_subset(src: Path, names: list[str], dst: Path) -> str:
     return str(dst)
 
 
+def tiny_demo_run_cfg(
+    work_dir: Path, train_images: list[str], max_iters: int, val_images: list[str] | None = None
+):
+    """The tiny demo config (``sa2va_tiny_demo.py``) training ``max_iters`` iterations at batch 1 on the
+    bundled train ``train_images`` (one object each; their subset written next to ``work_dir``), without
+    checkpoints, and validating on the bundled test ``val_images`` (validation off when ``None``)."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(ROOT / "projects/sa2va/configs/sa2va_tiny_demo.py"))
+    cfg.work_dir = str(work_dir)
+    train = annotation_subset(DATA_ROOT / "annotations_train.json", train_images, f"{work_dir}_train.json")
+    cfg.train_dataloader.batch_size = 1
+    cfg.train_dataloader.dataset.update(ann_file=train, objects_per_image=1)
+    cfg.train_cfg.pop("max_epochs")
+    cfg.train_cfg.update(max_iters=max_iters)
+    cfg.default_hooks.checkpoint.update(interval=100 * max_iters)
+    if val_images is None:
+        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    else:
+        val = annotation_subset(DATA_ROOT / "annotations_test.json", val_images, f"{work_dir}_val.json")
+        cfg.val_dataloader.dataset.ann_file = val
+    return cfg
+
+
+def slow_samples(monkeypatch, seconds: float) -> None:
+    """Every ``RefSegDataset`` sample takes ``seconds`` longer (forked loader workers inherit the patch)."""
+    import time
+
+    from projects.sa2va.datasets.refseg import RefSegDataset
+
+    real = RefSegDataset.__getitem__
+
+    def slow(self, index):
+        time.sleep(seconds)
+        return real(self, index)
+
+    monkeypatch.setattr(RefSegDataset, "__getitem__", slow)
+
+
 def build_tiny_model(seed: int = 0, **model_overrides):
     """A tiny random Sa2VAModel (fixed seed) built through the config, as training builds it."""
     from mmengine.config import Config

@@ -4,20 +4,14 @@ A real tiny run with slow samples logs it; the runner registers the hook by defa
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import pytest
-from mmengine.config import Config
 from mmengine.logging import MessageHub
 
-from projects.sa2va.datasets.refseg import RefSegDataset
 from projects.sa2va.engine.hooks import DataWaitHook
 from projects.sa2va.engine.runner import Sa2VARunner
-from tests.tiny import ROOT, annotation_subset
-
-DATA = ROOT / "data/chase_db1"
-DEMO = ROOT / "projects/sa2va/configs/sa2va_tiny_demo.py"
+from tests.tiny import slow_samples, tiny_demo_run_cfg
 
 
 class Logger:
@@ -86,23 +80,9 @@ def test_bad_settings_are_refused(kwargs) -> None:
 
 
 def test_a_slow_data_run_logs_the_warning(tmp_path, monkeypatch) -> None:
-    real = RefSegDataset.__getitem__
-
-    def slow(self, index):
-        time.sleep(0.2)
-        return real(self, index)
-
-    monkeypatch.setattr(RefSegDataset, "__getitem__", slow)
+    slow_samples(monkeypatch, 0.2)
     names = ["Image_01L.jpg", "Image_01R.jpg", "Image_02L.jpg", "Image_02R.jpg"]
-    ann = annotation_subset(DATA / "annotations_train.json", names, tmp_path / "t.json")
-    cfg = Config.fromfile(str(DEMO))
-    cfg.work_dir = str(tmp_path / "work")
-    cfg.train_dataloader.batch_size = 1
-    cfg.train_dataloader.dataset.update(ann_file=ann, objects_per_image=1)
-    cfg.train_cfg.pop("max_epochs")
-    cfg.train_cfg.update(max_iters=4)
-    cfg.default_hooks.checkpoint.update(interval=100)
-    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    cfg = tiny_demo_run_cfg(tmp_path / "work", names, max_iters=4)
     cfg.custom_hooks = [dict(type="DataWaitHook", share=0.2, window=2, skip=1, cpu=True)]
     runner = Sa2VARunner.from_cfg(cfg)
     hooks = [h for h in runner.hooks if isinstance(h, DataWaitHook)]
@@ -114,7 +94,5 @@ def test_a_slow_data_run_logs_the_warning(tmp_path, monkeypatch) -> None:
 
 
 def test_runner_registers_it_by_default(tmp_path) -> None:
-    cfg = Config.fromfile(str(DEMO))
-    cfg.work_dir = str(tmp_path / "work")
-    runner = Sa2VARunner.from_cfg(cfg)
+    runner = Sa2VARunner.from_cfg(tiny_demo_run_cfg(tmp_path / "work", ["Image_01L.jpg"], max_iters=1))
     assert sum(isinstance(h, DataWaitHook) for h in runner.hooks) == 1

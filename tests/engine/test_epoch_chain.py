@@ -9,19 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
-from mmengine.config import Config
 from mmengine.dataset import DefaultSampler
 from mmengine.hooks import Hook
 from torch.utils.data import BatchSampler
 
-from projects.sa2va.datasets.refseg import RefSegDataset
 from projects.sa2va.datasets.samplers import LengthGroupedSampler
 from projects.sa2va.engine.loops import EpochChain
 from projects.sa2va.engine.runner import Sa2VARunner
-from tests.tiny import ROOT, annotation_subset
+from tests.tiny import slow_samples, tiny_demo_run_cfg
 
-DATA = ROOT / "data/chase_db1"
-DEMO = ROOT / "projects/sa2va/configs/sa2va_tiny_demo.py"
 SAMPLE_S = 0.3  # a worker's time per sample: one batch of 2 takes 0.6 s
 STEP_S = 0.7  # each training iteration at least this long: the workers keep ahead within an epoch
 
@@ -75,15 +71,8 @@ class WaitRecorder(Hook):
 
 def _train(tmp_path: Path, workers: int) -> WaitRecorder:
     names = ["Image_01L.jpg", "Image_01R.jpg", "Image_02L.jpg", "Image_02R.jpg"]
-    ann = annotation_subset(DATA / "annotations_train.json", names, tmp_path / "train.json")
-    cfg = Config.fromfile(str(DEMO))
-    cfg.work_dir = str(tmp_path / f"work{workers}")
+    cfg = tiny_demo_run_cfg(tmp_path / f"work{workers}", names, max_iters=6)  # batch 2: 3 epochs
     cfg.train_dataloader.update(batch_size=2, num_workers=workers, persistent_workers=workers > 0)
-    cfg.train_dataloader.dataset.update(ann_file=ann, objects_per_image=1)
-    cfg.train_cfg.pop("max_epochs")
-    cfg.train_cfg.update(max_iters=6)  # 2 iterations per epoch: 3 epochs
-    cfg.default_hooks.checkpoint.update(interval=100)
-    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     runner = Sa2VARunner.from_cfg(cfg)
     recorder = WaitRecorder()
     runner.register_hook(recorder)
@@ -92,13 +81,7 @@ def _train(tmp_path: Path, workers: int) -> WaitRecorder:
 
 
 def test_workers_prepare_the_next_epoch_and_train_the_same_batches(tmp_path, monkeypatch) -> None:
-    real = RefSegDataset.__getitem__
-
-    def slow(self, index):  # each sample takes SAMPLE_S to prepare (the forked workers inherit the patch)
-        time.sleep(SAMPLE_S)
-        return real(self, index)
-
-    monkeypatch.setattr(RefSegDataset, "__getitem__", slow)
+    slow_samples(monkeypatch, SAMPLE_S)  # each sample takes SAMPLE_S to prepare
     chained = _train(tmp_path, workers=2)
     plain = _train(tmp_path, workers=0)  # one iterator per epoch, batches loaded in the loop
     assert chained.ids == plain.ids

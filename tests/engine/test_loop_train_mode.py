@@ -4,14 +4,10 @@ bench/records/speed_s11); every module trains at every iteration all the same.""
 
 from __future__ import annotations
 
-from mmengine.config import Config
 from mmengine.hooks import Hook
 
 from projects.sa2va.engine.runner import Sa2VARunner
-from tests.tiny import ROOT, annotation_subset
-
-DATA = ROOT / "data/chase_db1"
-DEMO = ROOT / "projects/sa2va/configs/sa2va_tiny_demo.py"
+from tests.tiny import tiny_demo_run_cfg
 
 
 class ModeRecorder(Hook):
@@ -25,19 +21,10 @@ class ModeRecorder(Hook):
 
 
 def test_every_module_trains_at_every_iteration_with_one_train_call_per_phase(tmp_path) -> None:
-    cfg = Config.fromfile(str(DEMO))
-    cfg.work_dir = str(tmp_path / "work")
-    cfg.train_dataloader.batch_size = 1
-    train = annotation_subset(
-        DATA / "annotations_train.json", ["Image_01L.jpg", "Image_01R.jpg"], tmp_path / "t.json"
+    cfg = tiny_demo_run_cfg(
+        tmp_path / "work", ["Image_01L.jpg", "Image_01R.jpg"], max_iters=4, val_images=["Image_11L.jpg"]
     )
-    cfg.train_dataloader.dataset.update(ann_file=train, objects_per_image=1)
-    cfg.val_dataloader.dataset.ann_file = annotation_subset(
-        DATA / "annotations_test.json", ["Image_11L.jpg"], tmp_path / "v.json"
-    )
-    cfg.train_cfg.pop("max_epochs")
-    cfg.train_cfg.update(max_iters=4, val_interval=2)
-    cfg.default_hooks.checkpoint.update(interval=100)
+    cfg.train_cfg.val_interval = 2
     runner = Sa2VARunner.from_cfg(cfg)
     recorder = ModeRecorder()
     runner.register_hook(recorder)

@@ -183,22 +183,24 @@ class Sa2VATrainLoop(IterBasedTrainLoop):
         )
         self._max_epochs = math.ceil(self._max_iters / self.iters_per_epoch)
         self.dataloader_iterator = None  # replaced by one iterator per epoch in run()
-        self._skipper: _SkipOnceSampler | None = None
-        bs = self.dataloader.batch_sampler
-        if type(bs) is BatchSampler:
-            self._skipper = _SkipOnceSampler(bs.sampler)
-            bs.sampler = self._skipper
         self._run_start_iter = 0
         self.batch_wait = 0.0  # seconds the last iteration waited in next() for its batch
-        # With workers: one iterator over all epochs (the run's `dataloader` stays as built, for the hooks).
+        # With workers: one iterator over all epochs, which skips a resumed run's batches itself (the run's
+        # `dataloader` stays as built, for the hooks). Without: one iterator per epoch; a resumed epoch's
+        # first iterator skips at the index level (_SkipOnceSampler) when the batch sampler is a plain one.
         self._chain: EpochChain | None = None
         self._chain_loader: DataLoader | None = None
+        self._skipper: _SkipOnceSampler | None = None
+        bs = self.dataloader.batch_sampler
         if self.dataloader.num_workers > 0 and bs is not None:
             self._chain = EpochChain(bs, self._set_epoch)
             self._chain_loader = epoch_chain_loader(self.dataloader, self._chain)
             # mmengine's __init__ made an iterator of `dataloader`; with persistent workers the loader keeps
             # it (workers started, batches prefetched) for its next iter(). It will not have one: stop them.
             self.dataloader._iterator = None
+        elif type(bs) is BatchSampler:
+            self._skipper = _SkipOnceSampler(bs.sampler)
+            bs.sampler = self._skipper
 
     def _set_epoch(self, epoch: int) -> None:
         sampler = self.dataloader.sampler
