@@ -32,8 +32,9 @@
 # 0: torch's default cache directories, where an earlier run's graphs are reused), OUT (compile_train_out),
 # WD (/tmp/sa2va_compile_train: work dirs), PY (python3), BUDGET_S (360; SMOKE: none): a run that would start
 # later than BUDGET_S seconds after the start is listed as skipped.
-# $OUT gets 3 files and one per run (7 for MODELS=1b,4b): gpu.txt (card, versions, wall time per run), compile_train.md (the
-# table), compile_train_rows.json and one <model>_<run>.log per run (its compile lines and last 30 lines).
+# $OUT gets 3 files and one per run (7 for MODELS=1b,4b): gpu.txt (card, versions, wall time per run),
+# compile_train.md (the table), compile_train_rows.json and one <model>_<run>.log per run (its compile, error
+# and warning lines, then its last 30 lines).
 # With LOOP_PARTS=1 also <run>_parts.md and <run>_parts.json per run.
 set -euo pipefail
 OUT=${OUT:-compile_train_out}
@@ -128,7 +129,7 @@ for model in ${MODELS//,/ }; do
             sed -n '/^Host time per tools/,$p' "$WD/$name.log" > "$OUT/${name}_parts.md"
             cat "$OUT/${name}_parts.md"
         fi
-        { grep -E "compile_llm|recompile|Error|out of memory" "$WD/$name.log" | head -20 || true
+        { grep -E "compile_llm|recompile|Error|out of memory|WARNING" "$WD/$name.log" | head -20 || true
           echo "..."; tail -30 "$WD/$name.log"; } > "$OUT/$name.log"
         table_args+=(--run "$model" "$compiled" "$batch" "$WD/$name")
     done
