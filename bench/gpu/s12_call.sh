@@ -8,9 +8,10 @@
 #        workers (bench/gpu/compile_train_run.sh with LOOP_PARTS=1), with the loop's one iterator over all
 #        epochs (session 11 measured 59.13 samples/s with one iterator per epoch: bench/records/speed_s11);
 #     c. the compiled run again with $WORKERS_2 (8) loader workers, on the inductor cache of b;
-#   PART=2, issue 20: the largest Sa2VA-4B batch of the official step and of the toolkit's ref, ckpt and opt
+#   PART=2, issue 20: the largest Sa2VA-4B batch of the official step and of the toolkit's ref, opt and ckpt
 #     sides in one call (sweep from 16, doubling to 128, then steps of 8; session 9 found the official
-#     step's largest at 32 and ran ckpt to the cap of 64, in two calls).
+#     step's largest at 32 and ran ckpt to the cap of 64, in two calls). ckpt, whose sweep goes furthest,
+#     runs last, so that a call that runs out of time loses only its row.
 # Each part is cut to what is left of DEADLINE_S (560) seconds. $OUT gets call.tar.gz and the tables.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
@@ -43,7 +44,7 @@ else
     t=$(left)
     mkdir -p "$W/4b"
     OUT=$W/4b INSTALL_KIT=0 STEPS=8 WARMUP=3 MODELS=4b FIRST_BATCH=16 MAX_BATCH=128 BUDGET=$((t - 10)) \
-        timeout "$t" bash bench/official/speed_side_by_side.sh --sides official,ref,ckpt,opt > "$W/4b/run.txt" 2>&1
+        timeout "$t" bash bench/official/speed_side_by_side.sh --sides official,ref,opt,ckpt > "$W/4b/run.txt" 2>&1
     echo "4B largest batches rc=$? after $(( $(date +%s) - T0 )) s" | tee -a "$W/gpu.txt"
     tail -30 "$W/4b/side_by_side.txt" 2>/dev/null || tail -30 "$W/4b/run.txt"
 fi
