@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from mmengine.logging import MessageHub
 
-from projects.sa2va.engine.hooks import DataWaitHook
+from projects.sa2va.engine.hooks import DataWaitHook, needed_workers
 from projects.sa2va.engine.runner import Sa2VARunner
 from tests.tiny import slow_samples, tiny_demo_run_cfg
 
@@ -56,13 +56,28 @@ def test_warns_once_above_the_share_with_the_times(loop_wait) -> None:
     assert len(logger.warnings) == 1, logger.warnings
     msg = logger.warnings[0]
     assert "waited for its batches 30% of iterations 7-10 (0.300 s of 1.000 s per iteration)" in msg
-    assert "the 4 loader worker(s)" in msg and "Raise train_dataloader.num_workers" in msg
+    assert "the 4 loader worker(s)" in msg and "Raise train_dataloader.num_workers to at least 6" in msg
 
 
 def test_quiet_below_the_share_and_on_cpu_by_default() -> None:
     # drive() sets data_time to 10 s (a checkpoint save after the timer): the loop's batch_wait is what counts
     assert drive(DataWaitHook(share=0.2, window=4, skip=0, cpu=True), [(0.19, 1.0)] * 12).warnings == []
     assert drive(DataWaitHook(share=0.2, window=4, skip=0), [(0.9, 1.0)] * 12).warnings == []  # no CUDA
+
+
+@pytest.mark.parametrize(
+    ("workers", "waited", "took", "needed"),
+    [
+        (4, 0.3, 1.0, 6),  # 4 workers at the pace of 1.0 s, the model's 0.7 s: 4 / 0.7 = 5.7
+        (4, 0.1138, 0.3975, 6),  # bench/records/speed_s12, Sa2VA-1B compiled, 4 workers (8 kept up)
+        (4, 0.5, 1.0, 8),  # exactly twice the rate
+        (8, 0.2, 1.0, 10),
+        (1, 0.21, 1.0, 2),  # one more at least
+        (2, 0.99, 1.0, 8),  # nearly all waiting: at most 4x
+    ],
+)
+def test_needed_workers_scale_the_rate(workers, waited, took, needed) -> None:
+    assert needed_workers(workers, waited, took) == needed
 
 
 def test_no_workers_named_as_such() -> None:

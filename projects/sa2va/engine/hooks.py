@@ -164,7 +164,9 @@ class DataWaitHook(Hook):
     ``window`` consecutive iterations after the run's first ``skip`` (worker start-up, compilation). A
     waiting loop leaves the device idle: through ``tools/train.py`` the
     compiled Sa2VA-1B step at batch 32 waited for its 4 workers at 12 of 59 iterations on an H100 box
-    (bench/records/speed_s11).
+    (bench/records/speed_s11). The warning names the setting to raise and a lower bound for it
+    (:func:`needed_workers`): on the H200 box of bench/records/speed_s12 the same step waited 0.114 of 0.398 s
+    per iteration with 4 workers, which gives 6; 8 kept up there.
 
     Args:
         share: the waiting share above which it warns.
@@ -214,17 +216,28 @@ class DataWaitHook(Hook):
         self.warned = True
         first, last = runner.iter + 2 - self.window, runner.iter + 1
         workers = runner.train_dataloader.num_workers
-        who = (
-            f"the {workers} loader worker(s) prepare batches more slowly than the model trains on them"
-            if workers
-            else "the training process prepares every batch itself (train_dataloader.num_workers=0)"
-        )
+        if workers:
+            who = f"the {workers} loader worker(s) prepare batches more slowly than the model trains on them"
+            # the workers' rate scaled to the pace of the iterations without their waits
+            need = f" to at least {needed_workers(workers, waited, took)}"
+        else:
+            who = "the training process prepares every batch itself (train_dataloader.num_workers=0)"
+            need = ""
         runner.logger.warning(
             f"the loop waited for its batches {waited / took:.0%} of iterations {first}-{last} "
             f"({waited / self.window:.3f} s of {took / self.window:.3f} s per iteration): {who}. Raise "
-            f"train_dataloader.num_workers (this host has {os.cpu_count()} CPUs; each rank has its own "
-            "workers), or time the data pipeline with bench/benchmark_data.py"
+            f"train_dataloader.num_workers{need} (this host has {os.cpu_count()} CPUs; each rank has its "
+            "own workers), or time the data pipeline with bench/benchmark_data.py"
         )
+
+
+def needed_workers(workers: int, waited: float, took: float) -> int:
+    """Loader workers that would keep up, if they scale: ``workers`` deliver a batch per ``took`` seconds
+    (summed over a window) and the model would take one per ``took - waited``, so
+    ``ceil(workers * took / (took - waited))``; a lower bound, since more workers also share the host's
+    CPUs with the training process. ``workers + 1`` at least; ``4 * workers`` when nearly all was waiting."""
+    busy = max(took - waited, took / 4)
+    return max(workers + 1, math.ceil(workers * took / busy - 1e-9))
 
 
 def read_loss_records(path: str | Path) -> dict[int, dict[str, Any]]:
